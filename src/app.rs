@@ -1,0 +1,187 @@
+//! The process: loads the whole configuration (reporting unknown sections),
+//! builds and starts the selected roles, the stats thread and the admin
+//! server, then waits for a signal or a fatal error and stops everything in
+//! reverse order of start. A second signal exits at once.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use crossbeam_channel::select;
+use log::{error, info, warn};
+
+use crate::config::{CommonConfig, ConfigError, ConfigErrors, read_document};
+use crate::ingest::{self, IngestConfig};
+use crate::shutdown::{self, Stopper};
+use crate::stats::{self, Telemetry};
+use crate::systemd;
+
+/// Sections this build knows; anything else is an error.
+const KNOWN_SECTIONS: &[&str] = &[
+    "kafka",
+    "admin",
+    "log",
+    "ingest",
+    "ingest.routes",
+    "ingest.producer",
+];
+
+/// The roles of the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Ingest,
+    Deliver,
+    Collect,
+}
+
+/// The whole validated file.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub common: CommonConfig,
+    pub ingest: Option<IngestConfig>,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0:#}")]
+    Read(anyhow::Error),
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+/// Reads and validates `path`, collecting every error of the file.
+pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
+    let mut errors = ConfigErrors::default();
+    let doc = read_document(path, &mut errors).map_err(LoadError::Read)?;
+    for (name, section) in &doc.sections {
+        if !KNOWN_SECTIONS.contains(&name.as_str()) {
+            errors.0.push(ConfigError {
+                origin: doc.origin.clone(),
+                line: Some(section.line),
+                section: name.clone(),
+                key: None,
+                message: format!(
+                    "unknown section; known sections: {}",
+                    KNOWN_SECTIONS.join(", ")
+                ),
+            });
+        }
+    }
+    let common = CommonConfig::from_document(path, &doc, &mut errors);
+    let ingest = IngestConfig::from_document(&doc, &mut errors);
+    for sub in ["ingest.routes", "ingest.producer"] {
+        if ingest.is_none() && doc.sections.contains_key(sub) {
+            let line = doc.sections.get(sub).map(|s| s.line);
+            errors.0.push(ConfigError {
+                origin: doc.origin.clone(),
+                line,
+                section: sub.into(),
+                key: None,
+                message: "needs an [ingest] section".into(),
+            });
+        }
+    }
+    errors.0.sort_by_key(|e| e.line.unwrap_or(0));
+    if errors.0.is_empty() {
+        Ok(AppConfig { common, ingest })
+    } else {
+        Err(LoadError::Invalid(errors))
+    }
+}
+
+/// Which roles run: those asked for, or every role with a section.
+pub fn select_roles(config: &AppConfig, asked: &[Role]) -> anyhow::Result<Vec<Role>> {
+    let configured = |r: Role| match r {
+        Role::Ingest => config.ingest.is_some(),
+        Role::Deliver | Role::Collect => false,
+    };
+    if asked.is_empty() {
+        let all: Vec<Role> = [Role::Ingest, Role::Deliver, Role::Collect]
+            .into_iter()
+            .filter(|r| configured(*r))
+            .collect();
+        anyhow::ensure!(
+            !all.is_empty(),
+            "{}: no role configured (add an [ingest] section)",
+            config.common.path.display()
+        );
+        return Ok(all);
+    }
+    for r in asked {
+        anyhow::ensure!(
+            configured(*r),
+            "--role {r:?} needs a [{}] section in {}",
+            format!("{r:?}").to_lowercase(),
+            config.common.path.display()
+        );
+    }
+    Ok(asked.to_vec())
+}
+
+/// Runs until stopped; returns the process exit code.
+pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
+    let (fatal_tx, fatal_rx) = crossbeam_channel::bounded::<String>(16);
+    let signals = shutdown::signals()?;
+    let process = Stopper::new();
+
+    // Build everything first: sockets, clients, topics; then threads.
+    let mut ingest_handle = None;
+    let mut telemetry: Vec<Arc<dyn Telemetry>> = Vec::new();
+    if roles.contains(&Role::Ingest)
+        && let Some(ic) = &config.ingest
+    {
+        let listener = TcpListener::bind(ic.listen)
+            .with_context(|| format!("[ingest] listen: cannot bind {}", ic.listen))?;
+        let h = ingest::spawn(ic.clone(), &config.common.kafka, listener, fatal_tx.clone())?;
+        telemetry.push(h.telemetry());
+        ingest_handle = Some(h);
+    }
+    let admin_listener = TcpListener::bind(config.common.admin.listen)
+        .with_context(|| format!("[admin] listen: cannot bind {}", config.common.admin.listen))?;
+    let admin = crate::admin::spawn(admin_listener, telemetry.clone(), process.token())?;
+    let stats = stats::spawn(telemetry, Duration::from_secs(1), process.token())?;
+
+    systemd::ready();
+    info!(
+        "Started. kbridge {} config {} roles {:?}",
+        env!("CARGO_PKG_VERSION"),
+        config.common.path.display(),
+        roles
+    );
+
+    let mut code = 0;
+    select! {
+        recv(signals) -> s => info!("signal {} received", s.unwrap_or(0)),
+        recv(fatal_rx) -> why => {
+            error!("fatal: {}; stopping", why.unwrap_or_default());
+            code = 1;
+        }
+    }
+    systemd::stopping();
+    info!("Stopping.");
+    std::thread::Builder::new()
+        .name("second-signal".into())
+        .spawn(move || {
+            if signals.recv().is_ok() {
+                warn!("second signal: exiting now without draining");
+                std::process::exit(130);
+            }
+        })?;
+    // Reverse order of start: roles drain, then stats and admin go.
+    if let Some(h) = &ingest_handle {
+        h.begin_stop();
+    }
+    if let Some(h) = ingest_handle
+        && !h.stop()
+    {
+        code = code.max(1);
+    }
+    process.stop();
+    let _ = stats.join();
+    let _ = admin.join();
+    info!("Stopped.");
+    Ok(code)
+}

@@ -1,0 +1,205 @@
+//! Configuration shared by every role: `[kafka]`, `[admin]`, `[log]`, and the
+//! INI reader the roles use to validate their own sections.
+//!
+//! Roles own their sections (`ingest::IngestConfig::from_document`); `app`
+//! assembles the whole file and reports unknown sections. Every error of the
+//! file is collected before start-up stops.
+
+pub mod ini;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use log::LevelFilter;
+use rdkafka::ClientConfig;
+
+pub use ini::{ConfigError, ConfigErrors, Document, SectionReader};
+
+/// `[kafka]`: the bootstrap servers plus any librdkafka property, passed to
+/// every client of every role.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// librdkafka properties in file order (`brokers` excluded).
+    pub properties: Vec<(String, String)>,
+}
+
+/// `[admin]`: the HTTP server for `/health`, `/ready`, `/metrics`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: LevelFilter,
+    /// Empty in the file means stderr only.
+    pub file: Option<PathBuf>,
+}
+
+/// The sections every role shares.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub path: PathBuf,
+    pub kafka: KafkaConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// Reads a file into a document; syntax errors land in `errors`.
+pub fn read_document(path: &Path, errors: &mut ConfigErrors) -> anyhow::Result<Document> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    Ok(Document::parse(&path.display().to_string(), &text, errors))
+}
+
+impl CommonConfig {
+    pub fn from_document(path: &Path, doc: &Document, errors: &mut ConfigErrors) -> CommonConfig {
+        let mut k = doc.reader("kafka", errors);
+        if !k.exists() {
+            k.error("brokers", "section [kafka] is required".into());
+        }
+        let brokers = k.required("brokers");
+        let mut properties = Vec::new();
+        for e in k.all() {
+            if e.key == "brokers" {
+                continue;
+            }
+            if let Some(problem) = librdkafka_rejects(&e.key, &e.value) {
+                k.error(&e.key, problem);
+            }
+            properties.push((e.key.clone(), e.value.clone()));
+        }
+        k.finish();
+
+        let mut a = doc.reader("admin", errors);
+        let admin = AdminConfig {
+            listen: a.socket_addr("listen", "127.0.0.1:8081"),
+        };
+        a.finish();
+
+        let mut l = doc.reader("log", errors);
+        let level = l.choice(
+            "level",
+            LevelFilter::Info,
+            &[
+                ("off", LevelFilter::Off),
+                ("error", LevelFilter::Error),
+                ("warn", LevelFilter::Warn),
+                ("info", LevelFilter::Info),
+                ("debug", LevelFilter::Debug),
+                ("trace", LevelFilter::Trace),
+            ],
+        );
+        let file = l.string("file", "");
+        l.finish();
+
+        CommonConfig {
+            path: path.to_path_buf(),
+            kafka: KafkaConfig {
+                brokers,
+                properties,
+            },
+            admin,
+            log: LogConfig {
+                level,
+                file: (!file.is_empty()).then(|| PathBuf::from(file)),
+            },
+        }
+    }
+}
+
+/// Asks librdkafka whether it accepts `key = value`, without creating a
+/// client (so no connection is made). `None` when accepted.
+pub fn librdkafka_rejects(key: &str, value: &str) -> Option<String> {
+    let mut c = ClientConfig::new();
+    c.set(key, value);
+    c.create_native_config()
+        .err()
+        .map(|e| format!("librdkafka rejects {value:?}: {e}"))
+}
+
+/// Validates a librdkafka property section (such as `[ingest.producer]`)
+/// whose entries override `defaults`; returns the merged list.
+pub fn librdkafka_section(
+    reader: &mut SectionReader<'_>,
+    defaults: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut merged: Vec<(String, String)> = defaults
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for e in reader.all() {
+        if let Some(problem) = librdkafka_rejects(&e.key, &e.value) {
+            reader.error(&e.key, problem);
+        }
+        match merged.iter_mut().find(|(k, _)| *k == e.key) {
+            Some(slot) => slot.1 = e.value.clone(),
+            None => merged.push((e.key.clone(), e.value.clone())),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(text: &str) -> (CommonConfig, ConfigErrors) {
+        let mut errors = ConfigErrors::default();
+        let doc = Document::parse("c.ini", text, &mut errors);
+        let c = CommonConfig::from_document(Path::new("c.ini"), &doc, &mut errors);
+        (c, errors)
+    }
+
+    #[test]
+    fn kafka_section_passes_librdkafka_properties_through() {
+        let (c, errors) = common("[kafka]\nbrokers = h:1\nsocket.timeout.ms = 5000\n");
+        assert!(errors.0.is_empty(), "{errors}");
+        assert_eq!(c.kafka.brokers, "h:1");
+        assert_eq!(
+            c.kafka.properties,
+            vec![("socket.timeout.ms".to_string(), "5000".to_string())]
+        );
+    }
+
+    #[test]
+    fn unknown_librdkafka_property_and_bad_value_name_the_key() {
+        let (_, errors) = common(
+            "[kafka]\nbrokers = h:1\nno.such.property = 1\nsocket.timeout.ms = soon\n[log]\nlevel = loud\n",
+        );
+        let text = errors.to_string();
+        assert_eq!(errors.0.len(), 3, "{text}");
+        assert!(
+            text.contains("c.ini:3 [kafka] no.such.property: librdkafka rejects"),
+            "{text}"
+        );
+        assert!(
+            text.contains("c.ini:4 [kafka] socket.timeout.ms: librdkafka rejects"),
+            "{text}"
+        );
+        assert!(
+            text.contains("c.ini:6 [log] level: expected one of off | error"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_kafka_section_is_an_error() {
+        let (_, errors) = common("[log]\nlevel = info\n");
+        assert!(
+            errors
+                .to_string()
+                .contains("[kafka] brokers: section [kafka] is required")
+        );
+    }
+
+    #[test]
+    fn bad_admin_listen_is_an_error() {
+        let (_, errors) = common("[kafka]\nbrokers=h:1\n[admin]\nlisten = nowhere\n");
+        assert!(errors.to_string().contains(
+            "c.ini:4 [admin] listen: expected host:port like 127.0.0.1:8081, got \"nowhere\""
+        ));
+    }
+}

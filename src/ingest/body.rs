@@ -1,0 +1,426 @@
+//! Request bodies → records, as pure functions: content type and encoding
+//! checks, bounded gzip decoding, and JSON / JSON-array / NDJSON splitting
+//! that keeps each record's bytes exactly as sent. Every problem is a
+//! [`BodyError`] that says what and where, and maps to one HTTP status.
+
+use std::io::Read;
+use std::ops::Range;
+
+use serde_json::value::RawValue;
+
+/// How the body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One object, or an array of objects.
+    Json,
+    /// One object per line.
+    Ndjson,
+}
+
+/// One record: its byte range in the body and the key taken from the
+/// configured `key_field`, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub range: Range<usize>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("unsupported Content-Type {0:?}: expected application/json or application/x-ndjson")]
+    ContentType(String),
+    #[error("unsupported Content-Encoding {0:?}: expected gzip or identity")]
+    ContentEncoding(String),
+    #[error("body exceeds max_body_bytes ({max} bytes)")]
+    TooLarge { max: usize },
+    #[error("body decompresses past max_body_bytes ({max} bytes)")]
+    InflatesTooLarge { max: usize },
+    #[error("invalid gzip body: {0}")]
+    Gzip(String),
+    #[error("empty body: expected a JSON object, an array of objects or NDJSON lines")]
+    Empty,
+    #[error("invalid UTF-8 at line {line} column {column}")]
+    Utf8 { line: usize, column: usize },
+    #[error("invalid JSON at line {line} column {column}: {message}")]
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("record {index} (line {line}) is {found}, expected a JSON object")]
+    NotObject {
+        index: usize,
+        line: usize,
+        found: &'static str,
+    },
+    #[error("empty JSON array: expected at least one object")]
+    EmptyBatch,
+    #[error("record {index} has {size} bytes, more than max_record_bytes ({max})")]
+    RecordTooLarge {
+        index: usize,
+        size: usize,
+        max: usize,
+    },
+}
+
+impl BodyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::ContentType(_) | BodyError::ContentEncoding(_) => 415,
+            BodyError::TooLarge { .. }
+            | BodyError::InflatesTooLarge { .. }
+            | BodyError::RecordTooLarge { .. } => 413,
+            _ => 400,
+        }
+    }
+
+    /// (line, column) of the problem in the (decompressed) body, when known.
+    pub fn position(&self) -> Option<(usize, usize)> {
+        match self {
+            BodyError::Utf8 { line, column } | BodyError::Json { line, column, .. } => {
+                Some((*line, *column))
+            }
+            BodyError::NotObject { line, .. } => Some((*line, 1)),
+            _ => None,
+        }
+    }
+
+    /// Index of the offending record, when known.
+    pub fn record(&self) -> Option<usize> {
+        match self {
+            BodyError::NotObject { index, .. } | BodyError::RecordTooLarge { index, .. } => {
+                Some(*index)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Picks the framing from `Content-Type` (parameters such as charset ignored).
+pub fn format_of(content_type: Option<&str>) -> Result<Format, BodyError> {
+    let raw = content_type.unwrap_or("");
+    let mime = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines" => Ok(Format::Ndjson),
+        _ => Err(BodyError::ContentType(raw.to_string())),
+    }
+}
+
+/// Decodes the body per `Content-Encoding`, refusing more than `max` bytes
+/// after decompression (gzip bombs stop at `max + 1` bytes of output).
+pub fn decode(encoding: Option<&str>, wire: Vec<u8>, max: usize) -> Result<Vec<u8>, BodyError> {
+    match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("identity") => Ok(wire),
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::with_capacity((wire.len() * 4).min(max));
+            let mut dec = flate2::read::GzDecoder::new(&wire[..]).take(max as u64 + 1);
+            dec.read_to_end(&mut out)
+                .map_err(|e| BodyError::Gzip(e.to_string()))?;
+            if out.len() > max {
+                return Err(BodyError::InflatesTooLarge { max });
+            }
+            Ok(out)
+        }
+        Some(_) => Err(BodyError::ContentEncoding(
+            encoding.unwrap_or("").to_string(),
+        )),
+    }
+}
+
+/// Checks UTF-8 and splits the body into records. Nothing is returned unless
+/// every record is valid, so a rejected request produces nothing.
+pub fn split<'a>(
+    body: &'a [u8],
+    format: Format,
+    key_field: Option<&str>,
+    max_record: usize,
+) -> Result<(&'a str, Vec<Span>), BodyError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        let (line, column) = line_col(body, e.valid_up_to());
+        BodyError::Utf8 { line, column }
+    })?;
+    if text.trim().is_empty() {
+        return Err(BodyError::Empty);
+    }
+    let raws: Vec<(&RawValue, usize)> = match format {
+        Format::Json => json_records(text)?,
+        Format::Ndjson => ndjson_records(text)?,
+    };
+    let mut spans = Vec::with_capacity(raws.len());
+    for (index, (raw, line)) in raws.into_iter().enumerate() {
+        let s = raw.get();
+        if !s.starts_with('{') {
+            return Err(BodyError::NotObject {
+                index,
+                line,
+                found: kind_of(s),
+            });
+        }
+        if s.len() > max_record {
+            return Err(BodyError::RecordTooLarge {
+                index,
+                size: s.len(),
+                max: max_record,
+            });
+        }
+        // The raw value borrows from `text`, so its offset is its address
+        // minus the start of the body.
+        let start = s.as_ptr() as usize - text.as_ptr() as usize;
+        let key = match key_field {
+            Some(field) => key_of(s, field),
+            None => None,
+        };
+        spans.push(Span {
+            range: start..start + s.len(),
+            key,
+        });
+    }
+    Ok((text, spans))
+}
+
+fn json_records(text: &str) -> Result<Vec<(&RawValue, usize)>, BodyError> {
+    let json_err = |e: serde_json::Error| BodyError::Json {
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(&e),
+    };
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(json_err)?;
+        if items.is_empty() {
+            return Err(BodyError::EmptyBatch);
+        }
+        Ok(items
+            .into_iter()
+            .map(|r| {
+                let offset = r.get().as_ptr() as usize - text.as_ptr() as usize;
+                (r, line_col(text.as_bytes(), offset).0)
+            })
+            .collect())
+    } else {
+        let one: &RawValue = serde_json::from_str(text).map_err(json_err)?;
+        let offset = one.get().as_ptr() as usize - text.as_ptr() as usize;
+        Ok(vec![(one, line_col(text.as_bytes(), offset).0)])
+    }
+}
+
+fn ndjson_records(text: &str) -> Result<Vec<(&RawValue, usize)>, BodyError> {
+    let mut out = Vec::new();
+    for (i, line) in text.split('\n').enumerate() {
+        let trimmed = line.trim_end_matches('\r');
+        if trimmed.trim().is_empty() {
+            continue;
+        }
+        let raw: &RawValue = serde_json::from_str(trimmed).map_err(|e| BodyError::Json {
+            line: i + 1,
+            column: e.column(),
+            message: strip_position(&e),
+        })?;
+        out.push((raw, i + 1));
+    }
+    Ok(out)
+}
+
+/// The key of a record from `field`: strings as they are, numbers and
+/// booleans as their JSON text; absent, null, arrays and objects give none.
+fn key_of(object: &str, field: &str) -> Option<String> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(object).ok()?;
+    match map.get(field)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+fn kind_of(s: &str) -> &'static str {
+    match s.as_bytes().first() {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C".
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// 1-based line and column (in bytes) of `offset`.
+fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn values(body: &str, format: Format) -> Vec<String> {
+        let (text, spans) = split(body.as_bytes(), format, None, 1 << 20).unwrap();
+        spans
+            .iter()
+            .map(|s| text[s.range.clone()].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn single_object_keeps_its_bytes() {
+        assert_eq!(
+            values("  {\"a\": 1,  \"b\":[1, 2]}\n", Format::Json),
+            vec!["{\"a\": 1,  \"b\":[1, 2]}"]
+        );
+    }
+
+    #[test]
+    fn array_yields_each_object_verbatim() {
+        assert_eq!(
+            values("[{\"id\":\"1\"}, {\"id\": \"2\" }]", Format::Json),
+            vec!["{\"id\":\"1\"}", "{\"id\": \"2\" }"]
+        );
+    }
+
+    #[test]
+    fn ndjson_skips_blank_lines_and_crlf() {
+        assert_eq!(
+            values("{\"a\":1}\r\n\n{\"b\":2}\n", Format::Ndjson),
+            vec!["{\"a\":1}", "{\"b\":2}"]
+        );
+    }
+
+    #[test]
+    fn malformed_json_names_line_and_column() {
+        let e = split(b"[{\"a\":1},\n {\"b\":}]", Format::Json, None, 1 << 20).unwrap_err();
+        assert_eq!(e.position(), Some((2, 7)), "{e}");
+        assert_eq!(e.status(), 400);
+        assert!(
+            e.to_string()
+                .starts_with("invalid JSON at line 2 column 7: expected value"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_ndjson_names_its_line() {
+        let e = split(
+            b"{\"a\":1}\n{\"a\":1}\n{oops}\n",
+            Format::Ndjson,
+            None,
+            1 << 20,
+        )
+        .unwrap_err();
+        assert_eq!(e.position().map(|p| p.0), Some(3), "{e}");
+    }
+
+    #[test]
+    fn non_objects_empty_bodies_and_empty_batches_are_rejected() {
+        let e = split(b"[{\"a\":1}, 5]", Format::Json, None, 100).unwrap_err();
+        assert_eq!(
+            e,
+            BodyError::NotObject {
+                index: 1,
+                line: 1,
+                found: "a number"
+            }
+        );
+        assert_eq!(
+            split(b"  \n", Format::Json, None, 100).unwrap_err(),
+            BodyError::Empty
+        );
+        assert_eq!(
+            split(b"[]", Format::Json, None, 100).unwrap_err(),
+            BodyError::EmptyBatch
+        );
+        assert_eq!(
+            split(b"\"x\"", Format::Json, None, 100)
+                .unwrap_err()
+                .record(),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_names_its_position() {
+        let e = split(b"{\"a\":\n\"\xff\"}", Format::Json, None, 100).unwrap_err();
+        assert_eq!(e, BodyError::Utf8 { line: 2, column: 2 });
+    }
+
+    #[test]
+    fn record_larger_than_limit_is_413() {
+        let e = split(b"{\"a\":\"0123456789\"}", Format::Json, None, 10).unwrap_err();
+        assert_eq!(e.status(), 413);
+        assert_eq!(e.record(), Some(0));
+    }
+
+    #[test]
+    fn key_field_reads_strings_and_numbers_only() {
+        let body = b"{\"user\":\"u1\"}\n{\"user\":42}\n{\"user\":null}\n{\"other\":1}\n";
+        let (_, spans) = split(body, Format::Ndjson, Some("user"), 100).unwrap();
+        let keys: Vec<Option<&str>> = spans.iter().map(|s| s.key.as_deref()).collect();
+        assert_eq!(keys, vec![Some("u1"), Some("42"), None, None]);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            format_of(Some("application/json; charset=utf-8")),
+            Ok(Format::Json)
+        );
+        assert_eq!(format_of(Some("application/x-ndjson")), Ok(Format::Ndjson));
+        assert_eq!(format_of(Some("text/plain")).unwrap_err().status(), 415);
+        assert_eq!(format_of(None).unwrap_err().status(), 415);
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_round_trips_and_bombs_stop_at_the_limit() {
+        assert_eq!(
+            decode(Some("gzip"), gzip(b"{\"a\":1}"), 100).unwrap(),
+            b"{\"a\":1}"
+        );
+        let bomb = gzip(&vec![b' '; 10 * 1024 * 1024]);
+        assert!(bomb.len() < 20_000);
+        assert_eq!(
+            decode(Some("gzip"), bomb, 1024 * 1024),
+            Err(BodyError::InflatesTooLarge { max: 1024 * 1024 })
+        );
+    }
+
+    #[test]
+    fn truncated_gzip_and_unknown_encodings_are_rejected() {
+        let mut g = gzip(b"{\"a\":\"some text that compresses\"}");
+        g.truncate(g.len() - 6);
+        assert!(matches!(
+            decode(Some("gzip"), g, 100),
+            Err(BodyError::Gzip(_))
+        ));
+        assert_eq!(decode(Some("br"), vec![], 100).unwrap_err().status(), 415);
+        assert_eq!(decode(None, b"x".to_vec(), 100).unwrap(), b"x");
+    }
+}

@@ -1,0 +1,292 @@
+//! `[ingest]`, `[ingest.routes]` and `[ingest.producer]`: validated into
+//! [`IngestConfig`] with every problem collected.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::{ConfigErrors, Document, librdkafka_section};
+
+/// When a POST is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// 200 after the broker acknowledged every record (acks=all).
+    Kafka,
+    /// 202 once the request is in the channel; lost if the process is killed.
+    Queued,
+}
+
+/// One `POST /api/<stream>/v1/` route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub stream: String,
+    pub topic: String,
+}
+
+/// Seed 004's producer settings and our defaults for them; any other
+/// librdkafka producer property may be added in `[ingest.producer]`.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("enable.idempotence", "true"),
+    ("compression.codec", "gzip"),
+    ("linger.ms", "5"),
+    ("batch.size", "1000000"),
+    ("retries", "2147483647"),
+    ("delivery.timeout.ms", "30000"),
+    ("max.in.flight.requests.per.connection", "5"),
+    // Java-client-compatible key hashing; keyless records spread randomly.
+    ("partitioner", "murmur2_random"),
+];
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub listen: SocketAddr,
+    /// Producer worker threads taking from the channel.
+    pub workers: usize,
+    /// Threads taking requests from the HTTP server.
+    pub http_threads: usize,
+    pub ack: AckMode,
+    /// Capacity of the request channel, in requests.
+    pub channel_capacity: usize,
+    pub enqueue_timeout: Duration,
+    /// Limit on the decompressed body, in bytes.
+    pub max_body_bytes: usize,
+    pub max_record_bytes: usize,
+    /// JSON field whose value keys the record when no `X-Kafka-Key` is sent.
+    pub key_field: Option<String>,
+    /// 0 disables idempotency keys.
+    pub idempotency_window: Duration,
+    pub idempotency_max_keys: usize,
+    pub create_topics: bool,
+    pub topic_partitions: i32,
+    pub topic_replication_factor: i32,
+    pub shutdown_timeout: Duration,
+    pub routes: Vec<Route>,
+    /// librdkafka producer properties (defaults merged with the file's).
+    pub producer: Vec<(String, String)>,
+}
+
+impl IngestConfig {
+    /// `None` when the file has no `[ingest]` section.
+    pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Option<IngestConfig> {
+        let mut r = doc.reader("ingest", errors);
+        if !r.exists() {
+            // Sub-sections without their parent are reported as unknown by app.
+            return None;
+        }
+        let listen = r.socket_addr("listen", "0.0.0.0:8080");
+        let workers = r.int("workers", 8usize, 1..=256);
+        let http_threads = r.int("http_threads", 8usize, 1..=256);
+        let ack = r.choice(
+            "ack",
+            AckMode::Kafka,
+            &[("kafka", AckMode::Kafka), ("queued", AckMode::Queued)],
+        );
+        let channel_capacity = r.int("channel_capacity", 1024usize, 1..=1_000_000);
+        let enqueue_timeout_ms = r.int("enqueue_timeout_ms", 500u64, 0..=600_000);
+        let max_body_bytes = r.int("max_body_bytes", 10 * 1024 * 1024usize, 1..=1 << 30);
+        let max_record_bytes = r.int("max_record_bytes", 1_000_000usize, 1..=1 << 30);
+        let key_field = r.string("key_field", "");
+        let idempotency_window_s = r.int("idempotency_window_s", 300u64, 0..=86_400);
+        let idempotency_max_keys = r.int("idempotency_max_keys", 100_000usize, 1..=10_000_000);
+        let create_topics = r.bool("create_topics", true);
+        let topic_partitions = r.int("topic_partitions", 4i32, 1..=10_000);
+        let topic_replication_factor = r.int("topic_replication_factor", 1i32, 1..=32);
+        let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
+        if max_record_bytes > max_body_bytes {
+            r.error(
+                "max_record_bytes",
+                format!(
+                    "must not exceed max_body_bytes ({max_body_bytes}), got {max_record_bytes}"
+                ),
+            );
+        }
+        r.finish();
+
+        let mut rr = doc.reader("ingest.routes", errors);
+        let mut routes: Vec<Route> = rr
+            .all()
+            .into_iter()
+            .map(|e| Route {
+                stream: e.key.clone(),
+                topic: e.value.clone(),
+            })
+            .collect();
+        for route in &routes {
+            if route.stream.is_empty()
+                || !route
+                    .stream
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                rr.error(
+                    &route.stream,
+                    "stream names use letters, digits, - and _ only".into(),
+                );
+            }
+            if !valid_topic(&route.topic) {
+                rr.error(
+                    &route.stream,
+                    format!("expected a Kafka topic name (letters, digits, . _ -; at most 249), got {:?}", route.topic),
+                );
+            }
+        }
+        if !rr.exists() {
+            routes = vec![
+                Route {
+                    stream: "visit".into(),
+                    topic: "visits".into(),
+                },
+                Route {
+                    stream: "activity".into(),
+                    topic: "activities".into(),
+                },
+            ];
+        }
+        rr.finish();
+
+        let mut pr = doc.reader("ingest.producer", errors);
+        let producer = librdkafka_section(&mut pr, PRODUCER_DEFAULTS);
+        // librdkafka checks these only when the producer is created; say it now.
+        let get = |k: &str| {
+            producer
+                .iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        if get("enable.idempotence") == Some("true") {
+            if !matches!(get("acks"), Some("all" | "-1")) {
+                pr.error(
+                    "acks",
+                    format!(
+                        "must be all when enable.idempotence = true, got {:?}",
+                        get("acks").unwrap_or("")
+                    ),
+                );
+            }
+            if get("max.in.flight.requests.per.connection")
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|n| n > 5)
+            {
+                pr.error(
+                    "max.in.flight.requests.per.connection",
+                    "must be at most 5 when enable.idempotence = true".into(),
+                );
+            }
+        }
+        pr.finish();
+
+        Some(IngestConfig {
+            listen,
+            workers,
+            http_threads,
+            ack,
+            channel_capacity,
+            enqueue_timeout: Duration::from_millis(enqueue_timeout_ms),
+            max_body_bytes,
+            max_record_bytes,
+            key_field: (!key_field.is_empty()).then_some(key_field),
+            idempotency_window: Duration::from_secs(idempotency_window_s),
+            idempotency_max_keys,
+            create_topics,
+            topic_partitions,
+            topic_replication_factor,
+            shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
+            routes,
+            producer,
+        })
+    }
+
+    pub fn topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.routes.iter().map(|r| r.topic.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+}
+
+/// Kafka's own rule for topic names.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> (Option<IngestConfig>, ConfigErrors) {
+        let mut errors = ConfigErrors::default();
+        let doc = Document::parse("i.ini", text, &mut errors);
+        let c = IngestConfig::from_document(&doc, &mut errors);
+        (c, errors)
+    }
+
+    #[test]
+    fn defaults_give_two_routes_and_seed_producer_settings() {
+        let (c, errors) = load("[ingest]\n");
+        assert!(errors.0.is_empty(), "{errors}");
+        let c = c.unwrap();
+        assert_eq!(c.workers, 8);
+        assert_eq!(c.ack, AckMode::Kafka);
+        assert_eq!(
+            c.topics(),
+            vec!["activities".to_string(), "visits".to_string()]
+        );
+        assert!(
+            c.producer
+                .contains(&("compression.codec".into(), "gzip".into()))
+        );
+        assert!(c.producer.contains(&("acks".into(), "all".into())));
+    }
+
+    #[test]
+    fn absent_section_means_role_not_configured() {
+        assert!(load("[log]\n").0.is_none());
+    }
+
+    #[test]
+    fn producer_overrides_replace_defaults_and_pass_through() {
+        let (c, errors) = load(
+            "[ingest]\n[ingest.producer]\nlinger.ms = 20\nqueue.buffering.max.messages = 5000\n",
+        );
+        assert!(errors.0.is_empty(), "{errors}");
+        let p = c.unwrap().producer;
+        assert!(p.contains(&("linger.ms".into(), "20".into())));
+        assert!(!p.contains(&("linger.ms".into(), "5".into())));
+        assert!(p.contains(&("queue.buffering.max.messages".into(), "5000".into())));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_line() {
+        let (_, errors) = load(
+            "[ingest]\nworkers = 0\nack = sometimes\nlisten = :x\nmax_body_bytes = 10\nmax_record_bytes = 20\nbogus = 1\n\
+             [ingest.routes]\nvisit = bad topic!\n[ingest.producer]\nacks = maybe\n",
+        );
+        let t = errors.to_string();
+        for want in [
+            "i.ini:2 [ingest] workers: expected an integer in 1..=256, got \"0\"",
+            "i.ini:3 [ingest] ack: expected one of kafka | queued, got \"sometimes\"",
+            "i.ini:4 [ingest] listen: expected host:port",
+            "i.ini:6 [ingest] max_record_bytes: must not exceed max_body_bytes (10), got 20",
+            "i.ini:7 [ingest] bogus: unknown key",
+            "i.ini:9 [ingest.routes] visit: expected a Kafka topic name",
+            "i.ini:11 [ingest.producer] acks: librdkafka rejects \"maybe\"",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in:\n{t}");
+        }
+    }
+
+    #[test]
+    fn conflicting_producer_settings_are_rejected_together() {
+        let (_, errors) = load("[ingest]\n[ingest.producer]\nacks = 1\n");
+        assert!(
+            errors.to_string().contains("i.ini:3 [ingest.producer] acks: must be all when enable.idempotence = true, got \"1\""),
+            "{errors}"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The `Idempotency-Key` window: a repeat of a key seen within the window is
+//! answered with the first answer and produces nothing. A repeat that arrives
+//! while the first is still in flight waits for it. Failed first attempts
+//! (5xx) are forgotten, so a client's retry is produced. Per instance: a load
+//! balancer must hash on the header to keep it exact across instances.
+//!
+//! Pure over the clock and the waiter type `W` (a `tiny_http::Request` in the
+//! service), so it is unit-tested without sockets.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A stored answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Arc<str>,
+}
+
+enum Entry<W> {
+    InFlight {
+        body_hash: u64,
+        waiters: Vec<W>,
+    },
+    Done {
+        body_hash: u64,
+        answer: Answer,
+        at: Instant,
+    },
+}
+
+/// What to do with a request carrying a key.
+pub enum Begin<W> {
+    /// First time: process it, then call [`Window::finish`].
+    New(W),
+    /// Seen and answered: send this answer again.
+    Replay(Answer, W),
+    /// The first is still in flight; the waiter was parked and will be
+    /// returned by `finish`.
+    Parked,
+    /// Same key, different body: refuse (422), the waiter comes back.
+    Mismatch(W),
+}
+
+pub struct Window<W> {
+    ttl: Duration,
+    max_keys: usize,
+    entries: HashMap<String, Entry<W>>,
+    /// Keys of finished entries in finishing order, for expiry.
+    order: VecDeque<(Instant, String)>,
+}
+
+impl<W> Window<W> {
+    pub fn new(ttl: Duration, max_keys: usize) -> Self {
+        Window {
+            ttl,
+            max_keys,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn begin(&mut self, key: &str, body_hash: u64, waiter: W, now: Instant) -> Begin<W> {
+        self.expire(now);
+        match self.entries.get_mut(key) {
+            None => {
+                self.entries.insert(
+                    key.to_string(),
+                    Entry::InFlight {
+                        body_hash,
+                        waiters: Vec::new(),
+                    },
+                );
+                Begin::New(waiter)
+            }
+            Some(Entry::InFlight { body_hash: h, .. }) | Some(Entry::Done { body_hash: h, .. })
+                if *h != body_hash =>
+            {
+                Begin::Mismatch(waiter)
+            }
+            Some(Entry::InFlight { waiters, .. }) => {
+                waiters.push(waiter);
+                Begin::Parked
+            }
+            Some(Entry::Done { answer, .. }) => Begin::Replay(answer.clone(), waiter),
+        }
+    }
+
+    /// Records the first attempt's answer; returns the parked waiters, who
+    /// get the same answer. 5xx answers are not kept.
+    pub fn finish(&mut self, key: &str, answer: &Answer, now: Instant) -> Vec<W> {
+        let waiters = match self.entries.remove(key) {
+            Some(Entry::InFlight { body_hash, waiters }) => {
+                if answer.status < 500 {
+                    self.entries.insert(
+                        key.to_string(),
+                        Entry::Done {
+                            body_hash,
+                            answer: answer.clone(),
+                            at: now,
+                        },
+                    );
+                    self.order.push_back((now, key.to_string()));
+                }
+                waiters
+            }
+            Some(done) => {
+                self.entries.insert(key.to_string(), done);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        self.expire(now);
+        waiters
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, key)) = self.order.front() {
+            let too_many = self.order.len() > self.max_keys;
+            if !too_many && now.duration_since(*at) < self.ttl {
+                break;
+            }
+            // An entry re-finished later has a newer `at`; only drop the one
+            // this queue slot describes.
+            if let Some(Entry::Done { at: entry_at, .. }) = self.entries.get(key)
+                && entry_at == at
+            {
+                self.entries.remove(key);
+            }
+            self.order.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Answer {
+        Answer {
+            status: 200,
+            body: Arc::from(body),
+        }
+    }
+
+    #[test]
+    fn repeat_within_window_replays_the_first_answer() {
+        let t0 = Instant::now();
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        assert!(matches!(w.begin("k", 1, 0, t0), Begin::New(_)));
+        assert!(w.finish("k", &ok("first"), t0).is_empty());
+        match w.begin("k", 1, 0, t0 + Duration::from_secs(59)) {
+            Begin::Replay(a, _) => assert_eq!(a, ok("first")),
+            _ => panic!("expected replay"),
+        }
+    }
+
+    #[test]
+    fn key_expires_after_the_window() {
+        let t0 = Instant::now();
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        w.begin("k", 1, 0, t0);
+        w.finish("k", &ok("first"), t0);
+        assert!(matches!(
+            w.begin("k", 1, 0, t0 + Duration::from_secs(61)),
+            Begin::New(_)
+        ));
+    }
+
+    #[test]
+    fn concurrent_repeat_waits_for_the_first() {
+        let t0 = Instant::now();
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        w.begin("k", 1, 0, t0);
+        assert!(matches!(w.begin("k", 1, 7, t0), Begin::Parked));
+        assert!(matches!(w.begin("k", 1, 8, t0), Begin::Parked));
+        assert_eq!(w.finish("k", &ok("first"), t0), vec![7, 8]);
+    }
+
+    #[test]
+    fn different_body_under_same_key_is_a_mismatch() {
+        let t0 = Instant::now();
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        w.begin("k", 1, 0, t0);
+        assert!(matches!(w.begin("k", 2, 9, t0), Begin::Mismatch(9)));
+    }
+
+    #[test]
+    fn server_errors_are_forgotten_so_retries_produce() {
+        let t0 = Instant::now();
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        w.begin("k", 1, 0, t0);
+        w.finish(
+            "k",
+            &Answer {
+                status: 503,
+                body: Arc::from("down"),
+            },
+            t0,
+        );
+        assert!(matches!(w.begin("k", 1, 0, t0), Begin::New(_)));
+    }
+
+    #[test]
+    fn oldest_keys_are_evicted_past_max_keys() {
+        let t0 = Instant::now();
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 2);
+        for k in ["a", "b", "c"] {
+            w.begin(k, 1, 0, t0);
+            w.finish(k, &ok(k), t0);
+        }
+        assert_eq!(w.len(), 2);
+        assert!(matches!(w.begin("a", 1, 0, t0), Begin::New(_)));
+        assert!(matches!(w.begin("c", 1, 0, t0), Begin::Replay(..)));
+    }
+}

@@ -1,0 +1,325 @@
+//! The ingest role: HTTP POST → Kafka (the seeds' "producer" / "web service").
+//!
+//! Threads and channels, upstream to downstream:
+//! - `ingest-http` (`http_threads`): take requests from tiny_http, validate
+//!   the whole body, `send_timeout` a [`produce::Job`] into the bounded job
+//!   channel (full for `enqueue_timeout_ms` → 503 + Retry-After);
+//! - `ingest-w` (`workers`, default 8): take jobs, hand records to the
+//!   librdkafka producer (gzip, acks=all, idempotence);
+//! - librdkafka's poll thread: delivery callbacks settle records; a request
+//!   whose records are all settled goes into the `done` channel;
+//! - `ingest-resp` (2): answer it (200, 207 or 503 with offsets).
+//! - `ingest-probe`: Kafka reachability and partition counts for `/ready`,
+//!   creating missing topics.
+//!
+//! Stop order: HTTP threads drain queued requests and exit (dropping the job
+//! senders) → workers drain the channel → producer flush → probe → producer
+//! dropped (unsettled records answered 503) → responders drain and exit.
+
+pub mod body;
+pub mod config;
+pub mod idempotency;
+pub mod produce;
+mod server;
+mod telemetry;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use crossbeam_channel::Sender;
+use log::{error, info, warn};
+use rdkafka::producer::Producer as _;
+
+pub use config::{AckMode, IngestConfig};
+use idempotency::Window;
+use produce::{IngestContext, Pending, Producer};
+use telemetry::IngestMetrics;
+
+use crate::config::KafkaConfig;
+use crate::http::{json_reply, with_retry_after};
+use crate::kafka::probe::{Probe, TopicPlan};
+use crate::kafka::{Context, KafkaStats, client_config};
+use crate::pool::WorkerPool;
+use crate::shutdown::Stopper;
+use crate::stats::Telemetry;
+
+/// How long a probe round waits for the cluster's metadata.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One route as the server sees it.
+pub(crate) struct RouteState {
+    pub stream: String,
+    pub topic: Arc<str>,
+}
+
+/// State the HTTP threads and responders share (read-mostly).
+pub(crate) struct Shared {
+    pub config: IngestConfig,
+    pub routes: Vec<RouteState>,
+    /// `/api/<stream>/v1/` and `/api/<stream>/v1` → route index.
+    pub paths: HashMap<String, usize>,
+    pub idempotency: Mutex<Window<tiny_http::Request>>,
+    pub probe: Arc<Probe>,
+    pub metrics: IngestMetrics,
+}
+
+/// A running ingest role.
+pub struct Handle {
+    addr: SocketAddr,
+    stopper: Stopper,
+    http: WorkerPool,
+    workers: WorkerPool,
+    responders: WorkerPool,
+    probe_thread: JoinHandle<()>,
+    producer: Arc<Producer>,
+    telemetry: Arc<telemetry::IngestTelemetry>,
+    shutdown_timeout: Duration,
+}
+
+/// Builds the producer, checks Kafka and creates topics, then starts the
+/// threads. `listener` is already bound (tests bind port 0).
+pub fn spawn(
+    config: IngestConfig,
+    kafka: &KafkaConfig,
+    listener: TcpListener,
+    fatal: Sender<String>,
+) -> anyhow::Result<Handle> {
+    let kafka_stats = Arc::new(KafkaStats::default());
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Arc<Pending>>();
+    let context = IngestContext {
+        base: Context {
+            name: "ingest",
+            stats: kafka_stats.clone(),
+            fatal,
+        },
+        done: done_tx,
+    };
+    let producer: Arc<Producer> = Arc::new(
+        client_config(kafka, &config.producer)
+            .create_with_context(context)
+            .context("cannot create the Kafka producer")?,
+    );
+    let admin_config = client_config(kafka, &[]);
+    let plan = TopicPlan {
+        topics: config.topics(),
+        create: config.create_topics,
+        partitions: config.topic_partitions,
+        replication: config.topic_replication_factor,
+    };
+    let probe = Arc::new(Probe::default());
+    probe.check(
+        producer.client(),
+        &admin_config,
+        &plan,
+        Duration::from_secs(5),
+    );
+    if !probe.reachable() {
+        warn!(
+            "Kafka not reachable at start ({}); requests wait for it",
+            kafka.brokers
+        );
+    }
+
+    let addr = listener.local_addr()?;
+    let server = Arc::new(
+        tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?,
+    );
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<produce::Job>(config.channel_capacity);
+
+    let mut paths = HashMap::new();
+    let routes: Vec<RouteState> = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            paths.insert(format!("/api/{}/v1/", r.stream), i);
+            paths.insert(format!("/api/{}/v1", r.stream), i);
+            RouteState {
+                stream: r.stream.clone(),
+                topic: Arc::from(r.topic.as_str()),
+            }
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        metrics: IngestMetrics::new(routes.len()),
+        idempotency: Mutex::new(Window::new(
+            config.idempotency_window,
+            config.idempotency_max_keys,
+        )),
+        routes,
+        paths,
+        probe: probe.clone(),
+        config: config.clone(),
+    });
+    let stopper = Stopper::new();
+
+    let responders = {
+        let shared = shared.clone();
+        WorkerPool::spawn("ingest-resp", 2, move |_, g| {
+            while let Ok(p) = done_rx.recv() {
+                let _t = g.task();
+                shared.respond(&p);
+            }
+        })
+    };
+    let workers = {
+        let (shared, producer, jobs_rx) = (shared.clone(), producer.clone(), jobs_rx.clone());
+        let queue_wait = delivery_timeout(&config.producer);
+        WorkerPool::spawn("ingest-w", config.workers, move |_, g| {
+            while let Ok(job) = jobs_rx.recv() {
+                let _t = g.task();
+                produce::produce(&producer, job, queue_wait, || {
+                    shared.metrics.producer_queue_full.inc()
+                });
+            }
+        })
+    };
+    let http = {
+        let (shared, token) = (shared.clone(), stopper.token());
+        WorkerPool::spawn("ingest-http", config.http_threads, move |_, g| {
+            let jobs = jobs_tx.clone();
+            crate::http::serve(
+                &server,
+                &token,
+                |req| {
+                    let _t = g.task();
+                    server::handle(&shared, &jobs, req)
+                },
+                || shared.metrics.panics.inc(),
+            );
+        })
+    };
+    let probe_thread = {
+        let (producer, probe, token) = (producer.clone(), probe.clone(), stopper.token());
+        std::thread::Builder::new()
+            .name("ingest-probe".into())
+            .spawn(move || {
+                while !token.wait(Duration::from_secs(1)) {
+                    probe.check(producer.client(), &admin_config, &plan, PROBE_TIMEOUT);
+                }
+            })?
+    };
+    let telemetry = Arc::new(telemetry::IngestTelemetry::new(
+        shared,
+        kafka_stats,
+        vec![http.view(), workers.view(), responders.view()],
+        jobs_rx,
+        stopper.token(),
+    ));
+    info!(
+        "listening on http://{addr} (routes: {})",
+        config
+            .routes
+            .iter()
+            .map(|r| format!("{}→{}", r.stream, r.topic))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Handle {
+        addr,
+        stopper,
+        http,
+        workers,
+        responders,
+        probe_thread,
+        producer,
+        telemetry,
+        shutdown_timeout: config.shutdown_timeout,
+    })
+}
+
+/// librdkafka's delivery timeout from the producer settings: a full local
+/// queue is waited out no longer than a record may take in all.
+fn delivery_timeout(producer: &[(String, String)]) -> Duration {
+    let ms = producer
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "delivery.timeout.ms" || k == "message.timeout.ms")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(300_000);
+    Duration::from_millis(ms)
+}
+
+impl Shared {
+    /// Answers a request whose records are all settled.
+    fn respond(&self, p: &Pending) {
+        let outcomes = p.outcomes();
+        let acked = outcomes
+            .iter()
+            .filter(|o| matches!(o, produce::Outcome::Acked { .. }))
+            .count();
+        let failed = outcomes.len() - acked;
+        self.metrics.records_acked.add(acked as u64);
+        self.metrics.records_failed.add(failed as u64);
+        let reply = p.reply.lock().ok().and_then(|mut r| r.take());
+        let Some(req) = reply else {
+            if failed > 0 {
+                // Queued mode: the client was told 202; this is real loss.
+                self.metrics.lost_queued.add(failed as u64);
+                self.metrics.log_loss(failed, &p.topic);
+            }
+            return;
+        };
+        let (status, body) = produce::answer(&p.topic, &outcomes);
+        self.finish_idempotent(p.idempotency_key.as_deref(), status, &body);
+        let mut reply = json_reply(status, &body);
+        if status == 503 {
+            reply = with_retry_after(reply, 1);
+        }
+        self.reply(req, Some(p.route), p.started, reply);
+    }
+}
+
+impl Handle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn telemetry(&self) -> Arc<dyn Telemetry> {
+        self.telemetry.clone()
+    }
+
+    /// Starts the drain without waiting (the admin server reports not ready).
+    pub fn begin_stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// Drains in order within `shutdown_timeout_ms`; true when every thread
+    /// ended and every record was settled in time.
+    pub fn stop(mut self) -> bool {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        info!("Stopping.");
+        self.stopper.stop();
+        let mut clean = self.http.join_until(deadline);
+        clean &= self.workers.join_until(deadline);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self.producer.flush(left) {
+            warn!(
+                "producer flush did not finish within the shutdown timeout ({e}); unsettled records are answered 503"
+            );
+            clean = false;
+        }
+        if self.probe_thread.join().is_err() {
+            error!("probe thread panicked");
+        }
+        // Last owner: dropping purges what is left, whose callbacks settle
+        // (and answer) the remaining requests, then closes the done channel.
+        drop(self.producer);
+        clean &= self
+            .responders
+            .join_until(Instant::now().max(deadline) + Duration::from_secs(1));
+        if !clean {
+            error!(
+                "ingest did not drain within {} ms",
+                self.shutdown_timeout.as_millis()
+            );
+        }
+        info!("Stopped.");
+        clean
+    }
+}

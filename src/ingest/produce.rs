@@ -1,0 +1,325 @@
+//! The producing half of ingest: the job a request becomes, the worker loop
+//! that hands its records to librdkafka, the delivery callback that records
+//! each broker acknowledgement, and the answer built once every record of a
+//! request is settled.
+//!
+//! Channel ends: workers hold the job `Receiver` (the HTTP threads hold the
+//! senders); the producer context holds the `done` sender, whose receiver is
+//! the responder pool's.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::statistics::Statistics;
+use serde_json::json;
+
+use super::body::Span;
+use crate::kafka::Context;
+
+/// How one record ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Waiting,
+    Acked {
+        partition: i32,
+        offset: i64,
+    },
+    Failed {
+        code: String,
+        message: String,
+        retriable: bool,
+    },
+}
+
+/// A request whose records are in flight; answered when `remaining` hits 0.
+pub struct Pending {
+    pub route: usize,
+    pub topic: Arc<str>,
+    /// The request to answer; `None` in `queued` mode (already answered).
+    pub reply: Mutex<Option<tiny_http::Request>>,
+    pub idempotency_key: Option<String>,
+    pub started: Instant,
+    remaining: AtomicUsize,
+    outcomes: Mutex<Vec<Outcome>>,
+}
+
+impl Pending {
+    pub fn new(
+        route: usize,
+        topic: Arc<str>,
+        records: usize,
+        reply: Option<tiny_http::Request>,
+        idempotency_key: Option<String>,
+    ) -> Pending {
+        Pending {
+            route,
+            topic,
+            reply: Mutex::new(reply),
+            idempotency_key,
+            started: Instant::now(),
+            remaining: AtomicUsize::new(records),
+            outcomes: Mutex::new(vec![Outcome::Waiting; records]),
+        }
+    }
+
+    /// Settles record `index`; true for the call that settled the last one.
+    pub fn settle(&self, index: usize, outcome: Outcome) -> bool {
+        if let Ok(mut o) = self.outcomes.lock()
+            && let Some(slot) = o.get_mut(index)
+        {
+            *slot = outcome;
+        }
+        self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+}
+
+/// One request's records, as taken by a worker.
+pub struct Job {
+    pub pending: Arc<Pending>,
+    /// The decoded body; spans index into it.
+    pub body: Vec<u8>,
+    pub spans: Vec<Span>,
+    pub partition: Option<i32>,
+    /// From `X-Kafka-Key`; wins over the key of `key_field`.
+    pub key: Option<String>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// The ingest producer's context: the shared client context plus the
+/// delivery callback.
+pub struct IngestContext {
+    pub base: Context,
+    pub done: Sender<Arc<Pending>>,
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        self.base.stats(statistics);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason);
+    }
+}
+
+impl ProducerContext for IngestContext {
+    type DeliveryOpaque = Box<(Arc<Pending>, usize)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (pending, index) = *opaque;
+        let outcome = match result {
+            Ok(m) => Outcome::Acked {
+                partition: m.partition(),
+                offset: m.offset(),
+            },
+            Err((e, _)) => failed(e),
+        };
+        if pending.settle(index, outcome) {
+            // The responders outlive the producer, so this only fails
+            // during teardown, when nobody is left to answer.
+            let _ = self.done.send(pending);
+        }
+    }
+}
+
+pub type Producer = ThreadedProducer<IngestContext>;
+
+fn failed(e: &KafkaError) -> Outcome {
+    let code = e.rdkafka_error_code();
+    use RDKafkaErrorCode as C;
+    let retriable = !matches!(
+        code,
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessage
+                | C::InvalidMessageSize
+                | C::TopicAuthorizationFailed
+                | C::UnknownPartition
+                | C::InvalidRecord
+        )
+    );
+    Outcome::Failed {
+        code: code
+            .map(|c| format!("{c:?}"))
+            .unwrap_or_else(|| "Unknown".into()),
+        message: e.to_string(),
+        retriable,
+    }
+}
+
+/// Hands every record of `job` to librdkafka. A full producer queue is
+/// waited out (the poll thread drains it) up to `queue_wait`; other refusals
+/// settle the record as failed at once.
+pub fn produce(producer: &Producer, job: Job, queue_wait: Duration, on_queue_full: impl Fn()) {
+    let headers = (!job.headers.is_empty()).then(|| {
+        job.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(job.headers.len()),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v),
+                })
+            },
+        )
+    });
+    let topic = job.pending.topic.clone();
+    let topic: &str = &topic;
+    for (i, span) in job.spans.iter().enumerate() {
+        let payload = &job.body[span.range.clone()];
+        let mut record: BaseRecord<'_, str, [u8], _> =
+            BaseRecord::with_opaque_to(topic, Box::new((job.pending.clone(), i))).payload(payload);
+        if let Some(k) = job.key.as_deref().or(span.key.as_deref()) {
+            record = record.key(k);
+        }
+        if let Some(p) = job.partition {
+            record = record.partition(p);
+        }
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        let deadline = Instant::now() + queue_wait;
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    on_queue_full();
+                    record = back;
+                    // Back off while the poll thread makes room; this is a
+                    // retry pause, not synchronisation.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, back)) => {
+                    let (pending, index) = *back.delivery_opaque;
+                    if pending.settle(index, failed(&e)) {
+                        let _ = producer.context().done.send(pending);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Status and JSON body for a settled request, in the shape of the
+/// Confluent REST Proxy: one entry per record, in request order.
+pub fn answer(topic: &str, outcomes: &[Outcome]) -> (u16, serde_json::Value) {
+    let mut ok = 0usize;
+    let mut any_permanent = false;
+    let offsets: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Acked { partition, offset } => {
+                ok += 1;
+                json!({ "partition": partition, "offset": offset, "status": 200 })
+            }
+            Outcome::Failed {
+                code,
+                message,
+                retriable,
+            } => {
+                any_permanent |= !retriable;
+                let status = if *retriable { 503 } else { 500 };
+                json!({ "status": status, "error_code": code, "error": message })
+            }
+            Outcome::Waiting => {
+                json!({ "status": 500, "error_code": "Unsettled", "error": "record not settled" })
+            }
+        })
+        .collect();
+    let status = match (ok, outcomes.len()) {
+        (o, n) if o == n => 200,
+        (0, _) if any_permanent => 500,
+        (0, _) => 503,
+        _ => 207,
+    };
+    let mut body = json!({ "topic": topic, "offsets": offsets });
+    if status >= 500 {
+        body["status"] = json!(status);
+        body["error"] =
+            json!("Kafka did not acknowledge the records; nothing of this request is stored");
+    }
+    (status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(retriable: bool) -> Outcome {
+        Outcome::Failed {
+            code: "MessageTimedOut".into(),
+            message: "timed out".into(),
+            retriable,
+        }
+    }
+
+    #[test]
+    fn all_acked_is_200_with_offsets_in_order() {
+        let (s, b) = answer(
+            "t",
+            &[
+                Outcome::Acked {
+                    partition: 1,
+                    offset: 7,
+                },
+                Outcome::Acked {
+                    partition: 0,
+                    offset: 3,
+                },
+            ],
+        );
+        assert_eq!(s, 200);
+        assert_eq!(b["offsets"][0]["partition"], 1);
+        assert_eq!(b["offsets"][1]["offset"], 3);
+    }
+
+    #[test]
+    fn partial_failure_is_207_never_200() {
+        let (s, b) = answer(
+            "t",
+            &[
+                Outcome::Acked {
+                    partition: 1,
+                    offset: 7,
+                },
+                fail(true),
+            ],
+        );
+        assert_eq!(s, 207);
+        assert_eq!(b["offsets"][1]["status"], 503);
+        assert_eq!(b["offsets"][1]["error_code"], "MessageTimedOut");
+    }
+
+    #[test]
+    fn total_failure_is_503_when_retriable_else_500() {
+        assert_eq!(answer("t", &[fail(true), fail(true)]).0, 503);
+        assert_eq!(answer("t", &[fail(true), fail(false)]).0, 500);
+    }
+
+    #[test]
+    fn settle_reports_the_last_record_once() {
+        let p = Pending::new(0, Arc::from("t"), 2, None, None);
+        assert!(!p.settle(1, fail(true)));
+        assert!(p.settle(
+            0,
+            Outcome::Acked {
+                partition: 0,
+                offset: 1
+            }
+        ));
+        assert_eq!(p.outcomes()[1], fail(true));
+    }
+}

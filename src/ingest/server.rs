@@ -1,0 +1,303 @@
+//! The HTTP half of ingest: one request → route, checks, body decoding and
+//! splitting, idempotency, then a bounded `send_timeout` into the job channel
+//! (the workers hold the receiver). Everything is validated before anything
+//! is enqueued, so a rejected request produces nothing.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{SendTimeoutError, Sender};
+use serde_json::json;
+use tiny_http::{Method, Request};
+
+use super::Shared;
+use super::body::{self, BodyError};
+use super::config::AckMode;
+use super::idempotency::{Answer, Begin};
+use super::produce::{Job, Pending};
+use crate::http::{self, error_reply, header_value, json_reply, with_header, with_retry_after};
+
+const HEADER_PREFIX: &str = "x-kafka-header-";
+
+/// Answers one request (every branch ends in a response).
+pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
+    let started = Instant::now();
+    let (path, query) = http::split_url(req.url());
+    let (path, query) = (path.to_string(), query.to_string());
+    let path = path.as_str();
+    let Some(&route) = shared.paths.get(path) else {
+        let msg = format!("no route for {path}; routes: {}", shared.route_list());
+        return shared.reply(req, None, started, error_reply(404, &msg, json!({})));
+    };
+    if *req.method() != Method::Post {
+        let msg = format!("method {} not allowed on {path}: use POST", req.method());
+        let r = with_header(error_reply(405, &msg, json!({})), "Allow", "POST");
+        return shared.reply(req, Some(route), started, r);
+    }
+    let parsed = match parse(shared, &mut req, &query, route) {
+        Ok(p) => p,
+        Err((status, msg, extra)) => {
+            // The rest of an unread body would be taken for the next request.
+            let r = with_header(error_reply(status, &msg, extra), "Connection", "close");
+            return shared.reply(req, Some(route), started, r);
+        }
+    };
+    let topic = shared.routes[route].topic.clone();
+    let records = parsed.spans.len();
+
+    let mut idempotency_key = None;
+    if let Some(key) = header_value(&req, "Idempotency-Key").map(str::to_string)
+        && !shared.config.idempotency_window.is_zero()
+    {
+        let hash = body_hash(route, &parsed);
+        let begun = match shared.idempotency.lock() {
+            Ok(mut w) => w.begin(&key, hash, req, Instant::now()),
+            Err(_) => return, // poisoned: the request went with the panic
+        };
+        req = match begun {
+            Begin::New(r) => r,
+            Begin::Parked => return,
+            Begin::Replay(answer, r) => {
+                shared.metrics.idempotent_replays.inc();
+                let reply = with_header(
+                    http::body(
+                        answer.status,
+                        "application/json",
+                        answer.body.as_bytes().to_vec(),
+                    ),
+                    "Idempotent-Replayed",
+                    "true",
+                );
+                return shared.reply(r, Some(route), started, reply);
+            }
+            Begin::Mismatch(r) => {
+                let msg = format!("Idempotency-Key {key:?} was used with a different request");
+                return shared.reply(r, Some(route), started, error_reply(422, &msg, json!({})));
+            }
+        };
+        idempotency_key = Some(key);
+    }
+
+    let queued = shared.config.ack == AckMode::Queued;
+    let pending = Arc::new(Pending::new(
+        route,
+        topic.clone(),
+        records,
+        None,
+        idempotency_key.clone(),
+    ));
+    // ack = kafka: the request travels with the job and is answered by a
+    // responder; ack = queued: answered here.
+    let mut here = Some(req);
+    if !queued && let Ok(mut slot) = pending.reply.lock() {
+        *slot = here.take();
+    }
+    let job = Job {
+        pending: pending.clone(),
+        body: parsed.body,
+        spans: parsed.spans,
+        partition: parsed.partition,
+        key: parsed.key,
+        headers: parsed.headers,
+    };
+    let bytes = job.spans.iter().map(|s| s.range.len() as u64).sum();
+    match jobs.send_timeout(job, shared.config.enqueue_timeout) {
+        Ok(()) => {
+            shared.metrics.records_in.add(records as u64);
+            shared.metrics.bytes_in.add(bytes);
+            if queued {
+                let (status, body) = (202, json!({ "topic": &*topic, "queued": records }));
+                shared.finish_idempotent(idempotency_key.as_deref(), status, &body);
+                if let Some(req) = here {
+                    shared.reply(req, Some(route), started, json_reply(status, &body));
+                }
+            }
+        }
+        Err(SendTimeoutError::Timeout(job) | SendTimeoutError::Disconnected(job)) => {
+            shared.metrics.channel_full.inc();
+            let req = here.or_else(|| job.pending.reply.lock().ok().and_then(|mut r| r.take()));
+            let body = json!({
+                "status": 503,
+                "error": format!("ingest is saturated: the request channel stayed full for {} ms; nothing of this request is stored", shared.config.enqueue_timeout.as_millis()),
+            });
+            shared.finish_idempotent(idempotency_key.as_deref(), 503, &body);
+            if let Some(req) = req {
+                shared.reply(
+                    req,
+                    Some(route),
+                    started,
+                    with_retry_after(json_reply(503, &body), 1),
+                );
+            }
+        }
+    }
+}
+
+/// A request that passed every check.
+struct Parsed {
+    body: Vec<u8>,
+    spans: Vec<body::Span>,
+    partition: Option<i32>,
+    key: Option<String>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+type Reject = (u16, String, serde_json::Value);
+
+fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Result<Parsed, Reject> {
+    let body_err = |e: BodyError| {
+        let mut extra = json!({});
+        if let Some((line, column)) = e.position() {
+            extra = json!({ "line": line, "column": column });
+        }
+        if let Some(i) = e.record() {
+            extra["record"] = json!(i);
+        }
+        (e.status(), e.to_string(), extra)
+    };
+    let partition = parse_query(shared, query, route)?;
+    let format = body::format_of(header_value(req, "Content-Type")).map_err(body_err)?;
+    let encoding = header_value(req, "Content-Encoding").map(str::to_string);
+    let key = header_value(req, "X-Kafka-Key").map(str::to_string);
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers()
+        .iter()
+        .filter_map(|h| {
+            let name = h.field.as_str().as_str();
+            let suffix = name.get(HEADER_PREFIX.len()..)?;
+            (name[..HEADER_PREFIX.len()].eq_ignore_ascii_case(HEADER_PREFIX) && !suffix.is_empty())
+                .then(|| (suffix.to_string(), h.value.as_str().as_bytes().to_vec()))
+        })
+        .collect();
+
+    let max = shared.config.max_body_bytes;
+    let mut wire = Vec::with_capacity(req.body_length().unwrap_or(0).min(max));
+    req.as_reader()
+        .take(max as u64 + 1)
+        .read_to_end(&mut wire)
+        .map_err(|e| (400, format!("cannot read the request body: {e}"), json!({})))?;
+    if wire.len() > max {
+        return Err(body_err(BodyError::TooLarge { max }));
+    }
+    let decoded = body::decode(encoding.as_deref(), wire, max).map_err(body_err)?;
+    let (_, spans) = body::split(
+        &decoded,
+        format,
+        shared.config.key_field.as_deref(),
+        shared.config.max_record_bytes,
+    )
+    .map_err(body_err)?;
+    Ok(Parsed {
+        body: decoded,
+        spans,
+        partition,
+        key,
+        headers,
+    })
+}
+
+/// `?partition=N`, checked against the partition count last seen.
+fn parse_query(shared: &Shared, query: &str, route: usize) -> Result<Option<i32>, Reject> {
+    let mut partition = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "partition" => {
+                let p: i32 = v.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
+                    (
+                        400,
+                        format!(
+                            "query parameter partition: expected a partition number >= 0, got {v:?}"
+                        ),
+                        json!({}),
+                    )
+                })?;
+                let topic = &shared.routes[route].topic;
+                if let Some(n) = shared.probe.partitions(topic)
+                    && p >= n
+                {
+                    return Err((
+                        400,
+                        format!(
+                            "query parameter partition: topic {topic} has {n} partitions (0..={}), got {p}",
+                            n - 1
+                        ),
+                        json!({}),
+                    ));
+                }
+                partition = Some(p);
+            }
+            other => {
+                return Err((
+                    400,
+                    format!("unknown query parameter {other:?}: only partition is accepted"),
+                    json!({}),
+                ));
+            }
+        }
+    }
+    Ok(partition)
+}
+
+/// What makes two requests "the same" for an idempotency key.
+fn body_hash(route: usize, p: &Parsed) -> u64 {
+    let mut h = DefaultHasher::new();
+    (route, &p.body, p.partition, &p.key, &p.headers).hash(&mut h);
+    h.finish()
+}
+
+impl Shared {
+    /// Sends a reply and counts it.
+    pub(super) fn reply(
+        &self,
+        req: Request,
+        route: Option<usize>,
+        started: Instant,
+        reply: http::Reply,
+    ) {
+        self.metrics.count_response(route, reply.status_code().0);
+        self.metrics
+            .latency
+            .record_us(started.elapsed().as_micros() as u64);
+        http::send(req, reply);
+    }
+
+    /// Records the first answer of an idempotency key and answers the
+    /// requests that waited for it.
+    pub(super) fn finish_idempotent(
+        &self,
+        key: Option<&str>,
+        status: u16,
+        body: &serde_json::Value,
+    ) {
+        let Some(key) = key else { return };
+        let answer = Answer {
+            status,
+            body: Arc::from(body.to_string()),
+        };
+        let waiters = match self.idempotency.lock() {
+            Ok(mut w) => w.finish(key, &answer, Instant::now()),
+            Err(_) => return,
+        };
+        for w in waiters {
+            let reply = with_header(
+                http::body(status, "application/json", answer.body.as_bytes().to_vec()),
+                "Idempotent-Replayed",
+                "true",
+            );
+            self.metrics.idempotent_replays.inc();
+            self.reply(w, None, Instant::now(), reply);
+        }
+    }
+
+    fn route_list(&self) -> String {
+        self.routes
+            .iter()
+            .map(|r| format!("POST /api/{}/v1/", r.stream))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

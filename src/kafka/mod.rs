@@ -1,0 +1,200 @@
+//! Kafka plumbing shared by the roles: client configuration, the client
+//! context (statistics intake, fatal-error escalation), topic creation with
+//! the AdminClient, and the reachability probe behind `/ready`.
+
+pub mod probe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use log::{error, warn};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+
+use crate::config::KafkaConfig;
+use crate::metrics::{Counter, Gauge, Prom};
+
+/// Builds a client configuration: `[kafka]` first, then the role's own
+/// properties (which win). Statistics are emitted each second for `/metrics`.
+pub fn client_config(kafka: &KafkaConfig, role_properties: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers);
+    c.set("statistics.interval.ms", "1000");
+    for (k, v) in kafka.properties.iter().chain(role_properties) {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The librdkafka figures we export, refreshed from its statistics callback.
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    /// Messages waiting in the producer queue.
+    pub queued_msgs: Gauge,
+    /// Messages produced to brokers (librdkafka's `txmsgs`).
+    pub tx_msgs: Gauge,
+    /// Payload bytes of produced messages before compression (`txmsg_bytes`).
+    pub tx_msg_bytes: Gauge,
+    /// Bytes sent to brokers on the wire, after compression (`tx_bytes`).
+    pub tx_wire_bytes: Gauge,
+    /// Brokers in state UP.
+    pub brokers_up: Gauge,
+    /// Request errors and retries summed over brokers.
+    pub tx_errors: Gauge,
+    pub tx_retries: Gauge,
+    /// Mean round-trip time in microseconds over brokers that report one.
+    pub rtt_avg_us: Gauge,
+    pub stats_received: Counter,
+}
+
+impl KafkaStats {
+    fn intake(&self, s: &Statistics) {
+        self.queued_msgs.set(s.msg_cnt as i64);
+        self.tx_msgs.set(s.txmsgs);
+        self.tx_msg_bytes.set(s.txmsg_bytes);
+        self.tx_wire_bytes.set(s.tx_bytes);
+        let real = s.brokers.values().filter(|b| b.nodeid >= 0);
+        let (mut up, mut errs, mut retries, mut rtt_sum, mut rtt_n) = (0, 0, 0, 0, 0);
+        for b in real {
+            up += i64::from(b.state == "UP");
+            errs += b.txerrs as i64;
+            retries += b.txretries as i64;
+            if let Some(w) = &b.rtt
+                && w.cnt > 0
+            {
+                rtt_sum += w.avg;
+                rtt_n += 1;
+            }
+        }
+        self.brokers_up.set(up);
+        self.tx_errors.set(errs);
+        self.tx_retries.set(retries);
+        self.rtt_avg_us
+            .set(if rtt_n > 0 { rtt_sum / rtt_n } else { 0 });
+        self.stats_received.inc();
+    }
+
+    pub fn render(&self, p: &mut Prom<'_>, client: &str) {
+        let l = [("client", client)];
+        type Pick = fn(&KafkaStats) -> i64;
+        let rows: [(&str, &str, &str, Pick); 8] = [
+            (
+                "kbridge_kafka_queued_messages",
+                "gauge",
+                "Messages in the librdkafka producer queue.",
+                |s| s.queued_msgs.get(),
+            ),
+            (
+                "kbridge_kafka_tx_messages_total",
+                "counter",
+                "Messages produced to brokers (librdkafka txmsgs).",
+                |s| s.tx_msgs.get(),
+            ),
+            (
+                "kbridge_kafka_tx_message_bytes_total",
+                "counter",
+                "Payload bytes produced before compression (librdkafka txmsg_bytes).",
+                |s| s.tx_msg_bytes.get(),
+            ),
+            (
+                "kbridge_kafka_tx_wire_bytes_total",
+                "counter",
+                "Bytes sent to brokers on the wire (librdkafka tx_bytes).",
+                |s| s.tx_wire_bytes.get(),
+            ),
+            (
+                "kbridge_kafka_brokers_up",
+                "gauge",
+                "Brokers whose connection is UP.",
+                |s| s.brokers_up.get(),
+            ),
+            (
+                "kbridge_kafka_request_errors_total",
+                "counter",
+                "Broker request errors (librdkafka txerrs).",
+                |s| s.tx_errors.get(),
+            ),
+            (
+                "kbridge_kafka_request_retries_total",
+                "counter",
+                "Broker request retries (librdkafka txretries).",
+                |s| s.tx_retries.get(),
+            ),
+            (
+                "kbridge_kafka_rtt_avg_seconds",
+                "gauge",
+                "Mean broker round-trip time.",
+                |s| s.rtt_avg_us.get(),
+            ),
+        ];
+        for (name, kind, help, pick) in rows {
+            let v = pick(self);
+            if name.ends_with("_seconds") {
+                p.single(name, kind, help, &l, v as f64 / 1e6);
+            } else {
+                p.single(name, kind, help, &l, v);
+            }
+        }
+    }
+}
+
+/// Client context of every kbridge client: librdkafka logs go to `log`
+/// (default), statistics to [`KafkaStats`], fatal errors to the app, which
+/// stops the process with a non-zero code so systemd restarts it.
+#[derive(Clone)]
+pub struct Context {
+    pub name: &'static str,
+    pub stats: Arc<KafkaStats>,
+    pub fatal: Sender<String>,
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        self.stats.intake(&statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            error!(target: "kbridge::kafka", "{}: fatal librdkafka error: {error}: {reason}", self.name);
+            let _ = self
+                .fatal
+                .try_send(format!("{}: fatal librdkafka error: {reason}", self.name));
+        } else {
+            warn!(target: "kbridge::kafka", "{}: librdkafka: {error}: {reason}", self.name);
+        }
+    }
+}
+
+/// Creates the topics that do not exist yet. Returns the names created;
+/// "already exists" is success.
+pub fn ensure_topics(
+    config: &ClientConfig,
+    topics: &[String],
+    partitions: i32,
+    replication: i32,
+    timeout: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    // A plain executor waits for the AdminClient's one future: not a runtime.
+    let results = futures_executor::block_on(admin.create_topics(&new, &opts))?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(created)
+}

@@ -1,0 +1,26 @@
+//! kbridge moves events between HTTP and Apache Kafka on plain OS threads.
+//!
+//! Architecture (imports point one way: `app → roles → kafka → config/metrics`):
+//! - `app`: role dispatch, build-then-spawn, the signal loop, ordered stop;
+//! - `ingest`: HTTP POST → bounded job channel → producer workers → Kafka;
+//! - `kafka`: client configuration, statistics, topic creation, the probe;
+//! - `admin`, `stats`: `/health`, `/ready`, `/metrics` and the 1 s stats
+//!   log, reading roles only through `stats::Telemetry`;
+//! - `config`, `metrics`, `pool`, `shutdown`, `systemd`, `http`, `logging`:
+//!   shared plumbing.
+//!
+//! Stop order: sources first (HTTP accept), then workers drain their
+//! channels, then Kafka clients flush, then telemetry.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod kafka;
+pub mod logging;
+pub mod metrics;
+pub mod pool;
+pub mod shutdown;
+pub mod stats;
+pub mod systemd;

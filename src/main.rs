@@ -1,0 +1,105 @@
+//! The `kbridge` command: parses arguments, loads the configuration, starts
+//! logging, runs the roles and turns errors into exit codes (2: invalid
+//! configuration or usage; 1: runtime failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kbridge::app::{self, LoadError, Role};
+
+#[derive(Parser)]
+#[command(
+    name = "kbridge",
+    version,
+    about = "Moves events between HTTP and Apache Kafka on plain OS threads"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run roles (default: every role with a section in the file).
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Role to run; repeat for several.
+        #[arg(long, value_enum)]
+        role: Vec<Role>,
+        /// Overrides [log] level.
+        #[arg(long, value_name = "LEVEL")]
+        log_level: Option<log::LevelFilter>,
+    },
+    /// Validate a configuration file without starting (exit 0 valid, 2 invalid).
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<app::AppConfig, ExitCode> {
+    app::load(path).map_err(|e| {
+        match &e {
+            LoadError::Read(_) => eprintln!("kbridge: {e}"),
+            LoadError::Invalid(errors) => {
+                eprintln!(
+                    "kbridge: {} has {} error(s):",
+                    path.display(),
+                    errors.0.len()
+                );
+                eprintln!("{e}");
+            }
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(c) => {
+                let roles: Vec<String> = app::select_roles(&c, &[])
+                    .map(|r| r.iter().map(|r| format!("{r:?}").to_lowercase()).collect())
+                    .unwrap_or_default();
+                println!("{}: valid (roles: {})", config.display(), roles.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run {
+            config,
+            role,
+            log_level,
+        } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let roles = match app::select_roles(&c, &role) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("kbridge: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = kbridge::logging::init(
+                log_level.unwrap_or(c.common.log.level),
+                c.common.log.file.as_deref(),
+            ) {
+                eprintln!("kbridge: {e:#}");
+                return ExitCode::from(2);
+            }
+            match app::run(c, &roles) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    log::error!("{e:#}");
+                    eprintln!("kbridge: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Counters, gauges and the Prometheus text writer. Every role keeps its
+//! figures in these lock-free cells; the stats thread and `/metrics` read them.
+//!
+//! Metric names are `kbridge_<stage>_<noun>[_<unit>]_total` and are spelled
+//! once, in the role's own telemetry module, through these helpers.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn add(&self, v: i64) {
+        self.0.fetch_add(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Latency in microseconds; recorded under a short lock (no I/O inside).
+pub struct Latency(Mutex<hdrhistogram::Histogram<u64>>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        // 1 µs .. 10 min at 3 significant digits; the bounds are constants.
+        let h = hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+            .unwrap_or_else(|_| hdrhistogram::Histogram::new(3).expect("3 sigfig is valid"));
+        Latency(Mutex::new(h))
+    }
+}
+
+impl Latency {
+    pub fn record_us(&self, us: u64) {
+        if let Ok(mut h) = self.0.lock() {
+            h.saturating_record(us.max(1));
+        }
+    }
+    /// (count, p50, p99, max) in microseconds.
+    pub fn summary(&self) -> (u64, u64, u64, u64) {
+        match self.0.lock() {
+            Ok(h) => (
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max(),
+            ),
+            Err(_) => (0, 0, 0, 0),
+        }
+    }
+}
+
+/// Writes Prometheus text exposition lines.
+pub struct Prom<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Prom<'a> {
+    pub fn new(out: &'a mut String) -> Self {
+        Prom { out }
+    }
+
+    /// `# HELP` and `# TYPE` lines; call once per metric name.
+    pub fn describe(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A metric with one sample.
+    pub fn single(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
+        self.describe(name, kind, help);
+        self.sample(name, labels, value);
+    }
+
+    /// A latency summary (quantiles in seconds) from a [`Latency`].
+    pub fn latency(&mut self, name: &str, help: &str, labels: &[(&str, &str)], lat: &Latency) {
+        let (count, p50, p99, max) = lat.summary();
+        self.describe(name, "summary", help);
+        for (q, v) in [("0.5", p50), ("0.99", p99), ("1", max)] {
+            let mut l = labels.to_vec();
+            l.push(("quantile", q));
+            self.sample(name, &l, v as f64 / 1e6);
+        }
+        self.sample(&format!("{name}_count"), labels, count);
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_escaped_labels() {
+        let mut s = String::new();
+        let mut p = Prom::new(&mut s);
+        p.single(
+            "kbridge_x_total",
+            "counter",
+            "X things.",
+            &[("route", "a\"b")],
+            3,
+        );
+        assert_eq!(
+            s,
+            "# HELP kbridge_x_total X things.\n# TYPE kbridge_x_total counter\nkbridge_x_total{route=\"a\\\"b\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn latency_summary_reports_quantiles() {
+        let l = Latency::default();
+        for us in 1..=100 {
+            l.record_us(us * 1000);
+        }
+        let (count, p50, p99, max) = l.summary();
+        assert_eq!(count, 100);
+        assert!((49_000..=51_000).contains(&p50), "{p50}");
+        assert!((98_000..=100_100).contains(&p99), "{p99}");
+        assert!((99_000..=100_100).contains(&max), "{max}");
+    }
+}

@@ -1,0 +1,72 @@
+//! The stats thread and the [`Telemetry`] trait every role implements: once a
+//! second each role logs one line per pool (the seed's gauges, channel fill,
+//! rates, errors); `/metrics` and `/ready` read the same sources. The thread
+//! also sends the systemd watchdog pings.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::info;
+
+use crate::shutdown::StopToken;
+
+/// What a running role tells the stats thread and the admin server.
+pub trait Telemetry: Send + Sync {
+    /// The role's name, as in logs and labels.
+    fn name(&self) -> &'static str;
+    /// Lines for the once-a-second log; `elapsed` is the time since the
+    /// previous call, for rates.
+    fn stats_lines(&self, elapsed: Duration) -> Vec<String>;
+    /// Prometheus text for `/metrics`.
+    fn prometheus(&self, out: &mut String);
+    /// `Err` with the reason when the role cannot do its work now.
+    fn readiness(&self) -> Result<(), String>;
+}
+
+/// Events per second from two readings of a counter.
+#[derive(Debug, Default)]
+pub struct Rate {
+    last: u64,
+}
+
+impl Rate {
+    pub fn per_second(&mut self, now: u64, elapsed: Duration) -> f64 {
+        let delta = now.saturating_sub(self.last);
+        self.last = now;
+        let secs = elapsed.as_secs_f64();
+        if secs > 0.0 { delta as f64 / secs } else { 0.0 }
+    }
+}
+
+/// Starts the thread that logs every role's lines each `interval`.
+pub fn spawn(
+    roles: Vec<Arc<dyn Telemetry>>,
+    interval: Duration,
+    stop: StopToken,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("stats".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            let watchdog = crate::systemd::watchdog_interval();
+            let mut last_ping = Instant::now();
+            while !stop.wait(interval) {
+                let elapsed = last.elapsed();
+                last = Instant::now();
+                for role in &roles {
+                    for line in role.stats_lines(elapsed) {
+                        info!(target: "kbridge::stats", "{} {line}", role.name());
+                    }
+                }
+                // The ping proves this thread runs; Kafka being away is not a
+                // reason to be restarted, so readiness does not gate it.
+                if let Some(w) = watchdog
+                    && last_ping.elapsed() >= w
+                {
+                    crate::systemd::watchdog();
+                    last_ping = Instant::now();
+                }
+            }
+        })
+}
