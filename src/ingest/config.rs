@@ -28,7 +28,7 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("acks", "all"),
     ("enable.idempotence", "true"),
     ("compression.codec", "gzip"),
-    ("linger.ms", "5"),
+    ("linger.ms", "1"),
     ("batch.size", "1000000"),
     ("retries", "2147483647"),
     ("delivery.timeout.ms", "30000"),
@@ -257,7 +257,7 @@ mod tests {
         assert!(errors.0.is_empty(), "{errors}");
         let p = c.unwrap().producer;
         assert!(p.contains(&("linger.ms".into(), "20".into())));
-        assert!(!p.contains(&("linger.ms".into(), "5".into())));
+        assert!(!p.contains(&("linger.ms".into(), "1".into())));
         assert!(p.contains(&("queue.buffering.max.messages".into(), "5000".into())));
     }
 
