@@ -68,7 +68,11 @@ fn route(path: &str, roles: &[Arc<dyn Telemetry>], stop: &StopToken) -> http::Re
             for r in roles {
                 r.prometheus(&mut out);
             }
-            http::body(200, "text/plain; version=0.0.4", out.into_bytes())
+            http::body(
+                200,
+                "text/plain; version=0.0.4",
+                crate::metrics::group_families(&out).into_bytes(),
+            )
         }
         "/" => json_reply(
             200,

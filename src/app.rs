@@ -12,7 +12,9 @@ use anyhow::Context as _;
 use crossbeam_channel::select;
 use log::{error, info, warn};
 
+use crate::aggregates::Aggregates;
 use crate::config::{CommonConfig, ConfigError, ConfigErrors, read_document};
+use crate::deliver::{self, DeliverConfig};
 use crate::ingest::{self, IngestConfig};
 use crate::shutdown::{self, Stopper};
 use crate::stats::{self, Telemetry};
@@ -26,6 +28,8 @@ const KNOWN_SECTIONS: &[&str] = &[
     "ingest",
     "ingest.routes",
     "ingest.producer",
+    "deliver",
+    "deliver.consumer",
 ];
 
 /// The roles of the binary.
@@ -41,6 +45,7 @@ pub enum Role {
 pub struct AppConfig {
     pub common: CommonConfig,
     pub ingest: Option<IngestConfig>,
+    pub deliver: Option<DeliverConfig>,
 }
 
 /// Why a configuration could not be loaded.
@@ -72,21 +77,33 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
     }
     let common = CommonConfig::from_document(path, &doc, &mut errors);
     let ingest = IngestConfig::from_document(&doc, &mut errors);
-    for sub in ["ingest.routes", "ingest.producer"] {
-        if ingest.is_none() && doc.sections.contains_key(sub) {
+    let deliver = DeliverConfig::from_document(&doc, &mut errors);
+    for (sub, parent) in [
+        ("ingest.routes", ingest.is_some()),
+        ("ingest.producer", ingest.is_some()),
+        ("deliver.consumer", deliver.is_some()),
+    ] {
+        if !parent && doc.sections.contains_key(sub) {
             let line = doc.sections.get(sub).map(|s| s.line);
             errors.0.push(ConfigError {
                 origin: doc.origin.clone(),
                 line,
                 section: sub.into(),
                 key: None,
-                message: "needs an [ingest] section".into(),
+                message: format!(
+                    "needs a [{}] section",
+                    sub.split('.').next().unwrap_or_default()
+                ),
             });
         }
     }
     errors.0.sort_by_key(|e| e.line.unwrap_or(0));
     if errors.0.is_empty() {
-        Ok(AppConfig { common, ingest })
+        Ok(AppConfig {
+            common,
+            ingest,
+            deliver,
+        })
     } else {
         Err(LoadError::Invalid(errors))
     }
@@ -96,7 +113,8 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
 pub fn select_roles(config: &AppConfig, asked: &[Role]) -> anyhow::Result<Vec<Role>> {
     let configured = |r: Role| match r {
         Role::Ingest => config.ingest.is_some(),
-        Role::Deliver | Role::Collect => false,
+        Role::Deliver => config.deliver.is_some(),
+        Role::Collect => false,
     };
     if asked.is_empty() {
         let all: Vec<Role> = [Role::Ingest, Role::Deliver, Role::Collect]
@@ -105,7 +123,7 @@ pub fn select_roles(config: &AppConfig, asked: &[Role]) -> anyhow::Result<Vec<Ro
             .collect();
         anyhow::ensure!(
             !all.is_empty(),
-            "{}: no role configured (add an [ingest] section)",
+            "{}: no role configured (add an [ingest] or [deliver] section)",
             config.common.path.display()
         );
         return Ok(all);
@@ -138,6 +156,20 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
         let h = ingest::spawn(ic.clone(), &config.common.kafka, listener, fatal_tx.clone())?;
         telemetry.push(h.telemetry());
         ingest_handle = Some(h);
+    }
+    let aggregates = Arc::new(Aggregates::default());
+    let mut deliver_handle = None;
+    if roles.contains(&Role::Deliver)
+        && let Some(dc) = &config.deliver
+    {
+        let h = deliver::spawn(
+            dc.clone(),
+            &config.common.kafka,
+            aggregates.clone(),
+            fatal_tx.clone(),
+        )?;
+        telemetry.push(h.telemetry());
+        deliver_handle = Some(h);
     }
     let admin_listener = TcpListener::bind(config.common.admin.listen)
         .with_context(|| format!("[admin] listen: cannot bind {}", config.common.admin.listen))?;
@@ -173,6 +205,14 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     // Reverse order of start: roles drain, then stats and admin go.
     if let Some(h) = &ingest_handle {
         h.begin_stop();
+    }
+    if let Some(h) = &deliver_handle {
+        h.begin_stop();
+    }
+    if let Some(h) = deliver_handle
+        && !h.stop()
+    {
+        code = code.max(1);
     }
     if let Some(h) = ingest_handle
         && !h.stop()

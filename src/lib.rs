@@ -3,6 +3,9 @@
 //! Architecture (imports point one way: `app → roles → kafka → config/metrics`):
 //! - `app`: role dispatch, build-then-spawn, the signal loop, ordered stop;
 //! - `ingest`: HTTP POST → bounded job channel → producer workers → Kafka;
+//! - `deliver`: consumer threads → bounded channel → senders → REST, with
+//!   retries, a dead-letter topic and offsets committed past finished work;
+//! - `aggregates`: counts the deliver role keeps for the dashboard;
 //! - `kafka`: client configuration, statistics, topic creation, the probe;
 //! - `admin`, `stats`: `/health`, `/ready`, `/metrics` and the 1 s stats
 //!   log, reading roles only through `stats::Telemetry`;
@@ -13,8 +16,10 @@
 //! channels, then Kafka clients flush, then telemetry.
 
 pub mod admin;
+pub mod aggregates;
 pub mod app;
 pub mod config;
+pub mod deliver;
 pub mod http;
 pub mod ingest;
 pub mod kafka;

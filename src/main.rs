@@ -32,6 +32,20 @@ enum Command {
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<log::LevelFilter>,
     },
+    /// Re-queue messages parked in a dead-letter topic (exit 0 done, 1 failed).
+    Replay {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The dead-letter topic, e.g. visits.dlq.
+        #[arg(long, value_name = "TOPIC")]
+        from: String,
+        /// The topic to produce to, e.g. visits.
+        #[arg(long, value_name = "TOPIC")]
+        to: String,
+        /// Replay at most this many messages.
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+    },
     /// Validate a configuration file without starting (exit 0 valid, 2 invalid).
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -69,6 +83,28 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Replay {
+            config,
+            from,
+            to,
+            max,
+        } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let _ = kbridge::logging::init(c.common.log.level, None);
+            match kbridge::deliver::replay::replay(&c.common.kafka, &from, &to, max) {
+                Ok(n) => {
+                    println!("replayed {n} messages from {from} to {to}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kbridge: replay failed: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run {
             config,
             role,

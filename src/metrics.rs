@@ -129,6 +129,50 @@ impl<'a> Prom<'a> {
     }
 }
 
+/// Regroups Prometheus text written by several roles so each metric family
+/// appears once, with one HELP and TYPE line and its samples together.
+pub fn group_families(text: &str) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: std::collections::HashMap<&str, (Vec<&str>, Vec<&str>)> =
+        std::collections::HashMap::new();
+    let mut current = "";
+    for line in text.lines() {
+        let (name, is_meta) = match line.strip_prefix("# ") {
+            Some(rest) => (rest.split_whitespace().nth(1).unwrap_or(""), true),
+            None => (line.split(['{', ' ']).next().unwrap_or(""), false),
+        };
+        // `_count` etc. belong to the family whose HELP came just before.
+        let family = if !is_meta && !current.is_empty() && name.starts_with(current) {
+            current
+        } else {
+            name
+        };
+        if is_meta {
+            current = name;
+        }
+        let entry = families.entry(family).or_insert_with(|| {
+            order.push(family);
+            (Vec::new(), Vec::new())
+        });
+        if is_meta {
+            if !entry.0.contains(&line) && entry.0.len() < 2 {
+                entry.0.push(line);
+            }
+        } else {
+            entry.1.push(line);
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for f in order {
+        let (meta, samples) = &families[f];
+        for l in meta.iter().chain(samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -153,6 +197,15 @@ mod tests {
         assert_eq!(
             s,
             "# HELP kbridge_x_total X things.\n# TYPE kbridge_x_total counter\nkbridge_x_total{route=\"a\\\"b\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn families_written_twice_are_merged() {
+        let text = "# HELP a A.\n# TYPE a gauge\na{r=\"1\"} 1\n# HELP b B.\n# TYPE b counter\nb 2\n# HELP a A.\n# TYPE a gauge\na{r=\"2\"} 3\n";
+        assert_eq!(
+            group_families(text),
+            "# HELP a A.\n# TYPE a gauge\na{r=\"1\"} 1\na{r=\"2\"} 3\n# HELP b B.\n# TYPE b counter\nb 2\n"
         );
     }
 

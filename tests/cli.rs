@@ -34,7 +34,7 @@ fn shipped_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (roles: ingest)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (roles: ingest, deliver)"));
 }
 
 #[test]

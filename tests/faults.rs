@@ -1,6 +1,7 @@
 //! Ingest under faults: a hung broker (SIGSTOP … SIGCONT), a killed and
 //! restarted broker, each on a private broker; and SIGTERM of the real
-//! binary under load, with every acknowledged event checked in Kafka.
+//! binary under load, with every acknowledged event checked in Kafka; and
+//! the deliver binary killed (SIGKILL) or stopped (SIGTERM) mid-stream.
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -177,6 +178,15 @@ fn sigterm_under_load_exits_0_and_every_acknowledged_event_is_in_kafka() {
     wait_until("load to build up", Duration::from_secs(30), || {
         acked.lock().unwrap().len() >= 500
     });
+    wait_until(
+        "a stats line in the log file",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("kbridge::stats: ingest pool=ingest-w active-count=")
+        },
+    );
     let signalled = Instant::now();
     assert!(
         Command::new("kill")
@@ -231,8 +241,165 @@ fn sigterm_under_load_exits_0_and_every_acknowledged_event_is_in_kafka() {
         "{text}"
     );
     assert!(text.contains("Stopping.") && text.contains("Stopped."));
+}
+
+/// Starts the binary with `ini`; the directory keeps the config and log.
+fn spawn_bin(ini: &str, dir: &TempDir) -> std::process::Child {
+    let cfg = dir.0.join("config.ini");
+    std::fs::write(&cfg, ini).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.0.join("stderr.log"))
+        .unwrap();
+    Command::new(kbridge_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < timeout, "no exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// id → (partition, offset) of every record of `topic`.
+fn positions(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+) -> std::collections::HashMap<String, (i32, i64)> {
+    read_topic(brokers, topic, n, Duration::from_secs(30))
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                (r.partition, r.offset),
+            )
+        })
+        .collect()
+}
+
+fn deliver_bin_ini(brokers: &str, group: &str, topic: &str, target: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = {brokers}\n[admin]\nlisten = 127.0.0.1:{}\n\
+         [deliver]\ngroup_id = {group}\ntopics = {topic}\ntarget_url = {target}\nchannel_capacity = 32\n\
+         commit_interval_ms = 200\nshutdown_timeout_ms = 4000\n[deliver.consumer]\nsession.timeout.ms = 6000\n",
+        free_port()
+    )
+}
+
+#[test]
+fn deliver_killed_mid_stream_redelivers_and_never_committed_past_an_undelivered_message() {
+    use crate::util::sink::{Reply, Sink};
+    let b = brokers();
+    let topic = unique_topic("fault-dkill");
+    create_topic(&b, &topic, 4);
+    produce(&b, &topic, &events("k", 400));
+    let pos = positions(&b, &topic, 400);
+    let sink = Sink::start(Arc::new(|_, _| {
+        Reply::status(200).delay(Duration::from_millis(20))
+    }));
+    let group = unique_topic("g");
+    let ini = deliver_bin_ini(&b, &group, &topic, &sink.url);
+    let dir = TempDir::new("dkill");
+    let mut child = spawn_bin(&ini, &dir);
+    wait_until("a quarter delivered", Duration::from_secs(60), || {
+        sink.delivered().len() >= 100
+    });
+    child.kill().unwrap();
+    wait_exit(&mut child, Duration::from_secs(10));
+    let before: HashSet<String> = sink.delivered().into_iter().collect();
+    let committed_at_kill = committed(&b, &group, &topic, 4);
+    for (id, (p, o)) in &pos {
+        if *o < committed_at_kill[*p as usize] {
+            assert!(
+                before.contains(id),
+                "offset {o} of partition {p} committed but {id} was never delivered"
+            );
+        }
+    }
+    let mut child = spawn_bin(&ini, &dir);
+    let all: Vec<String> = (0..400).map(|i| format!("k-{i}")).collect();
+    wait_delivered(&sink, &all, Duration::from_secs(90));
     assert!(
-        text.contains("kbridge::stats: ingest pool=ingest-w active-count="),
-        "stats lines name their pool"
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
     );
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+    let mut count: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for id in sink.delivered() {
+        *count.entry(id).or_default() += 1;
+    }
+    for (id, n) in &count {
+        let (p, o) = pos[id];
+        assert!(
+            *n == 1 || o >= committed_at_kill[p as usize],
+            "{id} delivered {n} times though committed before the kill"
+        );
+    }
+    assert_eq!(
+        committed(&b, &group, &topic, 4).iter().sum::<i64>(),
+        400,
+        "all committed at the end"
+    );
+}
+
+#[test]
+fn deliver_sigterm_under_load_exits_0_with_everything_delivered_committed() {
+    use crate::util::sink::{Reply, Sink};
+    let b = brokers();
+    let topic = unique_topic("fault-dterm");
+    create_topic(&b, &topic, 4);
+    produce(&b, &topic, &events("t", 300));
+    let pos = positions(&b, &topic, 300);
+    let sink = Sink::start(Arc::new(|_, _| {
+        Reply::status(200).delay(Duration::from_millis(10))
+    }));
+    let group = unique_topic("g");
+    let dir = TempDir::new("dterm");
+    let mut child = spawn_bin(&deliver_bin_ini(&b, &group, &topic, &sink.url), &dir);
+    wait_until("some delivered", Duration::from_secs(60), || {
+        sink.delivered().len() >= 50
+    });
+    let signalled = Instant::now();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let code = wait_exit(&mut child, Duration::from_secs(15)).code();
+    let log = std::fs::read_to_string(dir.0.join("stderr.log")).unwrap_or_default();
+    assert_eq!(code, Some(0), "graceful stop exits 0; log:\n{log}");
+    assert!(signalled.elapsed() < Duration::from_secs(4 + 5));
+    let delivered: HashSet<String> = sink.delivered().into_iter().collect();
+    let c = committed(&b, &group, &topic, 4);
+    for (id, (p, o)) in &pos {
+        let is_committed = *o < c[*p as usize];
+        assert_eq!(
+            is_committed,
+            delivered.contains(id),
+            "{id} at {p}/{o}: committed {is_committed}, delivered {}",
+            delivered.contains(id)
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! (started by `scripts/test`; `KBRIDGE_TEST_BROKERS`, `TANSU_BIN`).
 
 mod cli;
+mod deliver;
 mod faults;
 mod ingest;
 mod util;

@@ -268,7 +268,7 @@ impl Telemetry for IngestTelemetry {
             &m.latency,
         );
         render_pools(&mut p, &self.pools.iter().collect::<Vec<_>>());
-        self.kafka.render(&mut p, "ingest");
+        KafkaStats::render_all(&mut p, &[("ingest", &self.kafka)]);
     }
 
     fn readiness(&self) -> Result<(), String> {

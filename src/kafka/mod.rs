@@ -78,8 +78,8 @@ impl KafkaStats {
         self.stats_received.inc();
     }
 
-    pub fn render(&self, p: &mut Prom<'_>, client: &str) {
-        let l = [("client", client)];
+    /// Writes the figures of several clients, one metric family each.
+    pub fn render_all(p: &mut Prom<'_>, clients: &[(&str, &KafkaStats)]) {
         type Pick = fn(&KafkaStats) -> i64;
         let rows: [(&str, &str, &str, Pick); 8] = [
             (
@@ -132,11 +132,14 @@ impl KafkaStats {
             ),
         ];
         for (name, kind, help, pick) in rows {
-            let v = pick(self);
-            if name.ends_with("_seconds") {
-                p.single(name, kind, help, &l, v as f64 / 1e6);
-            } else {
-                p.single(name, kind, help, &l, v);
+            p.describe(name, kind, help);
+            for (client, stats) in clients {
+                let v = pick(stats);
+                if name.ends_with("_seconds") {
+                    p.sample(name, &[("client", client)], v as f64 / 1e6);
+                } else {
+                    p.sample(name, &[("client", client)], v);
+                }
             }
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod murmur2;
+pub mod sink;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -391,4 +392,129 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    kbridge::kafka::ensure_topics(
+        &c,
+        &[topic.to_string()],
+        partitions,
+        1,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+}
+
+/// Produces `(key, value)` records and waits for every acknowledgement.
+pub fn produce(brokers: &str, topic: &str, records: &[(Option<String>, String)]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        let mut r: BaseRecord<'_, str, str> = BaseRecord::to(topic).payload(v.as_str());
+        if let Some(k) = k {
+            r = r.key(k.as_str());
+        }
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// `n` JSON records `{"id":"<prefix>-<i>", ...}` without keys.
+pub fn events(prefix: &str, n: usize) -> Vec<(Option<String>, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                None,
+                format!("{{\"id\":\"{prefix}-{i}\",\"type\":\"visit\",\"n\":{i}}}"),
+            )
+        })
+        .collect()
+}
+
+/// The group's committed offset per partition of `topic` (-1: none).
+pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// A deliver config for tests: the test broker, a group, one topic, the
+/// sink, a 6 s session, and extra `[deliver]` lines.
+pub fn deliver_ini(brokers: &str, group: &str, topic: &str, target: &str, extra: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = {brokers}\n[deliver]\ngroup_id = {group}\ntopics = {topic}\ntarget_url = {target}\n\
+         shutdown_timeout_ms = 4000\ncommit_interval_ms = 200\nbackoff_initial_ms = 50\n{extra}\n\
+         [deliver.consumer]\nsession.timeout.ms = 6000\n"
+    )
+}
+
+/// An in-process deliver role.
+pub struct Deliver {
+    pub handle: Option<kbridge::deliver::Handle>,
+    pub fatal: crossbeam_channel::Receiver<String>,
+}
+
+impl Deliver {
+    pub fn start(ini: &str) -> Deliver {
+        init_test_log();
+        let c = load_config(ini);
+        let (tx, fatal) = crossbeam_channel::bounded(16);
+        let aggregates = std::sync::Arc::new(kbridge::aggregates::Aggregates::default());
+        let handle = kbridge::deliver::spawn(
+            c.deliver.expect("[deliver]"),
+            &c.common.kafka,
+            aggregates,
+            tx,
+        )
+        .unwrap();
+        Deliver {
+            handle: Some(handle),
+            fatal,
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut s = String::new();
+        self.handle.as_ref().unwrap().telemetry().prometheus(&mut s);
+        s
+    }
+
+    pub fn stop(&mut self) -> bool {
+        self.handle.take().map(|h| h.stop()).unwrap_or(true)
+    }
+}
+
+impl Drop for Deliver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until every id in `ids` was answered 2xx by `sink`.
+pub fn wait_delivered(sink: &sink::Sink, ids: &[String], timeout: Duration) {
+    wait_until(&format!("{} ids delivered", ids.len()), timeout, || {
+        let got: std::collections::HashSet<String> = sink.delivered().into_iter().collect();
+        ids.iter().all(|i| got.contains(i))
+    });
 }

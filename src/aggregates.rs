@@ -1,0 +1,228 @@
+//! The shared aggregates the deliver role updates per message and the
+//! dashboard reads: counts per topic, per value of the aggregated field
+//! (e.g. `type`), and per minute over the last hour. Lock-free counters on
+//! the hot path; maps are read-locked except when a new name first appears.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use crate::metrics::Counter;
+
+/// Distinct values kept per topic; further values count as "other".
+const MAX_VALUES: usize = 1000;
+/// Minutes of per-minute counts kept.
+pub const MINUTES: usize = 60;
+
+pub struct TopicAggregates {
+    pub consumed: Counter,
+    pub delivered: Counter,
+    values: RwLock<HashMap<String, Arc<Counter>>>,
+    /// (minute since the epoch, count) per slot.
+    minutes: [(AtomicU64, AtomicU64); MINUTES],
+}
+
+impl Default for TopicAggregates {
+    fn default() -> Self {
+        TopicAggregates {
+            consumed: Counter::default(),
+            delivered: Counter::default(),
+            values: RwLock::default(),
+            minutes: std::array::from_fn(|_| Default::default()),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Aggregates {
+    topics: RwLock<HashMap<String, Arc<TopicAggregates>>>,
+}
+
+impl Aggregates {
+    fn topic(&self, topic: &str) -> Option<Arc<TopicAggregates>> {
+        if let Some(t) = self.topics.read().ok()?.get(topic) {
+            return Some(t.clone());
+        }
+        Some(
+            self.topics
+                .write()
+                .ok()?
+                .entry(topic.to_string())
+                .or_default()
+                .clone(),
+        )
+    }
+
+    /// Counts a consumed message: per topic, per `field` value, per minute.
+    pub fn record(&self, topic: &str, payload: &[u8], field: &str, timestamp_ms: Option<i64>) {
+        let Some(t) = self.topic(topic) else { return };
+        t.consumed.inc();
+        if !field.is_empty() {
+            let value = field_value(payload, field).unwrap_or_else(|| "(none)".into());
+            t.count_value(value);
+        }
+        let ms = timestamp_ms.filter(|m| *m > 0).unwrap_or_else(now_ms);
+        let minute = (ms / 60_000) as u64;
+        let (stamp, count) = &t.minutes[minute as usize % MINUTES];
+        if stamp.swap(minute, Ordering::Relaxed) != minute {
+            count.store(0, Ordering::Relaxed);
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn delivered(&self, topic: &str) {
+        if let Some(t) = self.topic(topic) {
+            t.delivered.inc();
+        }
+    }
+
+    /// Topics and their aggregates, sorted by name.
+    pub fn snapshot(&self) -> Vec<(String, Arc<TopicAggregates>)> {
+        let mut v: Vec<_> = self
+            .topics
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+impl TopicAggregates {
+    fn count_value(&self, value: String) {
+        if let Ok(m) = self.values.read()
+            && let Some(c) = m.get(&value)
+        {
+            c.inc();
+            return;
+        }
+        let Ok(mut m) = self.values.write() else {
+            return;
+        };
+        let key = if m.len() >= MAX_VALUES && !m.contains_key(&value) {
+            "other".to_string()
+        } else {
+            value
+        };
+        m.entry(key).or_default().inc();
+    }
+
+    /// (value, count), largest first.
+    pub fn values(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .values
+            .read()
+            .map(|m| m.iter().map(|(k, c)| (k.clone(), c.get())).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// (minute since the epoch, count) for the last hour, oldest first.
+    pub fn per_minute(&self) -> Vec<(u64, u64)> {
+        let now = (now_ms() / 60_000) as u64;
+        let mut v: Vec<(u64, u64)> = self
+            .minutes
+            .iter()
+            .map(|(s, c)| (s.load(Ordering::Relaxed), c.load(Ordering::Relaxed)))
+            .filter(|(s, _)| *s + MINUTES as u64 > now && *s <= now)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The top-level `field` of a JSON object as text (strings as they are,
+/// numbers and booleans as JSON), without building the whole document.
+pub fn field_value(payload: &[u8], field: &str) -> Option<String> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    FieldSeed(field).deserialize(&mut de).ok().flatten()
+}
+
+struct FieldSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = Option<String>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            if found.is_none() && k == self.0 {
+                found = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(s) => Some(s),
+                    v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => {
+                        Some(v.to_string())
+                    }
+                    _ => None,
+                };
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_value_reads_top_level_strings_and_numbers() {
+        assert_eq!(
+            field_value(br#"{"a":{"type":"inner"},"type":"click","z":[1]}"#, "type"),
+            Some("click".into())
+        );
+        assert_eq!(field_value(br#"{"type":7}"#, "type"), Some("7".into()));
+        assert_eq!(field_value(br#"{"type":null}"#, "type"), None);
+        assert_eq!(field_value(br#"[1,2]"#, "type"), None);
+        assert_eq!(field_value(b"not json", "type"), None);
+    }
+
+    #[test]
+    fn counts_per_topic_value_and_minute() {
+        let a = Aggregates::default();
+        let now = now_ms();
+        for p in [
+            &br#"{"type":"visit"}"#[..],
+            br#"{"type":"visit"}"#,
+            br#"{"type":"click"}"#,
+            br#"{}"#,
+        ] {
+            a.record("t", p, "type", Some(now));
+        }
+        a.delivered("t");
+        let snap = a.snapshot();
+        let t = &snap[0].1;
+        assert_eq!((t.consumed.get(), t.delivered.get()), (4, 1));
+        assert_eq!(
+            t.values(),
+            vec![
+                ("visit".into(), 2),
+                ("(none)".into(), 1),
+                ("click".into(), 1)
+            ]
+        );
+        assert_eq!(t.per_minute().iter().map(|m| m.1).sum::<u64>(), 4);
+    }
+}

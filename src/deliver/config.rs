@@ -1,0 +1,351 @@
+//! `[deliver]` and `[deliver.consumer]`: validated into [`DeliverConfig`]
+//! with every problem collected.
+
+use std::time::Duration;
+
+use super::retry::{StatusRules, parse_ranges};
+use crate::config::{ConfigErrors, Document, librdkafka_section};
+use crate::ingest::config::valid_topic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// At-least-once: offsets move only past delivered or parked messages.
+    AfterDelivery,
+    /// At-most-once: offsets are committed before the messages are sent.
+    BeforeDelivery,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    None,
+    /// One message per key at a time, in offset order.
+    Key,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFormat {
+    Ndjson,
+    JsonArray,
+    EsBulk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrichFailure {
+    /// Deliver the message without the enrichment.
+    Deliver,
+    /// Try the lookup again later (the message waits).
+    Retry,
+}
+
+/// The optional enrichment stage (seed 003's geoIP fetchers).
+#[derive(Debug, Clone)]
+pub struct EnrichConfig {
+    /// With a `{field}` placeholder filled from the message.
+    pub url: String,
+    pub field: String,
+    pub threads: usize,
+    pub into: String,
+    pub cache_ttl: Duration,
+    pub cache_max: usize,
+    pub on_error: EnrichFailure,
+    /// Messages whose `route_field` value is listed here are enriched;
+    /// empty `routes` = every message.
+    pub route_field: String,
+    pub routes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverConfig {
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub target_url: String,
+    pub senders: usize,
+    pub max_in_flight: usize,
+    pub max_threads: usize,
+    pub channel_capacity: usize,
+    pub batch_size: usize,
+    pub batch_format: BatchFormat,
+    pub batch_linger: Duration,
+    /// Index of `_bulk` action lines (empty: the message's topic).
+    pub es_index: String,
+    pub max_retries: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub rules: StatusRules,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// 0 = unlimited.
+    pub rate_limit_per_s: u32,
+    pub commit: Commit,
+    pub commit_interval: Duration,
+    pub ordering: Ordering,
+    pub aggregate_field: String,
+    pub dlq_suffix: String,
+    pub shutdown_timeout: Duration,
+    pub enrich: Option<EnrichConfig>,
+    /// librdkafka consumer properties (defaults merged with the file's).
+    pub consumer: Vec<(String, String)>,
+}
+
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("session.timeout.ms", "45000"),
+];
+
+impl DeliverConfig {
+    pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Option<DeliverConfig> {
+        let mut r = doc.reader("deliver", errors);
+        if !r.exists() {
+            return None;
+        }
+        let group_id = r.required("group_id");
+        let topics: Vec<String> = r
+            .required("topics")
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if let Some(bad) = topics.iter().find(|t| !valid_topic(t)) {
+            r.error(
+                "topics",
+                format!("expected comma-separated Kafka topic names, got {bad:?}"),
+            );
+        }
+        let target_url = r.required("target_url");
+        if !(target_url.is_empty()
+            || target_url.starts_with("http://")
+            || target_url.starts_with("https://"))
+        {
+            r.error(
+                "target_url",
+                format!("expected an http:// or https:// URL, got {target_url:?}"),
+            );
+        }
+        let senders = r.int("senders", 8usize, 1..=1024);
+        let max_in_flight = r.int("max_in_flight", senders, 1..=1024);
+        let max_threads = r.int("max_threads", 10usize, 1..=256);
+        let channel_capacity = r.int("channel_capacity", 1024usize, 1..=1_000_000);
+        let batch_size = r.int("batch_size", 1usize, 1..=100_000);
+        let batch_format = r.choice(
+            "batch_format",
+            BatchFormat::Ndjson,
+            &[
+                ("ndjson", BatchFormat::Ndjson),
+                ("json_array", BatchFormat::JsonArray),
+                ("es_bulk", BatchFormat::EsBulk),
+            ],
+        );
+        let batch_linger_ms = r.int("batch_linger_ms", 5u64, 0..=60_000);
+        let es_index = r.string("es_index", "");
+        let max_retries = r.int("max_retries", 5u32, 0..=1000);
+        let backoff_initial_ms = r.int("backoff_initial_ms", 100u64, 1..=3_600_000);
+        let backoff_max_ms = r.int("backoff_max_ms", 30_000u64, 1..=3_600_000);
+        let mut rules = StatusRules::default();
+        for (key, slot) in [
+            ("retry_statuses", &mut rules.retry),
+            ("dead_letter_statuses", &mut rules.dead_letter),
+            ("drop_statuses", &mut rules.drop),
+        ] {
+            if let Some(v) = r.opt_str(key) {
+                match parse_ranges(&v) {
+                    Ok(ranges) => *slot = ranges,
+                    Err(e) => r.error(key, e),
+                }
+            }
+        }
+        let request_timeout_ms = r.int("request_timeout_ms", 10_000u64, 1..=3_600_000);
+        let connect_timeout_ms = r.int("connect_timeout_ms", 2_000u64, 1..=3_600_000);
+        let rate_limit_per_s = r.int("rate_limit_per_s", 0u32, 0..=10_000_000);
+        let commit = r.choice(
+            "commit",
+            Commit::AfterDelivery,
+            &[
+                ("after_delivery", Commit::AfterDelivery),
+                ("before_delivery", Commit::BeforeDelivery),
+            ],
+        );
+        let commit_interval_ms = r.int("commit_interval_ms", 1000u64, 10..=600_000);
+        let ordering = r.choice(
+            "ordering",
+            Ordering::None,
+            &[("none", Ordering::None), ("key", Ordering::Key)],
+        );
+        let aggregate_field = r.string("aggregate_field", "type");
+        let dlq_suffix = r.string("dlq_suffix", ".dlq");
+        let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
+        if backoff_initial_ms > backoff_max_ms {
+            r.error(
+                "backoff_initial_ms",
+                format!(
+                    "must not exceed backoff_max_ms ({backoff_max_ms}), got {backoff_initial_ms}"
+                ),
+            );
+        }
+        let enrich = enrich_config(&mut r);
+        r.finish();
+
+        let mut c = doc.reader("deliver.consumer", errors);
+        let consumer = librdkafka_section(&mut c, CONSUMER_DEFAULTS);
+        let session_ms = consumer
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "session.timeout.ms")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(45_000);
+        // A drain longer than the session would get the member evicted mid-drain.
+        if shutdown_timeout_ms >= session_ms {
+            c.error(
+                "session.timeout.ms",
+                format!("must exceed [deliver] shutdown_timeout_ms ({shutdown_timeout_ms}), got {session_ms}"),
+            );
+        }
+        c.finish();
+
+        Some(DeliverConfig {
+            group_id,
+            topics,
+            target_url,
+            senders,
+            max_in_flight,
+            max_threads,
+            channel_capacity,
+            batch_size,
+            batch_format,
+            batch_linger: Duration::from_millis(batch_linger_ms),
+            es_index,
+            max_retries,
+            backoff_initial: Duration::from_millis(backoff_initial_ms),
+            backoff_max: Duration::from_millis(backoff_max_ms),
+            rules,
+            request_timeout: Duration::from_millis(request_timeout_ms),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            rate_limit_per_s,
+            commit,
+            commit_interval: Duration::from_millis(commit_interval_ms),
+            ordering,
+            aggregate_field,
+            dlq_suffix,
+            shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
+            enrich,
+            consumer,
+        })
+    }
+
+    pub fn dlq_topics(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .map(|t| format!("{t}{}", self.dlq_suffix))
+            .collect()
+    }
+}
+
+fn enrich_config(r: &mut crate::config::SectionReader<'_>) -> Option<EnrichConfig> {
+    let url = r.string("enrich_url", "");
+    let threads = r.int("enrichers", 2usize, 1..=256);
+    let into = r.string("enrich_into", "enrichment");
+    let ttl = r.int("enrich_cache_ttl_s", 300u64, 0..=86_400);
+    let cache_max = r.int("enrich_cache_max", 10_000usize, 0..=10_000_000);
+    let on_error = r.choice(
+        "enrich_on_error",
+        EnrichFailure::Deliver,
+        &[
+            ("deliver", EnrichFailure::Deliver),
+            ("retry", EnrichFailure::Retry),
+        ],
+    );
+    let route_field = r.string("route_field", "type");
+    let routes: Vec<String> = r
+        .string("enrich_routes", "")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if url.is_empty() {
+        return None;
+    }
+    let field = match (url.find('{'), url.find('}')) {
+        (Some(a), Some(b)) if a < b && b > a + 1 => url[a + 1..b].to_string(),
+        _ => {
+            r.error(
+                "enrich_url",
+                format!("expected a URL with a {{field}} placeholder, got {url:?}"),
+            );
+            String::new()
+        }
+    };
+    Some(EnrichConfig {
+        url,
+        field,
+        threads,
+        into,
+        cache_ttl: Duration::from_secs(ttl),
+        cache_max,
+        on_error,
+        route_field,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> (Option<DeliverConfig>, ConfigErrors) {
+        let mut errors = ConfigErrors::default();
+        let doc = Document::parse("d.ini", text, &mut errors);
+        let c = DeliverConfig::from_document(&doc, &mut errors);
+        (c, errors)
+    }
+
+    #[test]
+    fn minimal_section_gets_the_defaults() {
+        let (c, e) = load("[deliver]\ngroup_id = g\ntopics = a, b\ntarget_url = http://h/x\n");
+        assert!(e.0.is_empty(), "{e}");
+        let c = c.unwrap();
+        assert_eq!(c.topics, vec!["a", "b"]);
+        assert_eq!(
+            (c.senders, c.max_in_flight, c.max_threads, c.batch_size),
+            (8, 8, 10, 1)
+        );
+        assert_eq!(c.commit, Commit::AfterDelivery);
+        assert_eq!(c.dlq_topics(), vec!["a.dlq", "b.dlq"]);
+        assert!(c.enrich.is_none());
+        assert!(
+            c.consumer
+                .contains(&("enable.auto.offset.store".into(), "false".into()))
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let (_, e) = load(
+            "[deliver]\ntopics = ok,bad topic\ntarget_url = ftp://x\nordering = random\nretry_statuses = 5xx\n\
+             enrich_url = http://geo/lookup\n[deliver.consumer]\nsession.timeout.ms = 5000\n",
+        );
+        let t = e.to_string();
+        for want in [
+            "[deliver] group_id: required key is missing",
+            "d.ini:2 [deliver] topics: expected comma-separated Kafka topic names, got \"bad topic\"",
+            "d.ini:3 [deliver] target_url: expected an http:// or https:// URL",
+            "d.ini:4 [deliver] ordering: expected one of none | key",
+            "d.ini:5 [deliver] retry_statuses: \"5xx\" is not a status",
+            "d.ini:6 [deliver] enrich_url: expected a URL with a {field} placeholder",
+            "d.ini:8 [deliver.consumer] session.timeout.ms: must exceed [deliver] shutdown_timeout_ms (10000), got 5000",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in:\n{t}");
+        }
+    }
+
+    #[test]
+    fn enrichment_reads_its_placeholder_and_routes() {
+        let (c, e) = load(
+            "[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\nenrich_url = http://geo/ip/{ip}\nenrich_routes = tweet, retweet\n",
+        );
+        assert!(e.0.is_empty(), "{e}");
+        let en = c.unwrap().enrich.unwrap();
+        assert_eq!(en.field, "ip");
+        assert_eq!(en.routes, vec!["tweet", "retweet"]);
+    }
+}

@@ -1,0 +1,415 @@
+//! One consumer thread = one group member. It polls, registers each offset
+//! with its tracker, updates the aggregates and dispatches the message; it
+//! never stops polling: a full channel stashes messages and pauses fetching.
+//! Finished offsets come back on its done channel; positions are committed
+//! every `commit_interval_ms`, synchronously on revocation and at stop.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, info, warn};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::config::{Commit, DeliverConfig};
+use super::offsets::Offsets;
+use super::{Done, Msg, Shared, Work};
+use crate::config::KafkaConfig;
+use crate::kafka::{Context, KafkaStats, client_config};
+
+/// (topic, partition, lag, committed offset) rows from librdkafka statistics.
+pub type LagRows = Arc<Mutex<Vec<(String, i32, i64, i64)>>>;
+
+/// What the consumer thread and its rebalance callbacks share.
+#[derive(Default)]
+pub struct ThreadState {
+    pub offsets: Offsets,
+    /// Polled messages waiting for room in the next channel, in order.
+    stash: VecDeque<Work>,
+    paused: bool,
+}
+
+pub struct ConsumerCtx {
+    base: Context,
+    shared: Arc<Shared>,
+    pub state: Arc<Mutex<ThreadState>>,
+    done_rx: Receiver<Done>,
+    done_tx: Sender<Done>,
+    /// Lag and committed offset per partition, from librdkafka statistics.
+    pub lag: LagRows,
+}
+
+/// What telemetry reads of a consumer thread.
+#[derive(Clone)]
+pub struct ConsumerView {
+    pub state: Arc<Mutex<ThreadState>>,
+    pub stats: Arc<KafkaStats>,
+    pub lag: LagRows,
+}
+
+impl ThreadState {
+    pub fn stashed(&self) -> usize {
+        self.stash.len()
+    }
+}
+
+impl ClientContext for ConsumerCtx {
+    fn stats(&self, s: Statistics) {
+        let mut rows = Vec::new();
+        for (topic, t) in &s.topics {
+            for p in t.partitions.values() {
+                if p.partition >= 0 && p.fetch_state != "none" && p.consumer_lag >= 0 {
+                    rows.push((
+                        topic.clone(),
+                        p.partition,
+                        p.consumer_lag,
+                        p.committed_offset,
+                    ));
+                }
+            }
+        }
+        if let Ok(mut l) = self.lag.lock() {
+            *l = rows;
+        }
+        self.base.stats(s);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason);
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        info!("partitions revoked: {revoked:?}; finishing their in-flight messages");
+        let is_revoked = |t: &str, p: i32| revoked.iter().any(|(rt, rp)| rt == t && *rp == p);
+        // Stashed messages were never handed out: they are redelivered to
+        // the next owner.
+        if let Ok(mut st) = self.state.lock() {
+            st.stash
+                .retain(|w| !is_revoked(&w.msg.topic, w.msg.partition));
+        }
+        self.wait_in_flight(
+            Instant::now() + self.shared.config.shutdown_timeout,
+            &is_revoked,
+        );
+        self.commit(consumer, CommitMode::Sync, &is_revoked);
+        if let Ok(mut st) = self.state.lock() {
+            for (t, p) in &revoked {
+                st.offsets.remove(t, *p);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts: Vec<String> = tpl
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect();
+            info!("partitions assigned: {parts:?}");
+            if let Ok(mut st) = self.state.lock() {
+                st.paused = false;
+            }
+        }
+    }
+}
+
+impl ConsumerCtx {
+    /// Applies finished offsets; waits up to `wait` for the first one.
+    fn drain_done(&self, wait: Duration) {
+        let first = if wait.is_zero() {
+            self.done_rx.try_recv().ok()
+        } else {
+            self.done_rx.recv_timeout(wait).ok()
+        };
+        let Some(first) = first else { return };
+        if let Ok(mut st) = self.state.lock() {
+            for (t, p, o) in std::iter::once(first).chain(self.done_rx.try_iter()) {
+                st.offsets.done(&t, p, o);
+            }
+        }
+    }
+
+    /// Waits until the selected partitions have nothing in flight, nothing
+    /// else can finish, or `deadline`.
+    fn wait_in_flight(&self, deadline: Instant, select: &dyn Fn(&str, i32) -> bool) {
+        loop {
+            self.drain_done(Duration::ZERO);
+            let open = self
+                .state
+                .lock()
+                .map(|s| s.offsets.in_flight(select))
+                .unwrap_or(0);
+            if open == 0 {
+                return;
+            }
+            if self.shared.in_motion() == 0 {
+                // Nothing left that could finish; take what already did.
+                self.drain_done(Duration::from_millis(20));
+                return;
+            }
+            if Instant::now() >= deadline {
+                let positions = self
+                    .state
+                    .lock()
+                    .map(|s| format!("{:?}", s.offsets.positions()))
+                    .unwrap_or_default();
+                warn!(
+                    "{open} messages still in flight at the deadline ({positions}; channel {} busy {} requeued {}); they will be redelivered",
+                    self.shared.work_rx.len(),
+                    self.shared.metrics.busy.get(),
+                    self.shared.metrics.requeued.get()
+                );
+                return;
+            }
+            self.drain_done(Duration::from_millis(20));
+        }
+    }
+
+    /// Commits every position that moved (of the selected partitions).
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        mode: CommitMode,
+        select: &dyn Fn(&str, i32) -> bool,
+    ) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let moved: Vec<(String, i32, i64)> = st
+            .offsets
+            .to_commit()
+            .into_iter()
+            .filter(|(t, p, _)| select(t, *p))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in &moved {
+            if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_err() {
+                return;
+            }
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                for (t, p, o) in &moved {
+                    st.offsets.committed(t, *p, *o);
+                }
+                self.shared.metrics.commits.inc();
+                debug!("committed {moved:?}");
+            }
+            Err(e) => {
+                self.shared.metrics.commit_errors.inc();
+                warn!("commit of {moved:?} failed: {e}");
+            }
+        }
+    }
+}
+
+/// Creates consumer `i` and subscribes it (build before spawn).
+pub fn build(
+    config: &DeliverConfig,
+    kafka: &KafkaConfig,
+    shared: Arc<Shared>,
+    fatal: Sender<String>,
+    i: usize,
+) -> anyhow::Result<(BaseConsumer<ConsumerCtx>, ConsumerView)> {
+    let mut props = config.consumer.clone();
+    props.push(("group.id".into(), config.group_id.clone()));
+    props.push(("client.id".into(), format!("kbridge-deliver-{i}")));
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let stats = Arc::new(KafkaStats::default());
+    let ctx = ConsumerCtx {
+        base: Context {
+            name: "deliver",
+            stats: stats.clone(),
+            fatal,
+        },
+        shared,
+        state: Arc::default(),
+        done_rx,
+        done_tx,
+        lag: Arc::default(),
+    };
+    let view = ConsumerView {
+        state: ctx.state.clone(),
+        stats,
+        lag: ctx.lag.clone(),
+    };
+    let consumer: BaseConsumer<ConsumerCtx> =
+        client_config(kafka, &props).create_with_context(ctx)?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok((consumer, view))
+}
+
+/// Starts the poll loop of consumer `i` on its own thread.
+pub fn run(
+    consumer: BaseConsumer<ConsumerCtx>,
+    shared: Arc<Shared>,
+    i: usize,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("deliver-c{i}"))
+        .spawn(move || poll_loop(&consumer, &shared))
+}
+
+fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
+    let ctx = consumer.context();
+    let all = |_: &str, _: i32| true;
+    let mut last_commit = Instant::now();
+    let before = shared.config.commit == Commit::BeforeDelivery;
+    while !shared.stop.is_stopped() {
+        ctx.drain_done(Duration::ZERO);
+        if last_commit.elapsed() >= shared.config.commit_interval {
+            ctx.commit(consumer, CommitMode::Async, &all);
+            last_commit = Instant::now();
+        }
+        if !flush_stash(consumer, ctx, shared) {
+            // Still full: keep serving the group (rebalances, heartbeats)
+            // without fetching; anything already fetched joins the stash.
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+                let w = take(ctx, shared, &m);
+                if let Ok(mut st) = ctx.state.lock() {
+                    st.stash.push_back(w);
+                }
+            }
+            continue;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => {
+                shared.metrics.consume_errors.inc();
+                warn!("consume error: {e}");
+            }
+            Some(Ok(m)) => {
+                let mut batch = vec![take(ctx, shared, &m)];
+                drop(m);
+                if before {
+                    // At-most-once: what is already fetched is committed
+                    // (synchronously, once) before any of it is sent.
+                    while batch.len() < 500 {
+                        match consumer.poll(Duration::ZERO) {
+                            Some(Ok(m)) => batch.push(take(ctx, shared, &m)),
+                            _ => break,
+                        }
+                    }
+                    if let Ok(mut st) = ctx.state.lock() {
+                        for w in &batch {
+                            st.offsets.done(&w.msg.topic, w.msg.partition, w.msg.offset);
+                        }
+                    }
+                    ctx.commit(consumer, CommitMode::Sync, &all);
+                }
+                for w in batch {
+                    hand_on(ctx, shared, w);
+                }
+            }
+        }
+    }
+    // Stop fetching; finish or abandon what is in flight; commit; leave.
+    if let Ok(mut st) = ctx.state.lock() {
+        shared.metrics.abandoned.add(st.stash.len() as u64);
+        st.stash.clear();
+    }
+    ctx.wait_in_flight(Instant::now() + shared.config.shutdown_timeout, &all);
+    ctx.commit(consumer, CommitMode::Sync, &all);
+    consumer.unsubscribe();
+}
+
+/// Dispatches `w`, or stashes it behind earlier stashed ones (order kept).
+fn hand_on(ctx: &ConsumerCtx, shared: &Shared, w: Work) {
+    let Ok(mut st) = ctx.state.lock() else { return };
+    if !st.stash.is_empty() || shared.saturated() {
+        st.stash.push_back(w);
+    } else if let Err(w) = shared.dispatch(w) {
+        st.stash.push_back(w);
+    }
+}
+
+/// Moves stashed messages on; true when the stash is empty (fetching resumed).
+fn flush_stash(consumer: &BaseConsumer<ConsumerCtx>, ctx: &ConsumerCtx, shared: &Shared) -> bool {
+    let Ok(mut st) = ctx.state.lock() else {
+        return true;
+    };
+    while let Some(w) = st.stash.pop_front() {
+        match if shared.saturated() {
+            Err(w)
+        } else {
+            shared.dispatch(w)
+        } {
+            Ok(()) => {}
+            Err(w) => {
+                st.stash.push_front(w);
+                if !st.paused {
+                    if let Ok(a) = consumer.assignment() {
+                        let _ = consumer.pause(&a);
+                    }
+                    st.paused = true;
+                    shared.metrics.pauses.inc();
+                }
+                return false;
+            }
+        }
+    }
+    if st.paused {
+        if let Ok(a) = consumer.assignment() {
+            let _ = consumer.resume(&a);
+        }
+        st.paused = false;
+    }
+    true
+}
+
+/// Detaches a message, registers its offset and counts it.
+fn take(ctx: &ConsumerCtx, shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) -> Work {
+    let payload = m.payload().unwrap_or_default().to_vec();
+    shared.aggregates.record(
+        m.topic(),
+        &payload,
+        &shared.config.aggregate_field,
+        m.timestamp().to_millis(),
+    );
+    shared.metrics.consumed.inc();
+    if let Ok(mut st) = ctx.state.lock() {
+        st.offsets.polled(m.topic(), m.partition(), m.offset());
+    }
+    Work {
+        msg: Msg {
+            topic: Arc::from(m.topic()),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload,
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            done: ctx.done_tx.clone(),
+        },
+        attempts: 0,
+        parking: None,
+        enrich_attempts: 0,
+    }
+}

@@ -1,0 +1,219 @@
+//! The optional enrichment stage (seed 003's geoIP fetchers): `enrichers`
+//! threads between the enrich channel and the sender channel look up
+//! `enrich_url` with its `{field}` filled from the message, merge the JSON
+//! answer under `enrich_into`, and cache answers for `enrich_cache_ttl_s`.
+//! Messages whose `route_field` is not in `enrich_routes` bypass the stage.
+//! A failed lookup either lets the message go on unenriched, or retries it
+//! with backoff and parks it in the dead-letter topic after `max_retries`.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use serde_json::Value;
+
+use super::config::{EnrichConfig, EnrichFailure};
+use super::retry::backoff;
+use super::{Shared, Stage, Work};
+use crate::aggregates::field_value;
+use crate::pool::WorkerPool;
+
+/// Does this message take the enrichment stage?
+pub fn wanted(e: &EnrichConfig, payload: &[u8]) -> bool {
+    e.routes.is_empty()
+        || field_value(payload, &e.route_field).is_some_and(|v| e.routes.contains(&v))
+}
+
+type Cache = Mutex<HashMap<String, (Instant, Value)>>;
+
+pub fn spawn_pool(
+    shared: Arc<Shared>,
+    e: EnrichConfig,
+    rx: Receiver<Work>,
+) -> anyhow::Result<WorkerPool> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(shared.config.request_timeout))
+        .timeout_connect(Some(shared.config.connect_timeout))
+        .max_idle_connections_per_host(e.threads.max(4))
+        .build()
+        .into();
+    let cache: Arc<Cache> = Arc::default();
+    Ok(WorkerPool::spawn("deliver-e", e.threads, move |_, g| {
+        loop {
+            let mut w = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(w) => w,
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) if shared.stop.is_stopped() => return,
+                Err(RecvTimeoutError::Timeout) => continue,
+            };
+            let _t = g.task();
+            shared.metrics.busy.add(1);
+            match lookup(&agent, &cache, &e, &w.msg.payload) {
+                Ok(Some(answer)) => {
+                    if let Some(merged) = merge(&w.msg.payload, &e.into, answer) {
+                        w.msg.payload = merged;
+                        shared.metrics.enriched.inc();
+                    }
+                    forward(&shared, w);
+                }
+                Ok(None) => forward(&shared, w),
+                Err(why) => {
+                    shared.metrics.enrich_errors.inc();
+                    let c = &shared.config;
+                    match e.on_error {
+                        EnrichFailure::Deliver => forward(&shared, w),
+                        EnrichFailure::Retry if w.enrich_attempts < c.max_retries => {
+                            w.enrich_attempts += 1;
+                            let wait = backoff(
+                                w.enrich_attempts,
+                                c.backoff_initial,
+                                c.backoff_max,
+                                fastrand::f64(),
+                            );
+                            shared.requeue(Instant::now() + wait, Stage::Enrich, w);
+                        }
+                        EnrichFailure::Retry => {
+                            w.parking = Some((
+                                format!(
+                                    "enrichment failed after {} attempts: {why}",
+                                    w.enrich_attempts + 1
+                                ),
+                                None,
+                            ));
+                            forward(&shared, w);
+                        }
+                    }
+                }
+            }
+            shared.metrics.busy.add(-1);
+        }
+    }))
+}
+
+/// Moves a message on to the senders, waiting for room.
+fn forward(shared: &Shared, mut w: Work) {
+    loop {
+        match shared.work_tx.send_timeout(w, Duration::from_millis(100)) {
+            Ok(()) => return,
+            Err(e) if !shared.stop.is_stopped() => w = e.into_inner(),
+            Err(_) => {
+                shared.metrics.abandoned.inc();
+                return;
+            }
+        }
+    }
+}
+
+/// The lookup answer for this message: `Ok(None)` when the message has no
+/// value for the placeholder's field.
+fn lookup(
+    agent: &ureq::Agent,
+    cache: &Cache,
+    e: &EnrichConfig,
+    payload: &[u8],
+) -> Result<Option<Value>, String> {
+    let Some(key) = field_value(payload, &e.field) else {
+        return Ok(None);
+    };
+    if let Ok(c) = cache.lock()
+        && let Some((at, v)) = c.get(&key)
+        && at.elapsed() < e.cache_ttl
+    {
+        return Ok(Some(v.clone()));
+    }
+    let url = e.url.replace(&format!("{{{}}}", e.field), &encode(&key));
+    let mut resp = agent.get(&url).call().map_err(|err| err.to_string())?;
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    let _ = resp
+        .body_mut()
+        .as_reader()
+        .take(1 << 20)
+        .read_to_end(&mut body);
+    if !(200..300).contains(&status) {
+        return Err(format!("lookup answered HTTP {status}"));
+    }
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|err| format!("lookup answer is not JSON: {err}"))?;
+    if e.cache_max > 0
+        && let Ok(mut c) = cache.lock()
+    {
+        if c.len() >= e.cache_max {
+            c.retain(|_, (at, _)| at.elapsed() < e.cache_ttl);
+            if c.len() >= e.cache_max {
+                c.clear();
+            }
+        }
+        c.insert(key, (Instant::now(), v.clone()));
+    }
+    Ok(Some(v))
+}
+
+/// The message with `answer` under `into`; `None` when it is not an object.
+fn merge(payload: &[u8], into: &str, answer: Value) -> Option<Vec<u8>> {
+    let mut obj: serde_json::Map<String, Value> = serde_json::from_slice(payload).ok()?;
+    obj.insert(into.to_string(), answer);
+    serde_json::to_vec(&obj).ok()
+}
+
+/// Percent-encodes all but unreserved URL characters.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(routes: &[&str]) -> EnrichConfig {
+        EnrichConfig {
+            url: "http://h/{ip}".into(),
+            field: "ip".into(),
+            threads: 1,
+            into: "geo".into(),
+            cache_ttl: Duration::from_secs(1),
+            cache_max: 10,
+            on_error: EnrichFailure::Deliver,
+            route_field: "type".into(),
+            routes: routes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn routes_select_which_messages_are_enriched() {
+        assert!(wanted(&cfg(&[]), br#"{"type":"user"}"#));
+        assert!(wanted(&cfg(&["tweet"]), br#"{"type":"tweet"}"#));
+        assert!(!wanted(&cfg(&["tweet"]), br#"{"type":"user"}"#));
+        assert!(!wanted(&cfg(&["tweet"]), br#"{}"#));
+    }
+
+    #[test]
+    fn merge_puts_the_answer_under_its_name() {
+        let m = merge(
+            br#"{"ip":"1.2.3.4"}"#,
+            "geo",
+            serde_json::json!({"country":"NL"}),
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["geo"]["country"], "NL");
+        assert_eq!(v["ip"], "1.2.3.4");
+        assert!(merge(b"[1]", "geo", Value::Null).is_none());
+    }
+
+    #[test]
+    fn encodes_reserved_characters() {
+        assert_eq!(encode("1.2.3.4"), "1.2.3.4");
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -1,0 +1,164 @@
+//! Key lanes for `ordering = key` and the requeue thread.
+//!
+//! A lane exists while a message of its key is in motion; later messages of
+//! the key wait in the lane, in offset order, and the next one moves only
+//! when the previous is finished (delivered, parked or dropped) — so one
+//! key's messages go one at a time while other keys run in parallel.
+//! The requeue thread puts messages back into their channel when their retry
+//! backoff ends, and moves a lane's next message on; at stop it abandons
+//! what waits (those offsets are not committed, so they are redelivered).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::{Shared, Stage, Work};
+
+#[derive(Default)]
+pub struct Lanes {
+    busy: Mutex<HashMap<Vec<u8>, VecDeque<Work>>>,
+    parked: AtomicUsize,
+}
+
+impl Lanes {
+    /// Sends `w` on through `send` when its key's lane is free; parks it
+    /// behind the lane otherwise. `Err` when the lane was free but `send`
+    /// refused (full channel): the caller keeps the message.
+    #[allow(clippy::result_large_err)] // the caller's own message comes back
+    pub fn admit(&self, w: Work, send: impl FnOnce(Work) -> Result<(), Work>) -> Result<(), Work> {
+        let Some(key) = w.msg.key.clone() else {
+            return send(w);
+        };
+        let Ok(mut busy) = self.busy.lock() else {
+            return Err(w);
+        };
+        if let Some(q) = busy.get_mut(&key) {
+            q.push_back(w);
+            self.parked.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        send(w)?;
+        busy.insert(key, VecDeque::new());
+        Ok(())
+    }
+
+    /// The message of `key` in motion finished: returns the next of the
+    /// lane (which stays busy), or frees the lane.
+    pub fn release(&self, key: &[u8]) -> Option<Work> {
+        let mut busy = self.busy.lock().ok()?;
+        let q = busy.get_mut(key)?;
+        match q.pop_front() {
+            Some(next) => {
+                self.parked.fetch_sub(1, Ordering::Relaxed);
+                Some(next)
+            }
+            None => {
+                busy.remove(key);
+                None
+            }
+        }
+    }
+
+    /// Messages waiting behind a busy lane.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Drops every waiting message (stop); returns how many.
+    pub fn abandon(&self) -> usize {
+        let Ok(mut busy) = self.busy.lock() else {
+            return 0;
+        };
+        let n: usize = busy.values().map(VecDeque::len).sum();
+        busy.clear();
+        self.parked.store(0, Ordering::Relaxed);
+        n
+    }
+}
+
+/// A requeued message ordered by due time (then arrival).
+struct Due(Instant, u64, Stage, Work);
+
+impl PartialEq for Due {
+    fn eq(&self, o: &Self) -> bool {
+        (self.0, self.1) == (o.0, o.1)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.0, self.1).cmp(&(o.0, o.1))
+    }
+}
+
+pub fn spawn_requeue(
+    shared: Arc<Shared>,
+    rx: Receiver<(Instant, Stage, Work)>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("deliver-requeue".into())
+        .spawn(move || {
+            let mut heap: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
+            let mut seq = 0u64;
+            let m = &shared.metrics;
+            loop {
+                if shared.stop.is_stopped() {
+                    // Abandon: these offsets stay uncommitted and are redelivered.
+                    let n = heap.len() + rx.try_iter().count() + shared.lanes.abandon();
+                    m.requeued.set(0);
+                    m.abandoned.add(n as u64);
+                    return;
+                }
+                while let Some(Reverse(Due(at, ..))) = heap.peek() {
+                    if *at > Instant::now() {
+                        break;
+                    }
+                    let Some(Reverse(Due(_, _, stage, w))) = heap.pop() else {
+                        break;
+                    };
+                    let tx = match stage {
+                        Stage::Enrich => shared.enrich_tx.as_ref().unwrap_or(&shared.work_tx),
+                        Stage::Send => &shared.work_tx,
+                    };
+                    // Blocking is fine here: senders never wait on this thread.
+                    let mut w = w;
+                    loop {
+                        match tx.send_timeout(w, Duration::from_millis(100)) {
+                            Ok(()) => {
+                                m.requeued.add(-1);
+                                break;
+                            }
+                            Err(e) if !shared.stop.is_stopped() => w = e.into_inner(),
+                            Err(e) => {
+                                heap.push(Reverse(Due(Instant::now(), seq, stage, e.into_inner())));
+                                break;
+                            }
+                        }
+                    }
+                }
+                let wait = heap
+                    .peek()
+                    .map_or(Duration::from_millis(100), |Reverse(d)| {
+                        d.0.saturating_duration_since(Instant::now())
+                    });
+                match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+                    Ok((at, stage, w)) => {
+                        seq += 1;
+                        heap.push(Reverse(Due(at, seq, stage, w)));
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+}

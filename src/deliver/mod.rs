@@ -1,0 +1,368 @@
+//! The deliver role: Kafka → REST (the seeds' "consumer"; seed 003's
+//! pipeline as configuration).
+//!
+//! Threads and channels, upstream to downstream:
+//! - `deliver-c` (min(`max_threads`, partitions)): each its own group
+//!   member; polls, updates the aggregates, registers the offset and
+//!   dispatches the message — into the enrich channel, the work channel, or
+//!   a key lane (`ordering = key`). A full channel stashes the message and
+//!   pauses fetching; polling goes on.
+//! - `deliver-e` (`enrichers`, optional): lookups merged into the message.
+//! - `deliver-s` (`senders`): POST to `target_url` under the `max_in_flight`
+//!   semaphore; classify; done, retry (via the requeue thread), or park in
+//!   `<topic>.dlq` (done when the broker acknowledged it).
+//! - `deliver-requeue`: retries whose backoff ended and the next message of
+//!   a key lane go back into their channel.
+//!
+//! Each finished message is reported on its consumer thread's done channel;
+//! the consumer commits per partition only below the lowest unfinished offset.
+//!
+//! Stop order: consumers stop fetching and wait (bounded) for their
+//! in-flight messages, commit synchronously and leave the group → senders
+//! drain → requeue thread → dead-letter producer flush.
+
+pub mod config;
+mod consumer;
+mod dlq;
+mod enrich;
+mod lanes;
+pub mod offsets;
+pub mod replay;
+pub mod retry;
+mod sender;
+mod telemetry;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use crossbeam_channel::{Receiver, Sender};
+use log::{error, info, warn};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+pub use config::DeliverConfig;
+
+use crate::aggregates::Aggregates;
+use crate::config::KafkaConfig;
+use crate::kafka::probe::{Probe, TopicPlan};
+use crate::kafka::{KafkaStats, client_config};
+use crate::pool::WorkerPool;
+use crate::shutdown::{StopToken, Stopper};
+use crate::stats::Telemetry;
+
+/// A consumed message, detached from librdkafka.
+pub struct Msg {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The done channel of the consumer thread that owns the offset.
+    pub done: Sender<Done>,
+}
+
+/// "This offset is finished" (delivered, parked or dropped).
+pub type Done = (Arc<str>, i32, i64);
+
+/// A message on its way, with its attempts so far.
+pub struct Work {
+    pub msg: Msg,
+    pub attempts: u32,
+    /// Set once the message is to be parked in the dead-letter topic:
+    /// (reason, HTTP status).
+    pub parking: Option<(String, Option<u16>)>,
+    /// Failed enrichment lookups so far.
+    pub enrich_attempts: u32,
+}
+
+/// Which channel a requeued message goes back into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Enrich,
+    Send,
+}
+
+/// What every stage shares: channels, lanes, counters, and how a message is
+/// finished.
+pub(crate) struct Shared {
+    pub config: DeliverConfig,
+    pub work_tx: Sender<Work>,
+    pub work_rx: Receiver<Work>,
+    pub enrich_tx: Option<Sender<Work>>,
+    pub requeue_tx: Sender<(Instant, Stage, Work)>,
+    pub lanes: lanes::Lanes,
+    pub metrics: telemetry::DeliverMetrics,
+    pub aggregates: Arc<Aggregates>,
+    pub stop: StopToken,
+}
+
+impl Shared {
+    /// The first channel a message enters (enrichment when configured and
+    /// the message's route asks for it).
+    fn first_stage(&self, w: &Work) -> &Sender<Work> {
+        match (&self.enrich_tx, &self.config.enrich) {
+            (Some(tx), Some(e)) if enrich::wanted(e, &w.msg.payload) => tx,
+            _ => &self.work_tx,
+        }
+    }
+
+    /// Hands a freshly polled message on without blocking; `Err` gives it
+    /// back when the next channel is full.
+    // The message comes back by value to its owner's stash: no allocation.
+    #[allow(clippy::result_large_err)]
+    pub fn dispatch(&self, w: Work) -> Result<(), Work> {
+        let tx = self.first_stage(&w);
+        match self.config.ordering {
+            config::Ordering::Key if w.msg.key.is_some() => self
+                .lanes
+                .admit(w, |w| tx.try_send(w).map_err(|e| e.into_inner())),
+            _ => tx.try_send(w).map_err(|e| e.into_inner()),
+        }
+    }
+
+    /// True when consumers should stop handing out messages.
+    pub fn saturated(&self) -> bool {
+        self.lanes.parked() >= self.config.channel_capacity
+    }
+
+    /// The message is finished: free its key lane and report its offset.
+    pub fn finish(&self, w: Work) {
+        if self.config.ordering == config::Ordering::Key
+            && let Some(k) = &w.msg.key
+            && let Some(next) = self.lanes.release(k)
+        {
+            let stage = if self.first_stage(&next).same_channel(&self.work_tx) {
+                Stage::Send
+            } else {
+                Stage::Enrich
+            };
+            self.requeue(Instant::now(), stage, next);
+        }
+        let m = w.msg;
+        let _ = m.done.send((m.topic, m.partition, m.offset));
+    }
+
+    /// Puts `w` back into `stage` at `at` (counted as in motion until then).
+    pub fn requeue(&self, at: Instant, stage: Stage, w: Work) {
+        self.metrics.requeued.add(1);
+        if self.requeue_tx.send((at, stage, w)).is_err() {
+            self.metrics.requeued.add(-1);
+        }
+    }
+
+    /// Messages anywhere between consumer and sink (0 = nothing will finish).
+    pub fn in_motion(&self) -> usize {
+        self.work_rx.len()
+            + self.metrics.busy.get().max(0) as usize
+            + self.lanes.parked()
+            + self.metrics.requeued.get().max(0) as usize
+    }
+}
+
+/// A running deliver role.
+pub struct Handle {
+    stopper: Stopper,
+    consumers: Vec<JoinHandle<()>>,
+    senders: WorkerPool,
+    enrichers: Option<WorkerPool>,
+    requeue: JoinHandle<()>,
+    probe_thread: JoinHandle<()>,
+    dlq: Arc<dlq::DeadLetters>,
+    telemetry: Arc<telemetry::DeliverTelemetry>,
+    shutdown_timeout: Duration,
+}
+
+/// Starts the deliver role; blocks until the topics' partition counts are known.
+pub fn spawn(
+    config: DeliverConfig,
+    kafka: &KafkaConfig,
+    aggregates: Arc<Aggregates>,
+    fatal: Sender<String>,
+) -> anyhow::Result<Handle> {
+    let stopper = Stopper::new();
+    let admin_config = client_config(kafka, &[]);
+    let partitions = count_partitions(&admin_config, &config.topics)?;
+    let threads = config.max_threads.min(partitions.max(1));
+    let (work_tx, work_rx) = crossbeam_channel::bounded(config.channel_capacity);
+    let (enrich_tx, enrich_rx) = match config.enrich {
+        Some(_) => {
+            let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let (requeue_tx, requeue_rx) = crossbeam_channel::unbounded();
+    let shared = Arc::new(Shared {
+        metrics: telemetry::DeliverMetrics::new(config.max_in_flight),
+        lanes: lanes::Lanes::default(),
+        work_tx,
+        work_rx: work_rx.clone(),
+        enrich_tx,
+        requeue_tx,
+        aggregates,
+        stop: stopper.token(),
+        config: config.clone(),
+    });
+    let kafka_stats = Arc::new(KafkaStats::default());
+    let dlq = Arc::new(dlq::DeadLetters::new(
+        kafka,
+        shared.clone(),
+        kafka_stats.clone(),
+        fatal.clone(),
+    )?);
+    let probe = Arc::new(Probe::default());
+    let plan = TopicPlan {
+        topics: config.dlq_topics(),
+        create: true,
+        partitions: partitions_per_topic(partitions, &config),
+        replication: 1,
+    };
+    probe.check(dlq.client(), &admin_config, &plan, Duration::from_secs(5));
+
+    let mut consumers = Vec::with_capacity(threads);
+    let mut consumer_views = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (c, view) = consumer::build(&config, kafka, shared.clone(), fatal.clone(), i)?;
+        consumer_views.push(view);
+        consumers.push(c);
+    }
+    let senders = sender::spawn_pool(shared.clone(), dlq.clone(), work_rx)?;
+    let enrichers = match (enrich_rx, &config.enrich) {
+        (Some(rx), Some(e)) => Some(enrich::spawn_pool(shared.clone(), e.clone(), rx)?),
+        _ => None,
+    };
+    let requeue = lanes::spawn_requeue(shared.clone(), requeue_rx)?;
+    let consumers = consumers
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| consumer::run(c, shared.clone(), i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let probe_thread = {
+        let (dlq, probe, token) = (dlq.clone(), probe.clone(), stopper.token());
+        std::thread::Builder::new()
+            .name("deliver-probe".into())
+            .spawn(move || {
+                while !token.wait(Duration::from_secs(1)) {
+                    probe.check(dlq.client(), &admin_config, &plan, Duration::from_secs(2));
+                }
+            })?
+    };
+    let mut pools = vec![senders.view()];
+    pools.extend(enrichers.as_ref().map(WorkerPool::view));
+    let telemetry = Arc::new(telemetry::DeliverTelemetry::new(
+        shared,
+        kafka_stats,
+        pools,
+        consumer_views,
+        probe,
+        threads,
+    ));
+    info!(
+        "delivering {:?} (group {}) to {} with {threads} consumer threads, {} senders, at most {} calls in flight",
+        config.topics, config.group_id, config.target_url, config.senders, config.max_in_flight
+    );
+    Ok(Handle {
+        stopper,
+        consumers,
+        senders,
+        enrichers,
+        requeue,
+        probe_thread,
+        dlq,
+        telemetry,
+        shutdown_timeout: config.shutdown_timeout,
+    })
+}
+
+fn partitions_per_topic(total: usize, c: &DeliverConfig) -> i32 {
+    (total / c.topics.len().max(1)).max(1) as i32
+}
+
+/// Total partitions of `topics`, waiting up to 30 s for them to exist.
+fn count_partitions(
+    admin_config: &rdkafka::ClientConfig,
+    topics: &[String],
+) -> anyhow::Result<usize> {
+    let probe: BaseConsumer = admin_config
+        .create()
+        .context("cannot create a Kafka client")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = probe.fetch_metadata(None, Duration::from_secs(5));
+        let mut missing = Vec::new();
+        let mut total = 0;
+        if let Ok(md) = &md {
+            for t in topics {
+                match md
+                    .topics()
+                    .iter()
+                    .find(|m| m.name() == t && !m.partitions().is_empty())
+                {
+                    Some(m) => total += m.partitions().len(),
+                    None => missing.push(t.clone()),
+                }
+            }
+            if missing.is_empty() {
+                return Ok(total);
+            }
+        }
+        if Instant::now() > deadline {
+            match md {
+                Err(e) => anyhow::bail!("cannot read the cluster's metadata: {e}"),
+                Ok(_) => anyhow::bail!("[deliver] topics: {missing:?} do not exist"),
+            }
+        }
+        warn!(
+            "waiting for topics {missing:?} (metadata: {})",
+            md.err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "ok".into())
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+impl Handle {
+    pub fn telemetry(&self) -> Arc<dyn Telemetry> {
+        self.telemetry.clone()
+    }
+
+    pub fn begin_stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// Drains within `shutdown_timeout_ms`; true when everything finished.
+    pub fn stop(mut self) -> bool {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        info!("Stopping.");
+        self.stopper.stop();
+        let mut clean = true;
+        for c in self.consumers.drain(..) {
+            clean &= c.join().is_ok();
+        }
+        clean &= self.senders.join_until(deadline + Duration::from_secs(1));
+        if let Some(e) = self.enrichers.as_mut() {
+            clean &= e.join_until(deadline + Duration::from_secs(1));
+        }
+        clean &= self.requeue.join().is_ok();
+        clean &= self.probe_thread.join().is_ok();
+        if let Err(e) = self.dlq.flush(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+        ) {
+            warn!("dead-letter producer flush: {e}");
+            clean = false;
+        }
+        if !clean {
+            error!(
+                "deliver did not drain cleanly within {} ms; unfinished messages are redelivered",
+                self.shutdown_timeout.as_millis()
+            );
+        }
+        info!("Stopped.");
+        clean
+    }
+}

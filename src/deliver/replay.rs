@@ -1,0 +1,146 @@
+//! `kbridge replay --from <topic>.dlq --to <topic>`: re-queues parked
+//! messages. Reads the source from the replay group's committed offsets up to
+//! the end seen at start, produces each record (key, value, headers without
+//! the dead-letter headers) to the target, waits for the broker's acks, and
+//! only then commits — a failed run replays again, it never skips.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use log::info;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::kafka::client_config;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Replays up to `max` messages; returns how many were produced.
+pub fn replay(kafka: &KafkaConfig, from: &str, to: &str, max: Option<u64>) -> anyhow::Result<u64> {
+    let group = format!("kbridge-replay-{from}");
+    let consumer_props = [
+        ("group.id", group.as_str()),
+        ("enable.auto.commit", "false"),
+        ("auto.offset.reset", "earliest"),
+    ];
+    let consumer: BaseConsumer = client_config(kafka, &pairs(&consumer_props))
+        .create()
+        .context("cannot create the replay consumer")?;
+    let producer_props = [
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("compression.codec", "gzip"),
+    ];
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        client_config(kafka, &pairs(&producer_props))
+            .create()
+            .context("cannot create the replay producer")?;
+
+    let md = consumer
+        .fetch_metadata(Some(from), TIMEOUT)
+        .context("cannot read the metadata")?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == from && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(!partitions.is_empty(), "topic {from} does not exist");
+
+    let mut wanted = TopicPartitionList::new();
+    for p in &partitions {
+        wanted.add_partition(from, *p);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, TIMEOUT)
+        .context("cannot read the replay group's offsets")?;
+    // Per partition: where to start (committed, else the low watermark)
+    // and the end seen now, so a live topic still ends the run.
+    let mut start = TopicPartitionList::new();
+    let mut end: HashMap<i32, i64> = HashMap::new();
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(from, *p, TIMEOUT)?;
+        let at = match committed.find_partition(from, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => low,
+        };
+        start.add_partition_offset(from, *p, Offset::Offset(at))?;
+        end.insert(*p, high);
+        next.insert(*p, at);
+    }
+    consumer.assign(&start)?;
+
+    let mut produced = 0u64;
+    let limit = max.unwrap_or(u64::MAX);
+    let deadline = Instant::now() + TIMEOUT;
+    let done = |next: &HashMap<i32, i64>| {
+        end.iter()
+            .all(|(p, high)| next.get(p).is_some_and(|n| n >= high))
+    };
+    while produced < limit && !done(&next) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replay stalled: no progress within {TIMEOUT:?}"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m?;
+        if end
+            .get(&m.partition())
+            .is_none_or(|high| m.offset() >= *high)
+        {
+            continue;
+        }
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = m.headers() {
+            for h in h.iter().filter(|h| !h.key.starts_with("kbridge-dlq-")) {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        headers = headers.insert(Header {
+            key: "kbridge-replayed-from",
+            value: Some(from),
+        });
+        let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(to)
+            .payload(m.payload().unwrap_or_default())
+            .headers(headers);
+        if let Some(k) = m.key() {
+            r = r.key(k);
+        }
+        producer
+            .send(r)
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("cannot produce to {to}"))?;
+        next.insert(m.partition(), m.offset() + 1);
+        produced += 1;
+    }
+    producer
+        .flush(TIMEOUT)
+        .context("the target did not acknowledge every replayed message; nothing committed")?;
+    let mut commit = TopicPartitionList::new();
+    for (p, o) in &next {
+        commit.add_partition_offset(from, *p, Offset::Offset(*o))?;
+    }
+    if commit.count() > 0 {
+        consumer
+            .commit(&commit, CommitMode::Sync)
+            .context("cannot commit the replay group's offsets")?;
+    }
+    info!("replayed {produced} messages from {from} to {to}");
+    Ok(produced)
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

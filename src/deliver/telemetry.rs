@@ -1,0 +1,376 @@
+//! Deliver's counters, stats lines, `/metrics` text and readiness. Metric
+//! names are spelled here and nowhere else.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::warn;
+
+use super::Shared;
+use super::consumer::ConsumerView;
+use super::retry::CallResult;
+use super::sender::Semaphore;
+use crate::kafka::KafkaStats;
+use crate::kafka::probe::Probe;
+use crate::metrics::{Counter, Gauge, Latency, Prom};
+use crate::pool::{PoolView, render_pools};
+use crate::stats::{Rate, Telemetry};
+
+#[derive(Default)]
+pub struct DeliverMetrics {
+    pub consumed: Counter,
+    pub delivered: Counter,
+    pub retries: Counter,
+    pub dead_lettered: Counter,
+    pub dropped: Counter,
+    pub dlq_errors: Counter,
+    pub calls: Counter,
+    pub commits: Counter,
+    pub commit_errors: Counter,
+    pub consume_errors: Counter,
+    pub pauses: Counter,
+    /// Messages left unfinished at stop or revocation (redelivered later).
+    pub abandoned: Counter,
+    pub enriched: Counter,
+    pub enrich_errors: Counter,
+    /// Senders inside a call (or parking).
+    pub busy: Gauge,
+    /// Messages waiting for their retry time or their lane.
+    pub requeued: Gauge,
+    pub call_latency: Latency,
+    semaphore: OnceLock<Arc<Semaphore>>,
+    max_in_flight: usize,
+    last_failure_log: AtomicU64,
+    unlogged_failures: AtomicU64,
+}
+
+impl DeliverMetrics {
+    pub fn new(max_in_flight: usize) -> Self {
+        DeliverMetrics {
+            max_in_flight,
+            ..Default::default()
+        }
+    }
+
+    pub fn set_semaphore(&self, s: Arc<Semaphore>) {
+        let _ = self.semaphore.set(s);
+    }
+
+    pub fn in_flight_calls(&self) -> usize {
+        self.semaphore.get().map_or(0, |s| s.in_use())
+    }
+
+    /// Logs failed calls at most once per 10 s, with the count since.
+    pub fn log_failure(&self, topic: &str, r: &CallResult) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let n = self.unlogged_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.last_failure_log.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_failure_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.unlogged_failures.store(0, Ordering::Relaxed);
+            let what = match r {
+                CallResult::Status { status, .. } => format!("HTTP {status}"),
+                CallResult::Transport(e) => e.clone(),
+            };
+            warn!("{n} failed calls since the last report; latest for topic {topic}: {what}");
+        }
+    }
+}
+
+pub struct DeliverTelemetry {
+    shared: Arc<Shared>,
+    dlq_stats: Arc<KafkaStats>,
+    pools: Vec<PoolView>,
+    consumers: Vec<ConsumerView>,
+    probe: Arc<Probe>,
+    threads: usize,
+    rates: Mutex<(Rate, Rate)>,
+}
+
+impl DeliverTelemetry {
+    pub fn new(
+        shared: Arc<Shared>,
+        dlq_stats: Arc<KafkaStats>,
+        pools: Vec<PoolView>,
+        consumers: Vec<ConsumerView>,
+        probe: Arc<Probe>,
+        threads: usize,
+    ) -> Self {
+        DeliverTelemetry {
+            shared,
+            dlq_stats,
+            pools,
+            consumers,
+            probe,
+            threads,
+            rates: Mutex::default(),
+        }
+    }
+
+    /// (topic, partition, lag, committed) over every consumer thread.
+    fn lag(&self) -> Vec<(String, i32, i64, i64)> {
+        let mut v: Vec<_> = self
+            .consumers
+            .iter()
+            .flat_map(|c| c.lag.lock().map(|l| l.clone()).unwrap_or_default())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn consumer_totals(&self) -> (usize, usize) {
+        self.consumers.iter().fold((0, 0), |(open, stashed), c| {
+            let s = c.state.lock();
+            match s {
+                Ok(s) => (
+                    open + s.offsets.in_flight(|_, _| true),
+                    stashed + s.stashed(),
+                ),
+                Err(_) => (open, stashed),
+            }
+        })
+    }
+}
+
+impl Telemetry for DeliverTelemetry {
+    fn name(&self) -> &'static str {
+        "deliver"
+    }
+
+    fn stats_lines(&self, elapsed: Duration) -> Vec<String> {
+        let m = &self.shared.metrics;
+        let (in_s, out_s) = match self.rates.lock() {
+            Ok(mut r) => (
+                r.0.per_second(m.consumed.get(), elapsed),
+                r.1.per_second(m.delivered.get(), elapsed),
+            ),
+            Err(_) => (0.0, 0.0),
+        };
+        let (open, stashed) = self.consumer_totals();
+        let lag: i64 = self.lag().iter().map(|l| l.2).sum();
+        let rx = &self.shared.work_rx;
+        let mut lines = vec![format!(
+            "pool=deliver-c pool-size={} events/s={in_s:.0} unfinished={open} stashed={stashed} lag={lag} commits={} errors={}",
+            self.threads,
+            m.commits.get(),
+            m.consume_errors.get() + m.commit_errors.get()
+        )];
+        for (i, p) in self.pools.iter().enumerate() {
+            if i == 0 {
+                lines.push(format!(
+                    "{} channel={}/{} in-flight={}/{} delivered/s={out_s:.0} retries={} dead-letters={} waiting={} errors={}",
+                    p.stats_line(),
+                    rx.len(),
+                    rx.capacity().unwrap_or(0),
+                    m.in_flight_calls(),
+                    m.max_in_flight,
+                    m.retries.get(),
+                    m.dead_lettered.get(),
+                    m.requeued.get() + self.shared.lanes.parked() as i64,
+                    m.dlq_errors.get()
+                ));
+            } else {
+                lines.push(format!(
+                    "{} enriched={} errors={}",
+                    p.stats_line(),
+                    m.enriched.get(),
+                    m.enrich_errors.get()
+                ));
+            }
+        }
+        lines
+    }
+
+    fn prometheus(&self, out: &mut String) {
+        let m = &self.shared.metrics;
+        let mut p = Prom::new(out);
+        let counters: [(&str, &str, &Counter); 15] = [
+            (
+                "kbridge_deliver_consumed_total",
+                "Messages consumed.",
+                &m.consumed,
+            ),
+            (
+                "kbridge_deliver_delivered_total",
+                "Messages delivered (2xx).",
+                &m.delivered,
+            ),
+            (
+                "kbridge_deliver_retries_total",
+                "Calls to be retried.",
+                &m.retries,
+            ),
+            (
+                "kbridge_deliver_dead_letters_total",
+                "Messages parked in the dead-letter topic.",
+                &m.dead_lettered,
+            ),
+            (
+                "kbridge_deliver_dropped_total",
+                "Messages dropped by drop_statuses.",
+                &m.dropped,
+            ),
+            (
+                "kbridge_deliver_dead_letter_errors_total",
+                "Failed attempts to park a message.",
+                &m.dlq_errors,
+            ),
+            ("kbridge_deliver_calls_total", "HTTP calls made.", &m.calls),
+            (
+                "kbridge_deliver_commits_total",
+                "Offset commits.",
+                &m.commits,
+            ),
+            (
+                "kbridge_deliver_commit_errors_total",
+                "Failed offset commits.",
+                &m.commit_errors,
+            ),
+            (
+                "kbridge_deliver_consume_errors_total",
+                "Consume errors.",
+                &m.consume_errors,
+            ),
+            (
+                "kbridge_deliver_pauses_total",
+                "Times fetching paused on a full channel.",
+                &m.pauses,
+            ),
+            (
+                "kbridge_deliver_abandoned_total",
+                "Messages left unfinished at stop or revocation (redelivered).",
+                &m.abandoned,
+            ),
+            (
+                "kbridge_deliver_enriched_total",
+                "Messages enriched.",
+                &m.enriched,
+            ),
+            (
+                "kbridge_deliver_enrich_errors_total",
+                "Failed enrichment lookups.",
+                &m.enrich_errors,
+            ),
+            (
+                "kbridge_deliver_stats_total",
+                "librdkafka statistics reports of the dead-letter producer.",
+                &self.dlq_stats.stats_received,
+            ),
+        ];
+        for (name, help, c) in counters {
+            p.single(name, "counter", help, &[], c.get());
+        }
+        let rx = &self.shared.work_rx;
+        p.single(
+            "kbridge_deliver_channel_length",
+            "gauge",
+            "Messages waiting for a sender (seed: fillness).",
+            &[],
+            rx.len(),
+        );
+        p.single(
+            "kbridge_deliver_channel_capacity",
+            "gauge",
+            "Capacity of the sender channel.",
+            &[],
+            rx.capacity().unwrap_or(0),
+        );
+        p.single(
+            "kbridge_deliver_in_flight_calls",
+            "gauge",
+            "HTTP calls in flight (semaphore permits in use).",
+            &[],
+            self.shared.metrics.in_flight_calls(),
+        );
+        p.single(
+            "kbridge_deliver_max_in_flight",
+            "gauge",
+            "The semaphore's size.",
+            &[],
+            m.max_in_flight,
+        );
+        p.single(
+            "kbridge_deliver_waiting",
+            "gauge",
+            "Messages waiting for a retry or behind their key.",
+            &[],
+            m.requeued.get() + self.shared.lanes.parked() as i64,
+        );
+        p.single(
+            "kbridge_deliver_consumer_threads",
+            "gauge",
+            "Consumer threads (group members).",
+            &[],
+            self.threads,
+        );
+        p.latency(
+            "kbridge_deliver_call_duration_seconds",
+            "Duration of HTTP calls.",
+            &[],
+            &m.call_latency,
+        );
+        let lag = self.lag();
+        p.describe(
+            "kbridge_deliver_consumer_lag",
+            "gauge",
+            "Messages behind the partition's end.",
+        );
+        for (t, part, l, _) in &lag {
+            p.sample(
+                "kbridge_deliver_consumer_lag",
+                &[("topic", t), ("partition", &part.to_string())],
+                l,
+            );
+        }
+        p.describe(
+            "kbridge_deliver_committed_offset",
+            "gauge",
+            "Committed offset per partition.",
+        );
+        for (t, part, _, c) in &lag {
+            p.sample(
+                "kbridge_deliver_committed_offset",
+                &[("topic", t), ("partition", &part.to_string())],
+                c,
+            );
+        }
+        render_pools(&mut p, &self.pools.iter().collect::<Vec<_>>());
+        let mut clients: Vec<(String, &KafkaStats)> =
+            vec![("deliver-dlq".into(), &*self.dlq_stats)];
+        clients.extend(
+            self.consumers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("deliver-c{i}"), &*c.stats)),
+        );
+        let refs: Vec<(&str, &KafkaStats)> =
+            clients.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        KafkaStats::render_all(&mut p, &refs);
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.shared.stop.is_stopped() {
+            return Err("deliver is stopping".into());
+        }
+        for pool in &self.pools {
+            pool.check_running()?;
+        }
+        if !self.probe.reachable() {
+            return Err(format!(
+                "Kafka unreachable: {}",
+                self.probe
+                    .last_error()
+                    .unwrap_or_else(|| "no answer yet".into())
+            ));
+        }
+        Ok(())
+    }
+}
