@@ -105,9 +105,12 @@ fn retries_dead_letters_and_timeouts_follow_the_rules() {
         "Retry-After: 1 honoured: {:?}",
         t[1].at - t[0].at
     );
-    assert!(
-        of("hang").len() >= 2,
-        "a hanging call times out and is retried"
+    // The sink logs the hanging call (answered 200 too late) at once; the
+    // retry after the 1 s client timeout is the second call.
+    wait_until(
+        "the hanging call to be retried",
+        Duration::from_secs(30),
+        || sink.calls().iter().filter(|c| c.ids()[0] == "hang").count() >= 2,
     );
     assert_eq!(of("bad").len(), 1, "400 is not retried");
     // The 400 is parked with its reason, status and attempts.
@@ -188,7 +191,7 @@ fn concurrent_calls_never_exceed_max_in_flight() {
         &unique_topic("g"),
         &topic,
         &sink.url,
-        "senders = 8\nmax_in_flight = 3",
+        "senders = 8\nmax_in_flight = 3\nchannel_capacity = 4",
     ));
     wait_delivered(&sink, &ids("s", 60), Duration::from_secs(60));
     let m = sink.max_concurrent();
@@ -197,6 +200,10 @@ fn concurrent_calls_never_exceed_max_in_flight() {
         "observed {m} concurrent calls with max_in_flight = 3"
     );
     assert!(m >= 2, "calls do run concurrently: observed {m}");
+    assert!(
+        metric(&_d.metrics(), "kbridge_deliver_pauses_total") > 0.0,
+        "the small channel filled and fetching paused (polling went on)"
+    );
 }
 
 #[test]
@@ -341,7 +348,53 @@ fn enrichment_merges_lookups_for_enriched_routes_only() {
     assert!(!asked.iter().any(|p| p.contains("3.3.3.3")));
 }
 
-/// A lookup endpoint: `/geo/<ip>` → `{"country":"C-<ip>"}`, `/geo/bad` → 500.
+#[test]
+fn enrichment_retry_policy_retries_lookups_then_parks() {
+    let b = brokers();
+    let topic = unique_topic("dlv-enrich-retry");
+    create_topic(&b, &topic, 1);
+    let recs: Vec<(Option<String>, String)> = vec![
+        (None, r#"{"id":"f1","ip":"flaky"}"#.into()),
+        (None, r#"{"id":"b1","ip":"bad"}"#.into()),
+    ];
+    produce(&b, &topic, &recs);
+    let geo = tiny_geo();
+    let sink = Sink::always(200);
+    let extra = format!(
+        "enrich_url = {}/geo/{{ip}}\nenrich_into = geo\nenrich_on_error = retry\nmax_retries = 3\nenrichers = 1",
+        geo.0
+    );
+    let _d = Deliver::start(&deliver_ini(
+        &b,
+        &unique_topic("g"),
+        &topic,
+        &sink.url,
+        &extra,
+    ));
+    wait_delivered(&sink, &["f1".to_string()], Duration::from_secs(60));
+    let f1: serde_json::Value = serde_json::from_slice(&sink.calls()[0].body).unwrap();
+    assert_eq!(
+        f1["geo"]["country"], "C-flaky",
+        "delivered enriched after the lookup recovered"
+    );
+    let dlq = read_exactly(&b, &format!("{topic}.dlq"), 1);
+    assert_eq!(dlq[0].value_str(), r#"{"id":"b1","ip":"bad"}"#);
+    let reason = &dlq[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "kbridge-dlq-reason")
+        .unwrap()
+        .1;
+    assert!(
+        String::from_utf8_lossy(reason).starts_with("enrichment failed after 4 attempts"),
+        "{}",
+        String::from_utf8_lossy(reason)
+    );
+    assert!(!sink.delivered().contains(&"b1".to_string()));
+}
+
+/// A lookup endpoint: `/geo/<ip>` → `{"country":"C-<ip>"}`; `/geo/bad` → 500;
+/// `/geo/flaky` → 500 twice, then an answer.
 fn tiny_geo() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let url = format!("http://{}", server.server_addr().to_ip().unwrap());
@@ -352,7 +405,14 @@ fn tiny_geo() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
             let path = req.url().to_string();
             log.lock().unwrap().push(path.clone());
             let ip = path.trim_start_matches("/geo/").to_string();
-            let r = if ip == "bad" {
+            let flaky_failures = log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| p.as_str() == "/geo/flaky")
+                .count()
+                <= 2;
+            let r = if ip == "bad" || (ip == "flaky" && flaky_failures) {
                 tiny_http::Response::from_string("{}").with_status_code(500)
             } else {
                 tiny_http::Response::from_string(format!("{{\"country\":\"C-{ip}\"}}"))

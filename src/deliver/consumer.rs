@@ -192,9 +192,19 @@ impl ConsumerCtx {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        let moved: Vec<(String, i32, i64)> = st
-            .offsets
-            .to_commit()
+        // An async commit counts as done once queued; a synchronous commit
+        // (revocation, stop) sends every position again, so one that was
+        // queued but never sent is not lost.
+        let positions = match mode {
+            CommitMode::Sync => st
+                .offsets
+                .positions()
+                .into_iter()
+                .filter_map(|((t, p), pos, _)| pos.map(|o| (t, p, o)))
+                .collect(),
+            CommitMode::Async => st.offsets.to_commit(),
+        };
+        let moved: Vec<(String, i32, i64)> = positions
             .into_iter()
             .filter(|(t, p, _)| select(t, *p))
             .collect();
