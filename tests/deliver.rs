@@ -18,10 +18,11 @@ fn delivers_every_message_once_with_kafka_headers_and_commits_past_them() {
     create_topic(&b, &topic, 4);
     let mut recs = events("a", 200);
     recs[0].0 = Some("key-0".into());
-    produce(&b, &topic, &recs);
     let sink = Sink::always(200);
     let group = unique_topic("g");
     let mut d = Deliver::start(&deliver_ini(&b, &group, &topic, &sink.url, ""));
+    d.wait_settled(4);
+    produce(&b, &topic, &recs);
     wait_delivered(&sink, &ids("a", 200), Duration::from_secs(60));
     let calls = sink.calls();
     assert_eq!(
@@ -68,7 +69,6 @@ fn retries_dead_letters_and_timeouts_follow_the_rules() {
         .iter()
         .map(|n| (Some(n.to_string()), format!("{{\"id\":\"{n}\"}}")))
         .collect();
-    produce(&b, &topic, &recs);
     let sink = Sink::start(Arc::new(|call, n| match (call.ids()[0].as_str(), n) {
         ("fail2", 0 | 1) => Reply::status(500),
         ("throttle", 0) => Reply::status(429).header("Retry-After", "1"),
@@ -84,6 +84,8 @@ fn retries_dead_letters_and_timeouts_follow_the_rules() {
         &sink.url,
         "request_timeout_ms = 1000\nmax_retries = 3",
     ));
+    d.wait_settled(2);
+    produce(&b, &topic, &recs);
     let good = ["fail2", "throttle", "hang", "ok1", "ok2"].map(String::from);
     wait_delivered(&sink, &good, Duration::from_secs(60));
     let calls = sink.calls();

@@ -34,6 +34,8 @@ pub struct ThreadState {
     /// Polled messages waiting for room in the next channel, in order.
     stash: VecDeque<Work>,
     paused: bool,
+    /// Partitions the group currently assigns to this member.
+    assigned: usize,
 }
 
 pub struct ConsumerCtx {
@@ -57,6 +59,26 @@ pub struct ConsumerView {
 impl ThreadState {
     pub fn stashed(&self) -> usize {
         self.stash.len()
+    }
+
+    pub fn assigned(&self) -> usize {
+        self.assigned
+    }
+
+    /// Drops the selected partitions' stashed messages (never handed out,
+    /// so redelivered later); returns how many.
+    fn abandon_stash(&mut self, select: &dyn Fn(&str, i32) -> bool) -> usize {
+        let before = self.stash.len();
+        let offsets = &mut self.offsets;
+        self.stash.retain(|w| {
+            let (t, p) = (&w.msg.topic, w.msg.partition);
+            let keep = !select(t, p);
+            if !keep {
+                offsets.abandon(t, p, w.msg.offset);
+            }
+            keep
+        });
+        before - self.stash.len()
     }
 }
 
@@ -100,8 +122,7 @@ impl ConsumerContext for ConsumerCtx {
         // Stashed messages were never handed out: they are redelivered to
         // the next owner.
         if let Ok(mut st) = self.state.lock() {
-            st.stash
-                .retain(|w| !is_revoked(&w.msg.topic, w.msg.partition));
+            st.abandon_stash(&is_revoked);
         }
         self.wait_in_flight(
             Instant::now() + self.shared.config.shutdown_timeout,
@@ -112,6 +133,7 @@ impl ConsumerContext for ConsumerCtx {
             for (t, p) in &revoked {
                 st.offsets.remove(t, *p);
             }
+            st.assigned = st.assigned.saturating_sub(revoked.len());
         }
     }
 
@@ -125,6 +147,7 @@ impl ConsumerContext for ConsumerCtx {
             info!("partitions assigned: {parts:?}");
             if let Ok(mut st) = self.state.lock() {
                 st.paused = false;
+                st.assigned += parts.len();
             }
         }
     }
@@ -140,14 +163,18 @@ impl ConsumerCtx {
         };
         let Some(first) = first else { return };
         if let Ok(mut st) = self.state.lock() {
-            for (t, p, o) in std::iter::once(first).chain(self.done_rx.try_iter()) {
-                st.offsets.done(&t, p, o);
+            for (t, p, o, finished) in std::iter::once(first).chain(self.done_rx.try_iter()) {
+                if finished {
+                    st.offsets.done(&t, p, o);
+                } else {
+                    st.offsets.abandon(&t, p, o);
+                }
             }
         }
     }
 
-    /// Waits until the selected partitions have nothing in flight, nothing
-    /// else can finish, or `deadline`.
+    /// Waits until the selected partitions have nothing in flight (every
+    /// message finished or abandoned) or `deadline`.
     fn wait_in_flight(&self, deadline: Instant, select: &dyn Fn(&str, i32) -> bool) {
         loop {
             self.drain_done(Duration::ZERO);
@@ -157,11 +184,6 @@ impl ConsumerCtx {
                 .map(|s| s.offsets.in_flight(select))
                 .unwrap_or(0);
             if open == 0 {
-                return;
-            }
-            if self.shared.in_motion() == 0 {
-                // Nothing left that could finish; take what already did.
-                self.drain_done(Duration::from_millis(20));
                 return;
             }
             if Instant::now() >= deadline {
@@ -336,8 +358,8 @@ fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
     }
     // Stop fetching; finish or abandon what is in flight; commit; leave.
     if let Ok(mut st) = ctx.state.lock() {
-        shared.metrics.abandoned.add(st.stash.len() as u64);
-        st.stash.clear();
+        let n = st.abandon_stash(&all);
+        shared.metrics.abandoned.add(n as u64);
     }
     ctx.wait_in_flight(Instant::now() + shared.config.shutdown_timeout, &all);
     ctx.commit(consumer, CommitMode::Sync, &all);

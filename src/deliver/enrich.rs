@@ -99,8 +99,8 @@ fn forward(shared: &Shared, mut w: Work) {
         match shared.work_tx.send_timeout(w, Duration::from_millis(100)) {
             Ok(()) => return,
             Err(e) if !shared.stop.is_stopped() => w = e.into_inner(),
-            Err(_) => {
-                shared.metrics.abandoned.inc();
+            Err(e) => {
+                shared.abandon(e.into_inner());
                 return;
             }
         }

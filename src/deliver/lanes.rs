@@ -69,15 +69,13 @@ impl Lanes {
         self.parked.load(Ordering::Relaxed)
     }
 
-    /// Drops every waiting message (stop); returns how many.
-    pub fn abandon(&self) -> usize {
+    /// Takes every waiting message out (stop).
+    pub fn drain(&self) -> Vec<Work> {
         let Ok(mut busy) = self.busy.lock() else {
-            return 0;
+            return Vec::new();
         };
-        let n: usize = busy.values().map(VecDeque::len).sum();
-        busy.clear();
         self.parked.store(0, Ordering::Relaxed);
-        n
+        busy.drain().flat_map(|(_, q)| q).collect()
     }
 }
 
@@ -114,9 +112,12 @@ pub fn spawn_requeue(
             loop {
                 if shared.stop.is_stopped() {
                     // Abandon: these offsets stay uncommitted and are redelivered.
-                    let n = heap.len() + rx.try_iter().count() + shared.lanes.abandon();
                     m.requeued.set(0);
-                    m.abandoned.add(n as u64);
+                    let waiting = heap.drain().map(|Reverse(Due(_, _, _, w))| w);
+                    let arriving = rx.try_iter().map(|(_, _, w)| w);
+                    for w in waiting.chain(arriving).chain(shared.lanes.drain()) {
+                        shared.abandon(w);
+                    }
                     return;
                 }
                 while let Some(Reverse(Due(at, ..))) = heap.peek() {

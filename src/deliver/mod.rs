@@ -63,8 +63,9 @@ pub struct Msg {
     pub done: Sender<Done>,
 }
 
-/// "This offset is finished" (delivered, parked or dropped).
-pub type Done = (Arc<str>, i32, i64);
+/// "This offset is finished" (delivered, parked or dropped; `true`) or
+/// abandoned at stop (`false`: it is redelivered, never committed past).
+pub type Done = (Arc<str>, i32, i64, bool);
 
 /// A message on its way, with its attempts so far.
 pub struct Work {
@@ -141,23 +142,24 @@ impl Shared {
             self.requeue(Instant::now(), stage, next);
         }
         let m = w.msg;
-        let _ = m.done.send((m.topic, m.partition, m.offset));
+        let _ = m.done.send((m.topic, m.partition, m.offset, true));
+    }
+
+    /// Gives `w` up (stop): counted, and its owner stops waiting for it.
+    pub fn abandon(&self, w: Work) {
+        self.metrics.abandoned.inc();
+        let m = w.msg;
+        let _ = m.done.send((m.topic, m.partition, m.offset, false));
     }
 
     /// Puts `w` back into `stage` at `at` (counted as in motion until then).
     pub fn requeue(&self, at: Instant, stage: Stage, w: Work) {
         self.metrics.requeued.add(1);
-        if self.requeue_tx.send((at, stage, w)).is_err() {
+        if let Err(e) = self.requeue_tx.send((at, stage, w)) {
+            // The requeue thread is gone: stopping.
             self.metrics.requeued.add(-1);
+            self.abandon(e.into_inner().2);
         }
-    }
-
-    /// Messages anywhere between consumer and sink (0 = nothing will finish).
-    pub fn in_motion(&self) -> usize {
-        self.work_rx.len()
-            + self.metrics.busy.get().max(0) as usize
-            + self.lanes.parked()
-            + self.metrics.requeued.get().max(0) as usize
     }
 }
 

@@ -3,6 +3,8 @@
 //! the lowest unfinished one, or one past the highest polled when all are
 //! done. Workers finish out of order; a commit never passes an unfinished
 //! message. Gaps in offsets (compaction, transaction markers) need nothing.
+//! An abandoned offset (dropped at stop or revocation, never to finish
+//! here) stops counting as in flight but caps the position for good.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -14,6 +16,8 @@ pub struct PartitionOffsets {
     next: Option<i64>,
     /// The last position committed (or known committed).
     committed: Option<i64>,
+    /// The lowest offset given up on: it is redelivered, never committed past.
+    abandoned: Option<i64>,
 }
 
 impl PartitionOffsets {
@@ -28,11 +32,20 @@ impl PartitionOffsets {
         self.open.remove(&offset);
     }
 
+    /// Gives up on `offset`: nothing waits for it any more, and the
+    /// position never passes it.
+    pub fn abandon(&mut self, offset: i64) {
+        if self.open.remove(&offset) {
+            self.abandoned = Some(self.abandoned.map_or(offset, |a| a.min(offset)));
+        }
+    }
+
     /// The position to commit: every offset below it is done.
     pub fn position(&self) -> Option<i64> {
-        match self.open.first() {
-            Some(first) => Some(*first),
-            None => self.next,
+        let open = self.open.first().copied().or(self.next);
+        match (open, self.abandoned) {
+            (Some(o), Some(a)) => Some(o.min(a)),
+            (o, a) => o.or(a),
         }
     }
 
@@ -68,6 +81,12 @@ impl Offsets {
     pub fn done(&mut self, topic: &str, partition: i32, offset: i64) {
         if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
             p.done(offset);
+        }
+    }
+
+    pub fn abandon(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+            p.abandon(offset);
         }
     }
 
@@ -125,6 +144,29 @@ mod tests {
         assert_eq!(p.position(), Some(13));
         p.done(13);
         assert_eq!(p.position(), Some(15), "all done: one past the highest");
+    }
+
+    #[test]
+    fn abandoned_offsets_stop_waiting_but_cap_the_position() {
+        let mut p = PartitionOffsets::default();
+        for o in 20..25 {
+            p.polled(o);
+        }
+        p.done(20);
+        p.abandon(22);
+        p.abandon(21);
+        p.done(23);
+        assert_eq!(p.in_flight(), 1, "only 24 is still awaited");
+        assert_eq!(p.position(), Some(21), "never past the lowest abandoned");
+        p.done(24);
+        assert_eq!(p.in_flight(), 0);
+        assert_eq!(p.position(), Some(21));
+        p.abandon(20);
+        assert_eq!(
+            p.position(),
+            Some(21),
+            "abandoning a done offset changes nothing"
+        );
     }
 
     #[test]

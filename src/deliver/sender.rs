@@ -117,7 +117,7 @@ pub fn spawn_pool(
                 let d = *stop_deadline
                     .get_or_insert_with(|| Instant::now() + shared.config.shutdown_timeout);
                 if Instant::now() > d {
-                    shared.metrics.abandoned.inc();
+                    shared.abandon(first);
                     continue;
                 }
             }

@@ -126,6 +126,18 @@ impl DeliverTelemetry {
         v
     }
 
+    /// Partitions assigned to this instance's consumer threads, and how
+    /// many of those threads have none (mid-rebalance, or more members than
+    /// partitions).
+    fn assignment(&self) -> (usize, usize) {
+        self.consumers
+            .iter()
+            .filter_map(|c| c.state.lock().ok().map(|s| s.assigned()))
+            .fold((0, 0), |(sum, idle), n| {
+                (sum + n, idle + usize::from(n == 0))
+            })
+    }
+
     fn consumer_totals(&self) -> (usize, usize) {
         self.consumers.iter().fold((0, 0), |(open, stashed), c| {
             let s = c.state.lock();
@@ -310,6 +322,21 @@ impl Telemetry for DeliverTelemetry {
             "Consumer threads (group members).",
             &[],
             self.threads,
+        );
+        let (assigned, idle) = self.assignment();
+        p.single(
+            "kbridge_deliver_assigned_partitions",
+            "gauge",
+            "Partitions the group assigns to this instance's members.",
+            &[],
+            assigned,
+        );
+        p.single(
+            "kbridge_deliver_members_without_partitions",
+            "gauge",
+            "Consumer threads the group gave no partition (yet).",
+            &[],
+            idle,
         );
         p.latency(
             "kbridge_deliver_call_duration_seconds",

@@ -439,7 +439,7 @@ pub fn events(prefix: &str, n: usize) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
-/// The group's committed offset per partition of `topic` (-1: none).
+/// The group's committed offset per partition of `topic` (0: none yet).
 pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -454,7 +454,10 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ve
     (0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
-            _ => -1,
+            // No commit yet: the consumer starts at the beginning, and every
+            // test topic begins at offset 0. (Summing -1s for partitions
+            // that never got a message once read as "commits lost".)
+            _ => 0,
         })
         .collect()
 }
@@ -498,6 +501,17 @@ impl Deliver {
         let mut s = String::new();
         self.handle.as_ref().unwrap().telemetry().prometheus(&mut s);
         s
+    }
+
+    /// Waits until the group settled: all `partitions` assigned and every
+    /// consumer thread holding one (tests that count calls exactly start
+    /// producing only then, so no rebalance redelivers).
+    pub fn wait_settled(&self, partitions: usize) {
+        wait_until("the group to settle", Duration::from_secs(60), || {
+            let m = self.metrics();
+            metric(&m, "kbridge_deliver_assigned_partitions") == partitions as f64
+                && metric(&m, "kbridge_deliver_members_without_partitions") == 0.0
+        });
     }
 
     pub fn stop(&mut self) -> bool {
