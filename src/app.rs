@@ -13,6 +13,7 @@ use crossbeam_channel::select;
 use log::{error, info, warn};
 
 use crate::aggregates::Aggregates;
+use crate::collect::{self, CollectConfig};
 use crate::config::{CommonConfig, ConfigError, ConfigErrors, read_document};
 use crate::deliver::{self, DeliverConfig};
 use crate::ingest::{self, IngestConfig};
@@ -30,6 +31,8 @@ const KNOWN_SECTIONS: &[&str] = &[
     "ingest.producer",
     "deliver",
     "deliver.consumer",
+    "collect",
+    "collect.consumer",
 ];
 
 /// The roles of the binary.
@@ -46,6 +49,7 @@ pub struct AppConfig {
     pub common: CommonConfig,
     pub ingest: Option<IngestConfig>,
     pub deliver: Option<DeliverConfig>,
+    pub collect: Option<CollectConfig>,
 }
 
 /// Why a configuration could not be loaded.
@@ -78,10 +82,12 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
     let common = CommonConfig::from_document(path, &doc, &mut errors);
     let ingest = IngestConfig::from_document(&doc, &mut errors);
     let deliver = DeliverConfig::from_document(&doc, &mut errors);
+    let collect = CollectConfig::from_document(&doc, &mut errors);
     for (sub, parent) in [
         ("ingest.routes", ingest.is_some()),
         ("ingest.producer", ingest.is_some()),
         ("deliver.consumer", deliver.is_some()),
+        ("collect.consumer", collect.is_some()),
     ] {
         if !parent && doc.sections.contains_key(sub) {
             let line = doc.sections.get(sub).map(|s| s.line);
@@ -103,6 +109,7 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
             common,
             ingest,
             deliver,
+            collect,
         })
     } else {
         Err(LoadError::Invalid(errors))
@@ -114,7 +121,7 @@ pub fn select_roles(config: &AppConfig, asked: &[Role]) -> anyhow::Result<Vec<Ro
     let configured = |r: Role| match r {
         Role::Ingest => config.ingest.is_some(),
         Role::Deliver => config.deliver.is_some(),
-        Role::Collect => false,
+        Role::Collect => config.collect.is_some(),
     };
     if asked.is_empty() {
         let all: Vec<Role> = [Role::Ingest, Role::Deliver, Role::Collect]
@@ -123,7 +130,7 @@ pub fn select_roles(config: &AppConfig, asked: &[Role]) -> anyhow::Result<Vec<Ro
             .collect();
         anyhow::ensure!(
             !all.is_empty(),
-            "{}: no role configured (add an [ingest] or [deliver] section)",
+            "{}: no role configured (add an [ingest], [deliver] or [collect] section)",
             config.common.path.display()
         );
         return Ok(all);
@@ -171,6 +178,14 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
         telemetry.push(h.telemetry());
         deliver_handle = Some(h);
     }
+    let mut collect_handle = None;
+    if roles.contains(&Role::Collect)
+        && let Some(cc) = &config.collect
+    {
+        let h = collect::spawn(cc.clone(), &config.common.kafka, fatal_tx.clone())?;
+        telemetry.push(h.telemetry());
+        collect_handle = Some(h);
+    }
     let admin_listener = TcpListener::bind(config.common.admin.listen)
         .with_context(|| format!("[admin] listen: cannot bind {}", config.common.admin.listen))?;
     let admin = crate::admin::spawn(admin_listener, telemetry.clone(), process.token())?;
@@ -208,6 +223,14 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     }
     if let Some(h) = &deliver_handle {
         h.begin_stop();
+    }
+    if let Some(h) = &collect_handle {
+        h.begin_stop();
+    }
+    if let Some(h) = collect_handle
+        && !h.stop()
+    {
+        code = code.max(1);
     }
     if let Some(h) = deliver_handle
         && !h.stop()

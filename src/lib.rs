@@ -5,6 +5,8 @@
 //! - `ingest`: HTTP POST → bounded job channel → producer workers → Kafka;
 //! - `deliver`: consumer threads → bounded channel → senders → REST, with
 //!   retries, a dead-letter topic and offsets committed past finished work;
+//! - `collect`: consumer threads → files, fsynced before offsets are
+//!   committed, a retry topic for write errors;
 //! - `aggregates`: counts the deliver role keeps for the dashboard;
 //! - `kafka`: client configuration, statistics, topic creation, the probe;
 //! - `admin`, `stats`: `/health`, `/ready`, `/metrics` and the 1 s stats
@@ -18,6 +20,7 @@
 pub mod admin;
 pub mod aggregates;
 pub mod app;
+pub mod collect;
 pub mod config;
 pub mod deliver;
 pub mod http;

@@ -2,6 +2,7 @@
 //! (started by `scripts/test`; `KBRIDGE_TEST_BROKERS`, `TANSU_BIN`).
 
 mod cli;
+mod collect;
 mod deliver;
 mod faults;
 mod ingest;

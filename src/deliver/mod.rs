@@ -45,7 +45,7 @@ pub use config::DeliverConfig;
 
 use crate::aggregates::Aggregates;
 use crate::config::KafkaConfig;
-use crate::kafka::probe::{Probe, TopicPlan};
+use crate::kafka::probe::{self, Probe, TopicPlan};
 use crate::kafka::{KafkaStats, client_config};
 use crate::pool::WorkerPool;
 use crate::shutdown::{StopToken, Stopper};
@@ -242,14 +242,10 @@ pub fn spawn(
         .map(|(i, c)| consumer::run(c, shared.clone(), i))
         .collect::<Result<Vec<_>, _>>()?;
     let probe_thread = {
-        let (dlq, probe, token) = (dlq.clone(), probe.clone(), stopper.token());
-        std::thread::Builder::new()
-            .name("deliver-probe".into())
-            .spawn(move || {
-                while !token.wait(Duration::from_secs(1)) {
-                    probe.check(dlq.client(), &admin_config, &plan, Duration::from_secs(2));
-                }
-            })?
+        let (dlq, probe) = (dlq.clone(), probe.clone());
+        probe::every_second("deliver-probe", stopper.token(), move || {
+            probe.check(dlq.client(), &admin_config, &plan, Duration::from_secs(2))
+        })?
     };
     let mut pools = vec![senders.view()];
     pools.extend(enrichers.as_ref().map(WorkerPool::view));

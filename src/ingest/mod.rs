@@ -41,7 +41,7 @@ use telemetry::IngestMetrics;
 
 use crate::config::KafkaConfig;
 use crate::http::{json_reply, with_retry_after};
-use crate::kafka::probe::{Probe, TopicPlan};
+use crate::kafka::probe::{self, Probe, TopicPlan};
 use crate::kafka::{Context, KafkaStats, client_config};
 use crate::pool::WorkerPool;
 use crate::shutdown::Stopper;
@@ -195,14 +195,10 @@ pub fn spawn(
         })
     };
     let probe_thread = {
-        let (producer, probe, token) = (producer.clone(), probe.clone(), stopper.token());
-        std::thread::Builder::new()
-            .name("ingest-probe".into())
-            .spawn(move || {
-                while !token.wait(Duration::from_secs(1)) {
-                    probe.check(producer.client(), &admin_config, &plan, PROBE_TIMEOUT);
-                }
-            })?
+        let (producer, probe) = (producer.clone(), probe.clone());
+        probe::every_second("ingest-probe", stopper.token(), move || {
+            probe.check(producer.client(), &admin_config, &plan, PROBE_TIMEOUT)
+        })?
     };
     let telemetry = Arc::new(telemetry::IngestTelemetry::new(
         shared,

@@ -13,6 +13,22 @@ use rdkafka::ClientConfig;
 use rdkafka::client::{Client, ClientContext};
 
 use super::ensure_topics;
+use crate::shutdown::StopToken;
+
+/// Runs `round` once a second on thread `name` until `token` stops.
+pub fn every_second(
+    name: &str,
+    token: StopToken,
+    mut round: impl FnMut() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while !token.wait(Duration::from_secs(1)) {
+                round();
+            }
+        })
+}
 
 /// What the last probe saw.
 #[derive(Debug, Default)]

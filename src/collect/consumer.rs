@@ -1,0 +1,393 @@
+//! One collector thread = one group member. It writes each message to the
+//! open file of its partition and commits a partition only up to the first
+//! offset not yet durable (in a closed, fsynced, renamed file, or
+//! acknowledged in the retry topic). A write error discards the open file,
+//! seeks back to its first offset and diverts the partition to
+//! `<topic>.retry` for `retry_delay_ms`; retry-topic messages are written
+//! (with the topic they came from) once their delay has passed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{info, warn};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::Producer as _;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::files::{OpenFile, date_of, remove_leftovers, should_close};
+use super::{RETRY_AT, RETRY_SOURCE, Shared, line_of};
+use crate::kafka::Context;
+
+/// (topic, partition, offset, acknowledged) of a retry-topic produce.
+pub type RetryDone = (String, i32, i64, bool);
+
+#[derive(Default)]
+pub struct PartState {
+    /// One past the last offset taken.
+    next: Option<i64>,
+    file: Option<OpenFile>,
+    /// Offsets produced to the retry topic, not yet acknowledged.
+    retrying: BTreeSet<i64>,
+    diverted_until: Option<Instant>,
+    /// A paused retry-topic partition resumes then.
+    delayed_until: Option<Instant>,
+    committed: Option<i64>,
+}
+
+impl PartState {
+    /// Everything below is durable.
+    fn position(&self) -> Option<i64> {
+        [
+            self.file.as_ref().map(|f| f.first),
+            self.retrying.first().copied(),
+            self.next,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+    pub fn file_open(&self) -> bool {
+        self.file.is_some()
+    }
+}
+
+pub type Parts = Arc<Mutex<HashMap<(String, i32), PartState>>>;
+
+pub struct CollectCtx {
+    base: Context,
+    shared: Arc<Shared>,
+    pub parts: Parts,
+    pub done_tx: Sender<RetryDone>,
+    done_rx: Receiver<RetryDone>,
+}
+
+impl ClientContext for CollectCtx {
+    fn stats(&self, s: Statistics) {
+        self.shared.metrics.record_lag(&s);
+        self.base.stats(s);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason);
+    }
+}
+
+impl ConsumerContext for CollectCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        info!("partitions revoked: {revoked:?}; closing their files");
+        self.finish(consumer, &|t, p| {
+            revoked.iter().any(|(rt, rp)| rt == t && *rp == p)
+        });
+        if let Ok(mut parts) = self.parts.lock() {
+            for k in &revoked {
+                parts.remove(k);
+            }
+        }
+    }
+}
+
+impl CollectCtx {
+    /// Closes the selected partitions' files, waits for their retry-topic
+    /// acknowledgements, and commits synchronously.
+    fn finish(&self, consumer: &BaseConsumer<Self>, select: &dyn Fn(&str, i32) -> bool) {
+        if let Ok(mut parts) = self.parts.lock() {
+            for ((t, p), st) in parts.iter_mut().filter(|((t, p), _)| select(t, *p)) {
+                if let Some(f) = st.file.take() {
+                    let first = f.first;
+                    if self.shared.close_file(f).is_err() {
+                        // Not durable: not committed, so re-read by the next owner.
+                        st.next = Some(first);
+                    }
+                }
+                let _ = (t, p);
+            }
+        }
+        let _ = self.shared.retry.flush(self.shared.config.shutdown_timeout);
+        self.apply_done(consumer);
+        self.commit(consumer, CommitMode::Sync, select);
+    }
+
+    fn apply_done(&self, consumer: &BaseConsumer<Self>) {
+        let Ok(mut parts) = self.parts.lock() else {
+            return;
+        };
+        for (t, p, o, ok) in self.done_rx.try_iter() {
+            let Some(st) = parts.get_mut(&(t.clone(), p)) else {
+                continue;
+            };
+            st.retrying.remove(&o);
+            if !ok {
+                // The retry topic refused it: read it again from there.
+                let back = st.position().map_or(o, |pos| pos.min(o));
+                if let Some(f) = st.file.take() {
+                    f.discard();
+                }
+                st.retrying.retain(|x| *x < back);
+                st.next = Some(back);
+                let _ = consumer.seek(&t, p, Offset::Offset(back), Duration::from_secs(5));
+            }
+        }
+    }
+
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        mode: CommitMode,
+        select: &dyn Fn(&str, i32) -> bool,
+    ) {
+        let Ok(mut parts) = self.parts.lock() else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        let mut moved = Vec::new();
+        for ((t, p), st) in parts.iter().filter(|((t, p), _)| select(t, *p)) {
+            if let Some(pos) = st.position()
+                && (matches!(mode, CommitMode::Sync) || st.committed.is_none_or(|c| pos > c))
+                && tpl.add_partition_offset(t, *p, Offset::Offset(pos)).is_ok()
+            {
+                moved.push(((t.clone(), *p), pos));
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        // A synchronous commit (revocation, stop) is retried: while members
+        // leave, the broker may refuse it for a moment (rebalance in progress).
+        let mut result = consumer.commit(&tpl, mode);
+        for _ in 0..10 {
+            if result.is_ok() || !matches!(mode, CommitMode::Sync) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            result = consumer.commit(&tpl, mode);
+        }
+        match result {
+            Ok(()) => {
+                for (k, pos) in moved {
+                    if let Some(st) = parts.get_mut(&k) {
+                        st.committed = Some(pos);
+                    }
+                }
+            }
+            Err(e) => warn!("commit failed: {e}"),
+        }
+    }
+}
+
+pub fn build(
+    shared: Arc<Shared>,
+    kafka: &crate::config::KafkaConfig,
+    group: &str,
+    topics: &[String],
+    i: usize,
+) -> anyhow::Result<BaseConsumer<CollectCtx>> {
+    let mut props = shared.config.consumer.clone();
+    props.push(("group.id".into(), group.to_string()));
+    props.push(("client.id".into(), format!("kbridge-collect-{i}")));
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let ctx = CollectCtx {
+        base: Context {
+            name: "collect",
+            stats: shared.kafka_stats.clone(),
+            fatal: shared.fatal.clone(),
+        },
+        parts: Arc::default(),
+        shared,
+        done_tx,
+        done_rx,
+    };
+    let consumer: BaseConsumer<CollectCtx> =
+        crate::kafka::client_config(kafka, &props).create_with_context(ctx)?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
+    Ok(consumer)
+}
+
+pub fn run(consumer: BaseConsumer<CollectCtx>, i: usize) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("collect-c{i}"))
+        .spawn(move || poll_loop(&consumer))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn poll_loop(consumer: &BaseConsumer<CollectCtx>) {
+    let ctx = consumer.context();
+    let shared = &ctx.shared;
+    let all = |_: &str, _: i32| true;
+    let mut last_commit = Instant::now();
+    while !shared.stop.is_stopped() {
+        ctx.apply_done(consumer);
+        housekeeping(consumer, ctx);
+        if last_commit.elapsed() >= Duration::from_millis(200) {
+            ctx.commit(consumer, CommitMode::Async, &all);
+            last_commit = Instant::now();
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => warn!("consume error: {e}"),
+            Some(Ok(m)) => take(consumer, ctx, &m),
+        }
+    }
+    ctx.finish(consumer, &all);
+    consumer.unsubscribe();
+}
+
+/// Rotation, idle close, end of diversions, resumption of delayed retries.
+fn housekeeping(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx) {
+    let c = &ctx.shared.config;
+    let Ok(mut parts) = ctx.parts.lock() else {
+        return;
+    };
+    for ((t, p), st) in parts.iter_mut() {
+        let due = st.file.as_ref().and_then(|f| {
+            should_close(
+                f.bytes,
+                f.opened.elapsed(),
+                f.last_write.elapsed(),
+                c.rotate_bytes,
+                c.rotate_age,
+                c.idle_close,
+            )
+        });
+        if due.is_some()
+            && let Some(f) = st.file.take()
+        {
+            let first = f.first;
+            if let Err(e) = ctx.shared.close_file(f) {
+                ctx.shared.write_failed(t, &e);
+                divert(consumer, ctx, t, *p, st, first);
+            }
+        }
+        if st.delayed_until.is_some_and(|d| d <= Instant::now()) {
+            st.delayed_until = None;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(t, *p);
+            let _ = consumer.resume(&tpl);
+        }
+    }
+}
+
+/// Sends this partition to the retry topic for a while, from `from` on.
+fn divert(
+    consumer: &BaseConsumer<CollectCtx>,
+    ctx: &CollectCtx,
+    topic: &str,
+    p: i32,
+    st: &mut PartState,
+    from: i64,
+) {
+    st.diverted_until = Some(Instant::now() + ctx.shared.config.retry_delay);
+    st.next = Some(from);
+    let _ = consumer.seek(topic, p, Offset::Offset(from), Duration::from_secs(5));
+}
+
+fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessage<'_>) {
+    let shared = &ctx.shared;
+    let (topic, p, offset) = (m.topic(), m.partition(), m.offset());
+    let header = |name: &str| {
+        m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
+        })
+    };
+    let retry_at: Option<i64> =
+        header(RETRY_AT).and_then(|v| String::from_utf8(v).ok()?.parse().ok());
+    let Ok(mut parts) = ctx.parts.lock() else {
+        return;
+    };
+    let st = parts.entry((topic.to_string(), p)).or_default();
+    if st.next.is_some_and(|n| offset < n) {
+        return; // fetched before a seek back; it comes again
+    }
+    if let Some(at) = retry_at
+        && at > now_ms()
+    {
+        // Not yet: wait here without blocking the other partitions.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, p);
+        let _ = consumer.pause(&tpl);
+        let _ = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(5));
+        st.delayed_until =
+            Some(Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64));
+        return;
+    }
+    st.next = Some(offset + 1);
+    shared.metrics.consumed.inc();
+    if st.diverted_until.is_some_and(|d| d > Instant::now()) {
+        st.retrying.insert(offset);
+        shared.to_retry(m, &ctx.done_tx);
+        return;
+    }
+    st.diverted_until = None;
+    // A retry-topic message is filed with the topic it came from.
+    let source = header(RETRY_SOURCE).and_then(|v| String::from_utf8(v).ok());
+    let dir_topic = source
+        .as_deref()
+        .and_then(|s| s.rsplit_once('/'))
+        .map_or(topic.to_string(), |(t, _)| t.to_string());
+    let line = line_of(m, shared.config.format, source.as_deref());
+    if st.file.is_none() {
+        let date = date_of(
+            m.timestamp()
+                .to_millis()
+                .filter(|t| *t > 0)
+                .unwrap_or_else(now_ms),
+        );
+        let root = &shared.config.record_directory;
+        let opened = remove_leftovers(root, &dir_topic, topic, p, offset).and_then(|_| {
+            OpenFile::create(
+                root,
+                &dir_topic,
+                topic,
+                p,
+                offset,
+                &date,
+                shared.config.gzip,
+            )
+        });
+        match opened {
+            Ok(f) => {
+                shared.metrics.files_opened.inc();
+                st.file = Some(f);
+            }
+            Err(e) => {
+                shared.write_failed(topic, &e);
+                divert(consumer, ctx, topic, p, st, offset);
+                return;
+            }
+        }
+    }
+    let written = st.file.as_mut().map(|f| f.append(offset, &line));
+    if let Some(Err(e)) = written {
+        shared.write_failed(topic, &e);
+        let first = st.file.take().map_or(offset, |f| {
+            let first = f.first;
+            f.discard();
+            first
+        });
+        divert(consumer, ctx, topic, p, st, first);
+    } else {
+        shared.metrics.bytes.add(line.len() as u64 + 1);
+    }
+}

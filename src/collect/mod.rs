@@ -1,0 +1,380 @@
+//! The collect role: Kafka → files (the seeds' "data collector").
+//!
+//! Threads: per `groups` entry, `concurrent_count` consumer threads
+//! (`collect-c<i>`), each a member of that group, each writing its own
+//! partitions' files under `record_directory/<topic>/<yyyy-mm-dd>/`
+//! (see `files`). Offsets are committed only past messages that are on disk
+//! (file fsynced and renamed, directory fsynced) or acknowledged in the
+//! retry topic. The retry producer is shared; its delivery callbacks report
+//! to the consumer thread that produced.
+//!
+//! Stop: each thread closes (makes durable) its open files, waits for its
+//! retry acknowledgements, commits synchronously, and leaves the group.
+
+pub mod config;
+mod consumer;
+pub mod files;
+mod telemetry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+use log::{error, info};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::statistics::Statistics;
+
+pub use config::CollectConfig;
+use config::Format;
+use consumer::RetryDone;
+pub use telemetry::CollectTelemetry;
+
+use crate::config::KafkaConfig;
+use crate::kafka::probe::{self, Probe, TopicPlan};
+use crate::kafka::{Context, KafkaStats, client_config};
+use crate::metrics::{Counter, Latency};
+use crate::shutdown::{StopToken, Stopper};
+use crate::stats::Telemetry;
+
+pub const RETRY_AT: &str = "kbridge-retry-at";
+pub const RETRY_SOURCE: &str = "kbridge-retry-source";
+
+#[derive(Default)]
+pub struct CollectMetrics {
+    pub consumed: Counter,
+    pub bytes: Counter,
+    pub files_opened: Counter,
+    pub files_closed: Counter,
+    pub write_errors: Counter,
+    pub retry_produced: Counter,
+    pub retry_failed: Counter,
+    pub fsync: Latency,
+    lag: Mutex<Vec<(String, i32, i64)>>,
+    last_error_log: AtomicU64,
+    unlogged_errors: AtomicU64,
+}
+
+impl CollectMetrics {
+    fn record_lag(&self, s: &Statistics) {
+        let rows: Vec<(String, i32, i64)> = s
+            .topics
+            .iter()
+            .flat_map(|(t, tp)| {
+                tp.partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(move |p| (t.clone(), p.partition, p.consumer_lag))
+            })
+            .collect();
+        if let Ok(mut l) = self.lag.lock() {
+            l.retain(|(t, p, _)| !rows.iter().any(|(rt, rp, _)| rt == t && rp == p));
+            l.extend(rows);
+        }
+    }
+}
+
+pub struct RetryCtx {
+    base: Context,
+    metrics: Arc<CollectMetrics>,
+}
+
+impl ClientContext for RetryCtx {
+    fn stats(&self, s: Statistics) {
+        self.base.stats(s);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason);
+    }
+}
+
+impl ProducerContext for RetryCtx {
+    type DeliveryOpaque = Box<(Sender<RetryDone>, String, i32, i64)>;
+    fn delivery(&self, r: &DeliveryResult<'_>, o: Self::DeliveryOpaque) {
+        let (tx, topic, p, offset) = *o;
+        if r.is_err() {
+            self.metrics.retry_failed.inc();
+        }
+        let _ = tx.send((topic, p, offset, r.is_ok()));
+    }
+}
+
+pub(crate) struct Shared {
+    pub config: CollectConfig,
+    pub retry: ThreadedProducer<RetryCtx>,
+    pub metrics: Arc<CollectMetrics>,
+    pub kafka_stats: Arc<KafkaStats>,
+    pub fatal: Sender<String>,
+    pub stop: StopToken,
+}
+
+impl Shared {
+    fn close_file(&self, f: files::OpenFile) -> std::io::Result<()> {
+        let start = std::time::Instant::now();
+        f.close()?;
+        self.metrics
+            .fsync
+            .record_us(start.elapsed().as_micros() as u64);
+        self.metrics.files_closed.inc();
+        Ok(())
+    }
+
+    /// Counts a write error; logs once per 10 s with the count since.
+    fn write_failed(&self, topic: &str, e: &std::io::Error) {
+        let m = &self.metrics;
+        m.write_errors.inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let n = m.unlogged_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = m.last_error_log.load(Ordering::Relaxed);
+        if now >= last + 10
+            && m.last_error_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            m.unlogged_errors.store(0, Ordering::Relaxed);
+            error!(
+                "{n} write errors (latest for topic {topic}: {e}); messages go to the retry topic"
+            );
+        }
+    }
+
+    /// Produces `m` to its retry topic; the acknowledgement goes to `done`.
+    fn to_retry(&self, m: &BorrowedMessage<'_>, done: &Sender<RetryDone>) {
+        let suffix = &self.config.retry_suffix;
+        let topic = if m.topic().ends_with(suffix.as_str()) {
+            m.topic().to_string()
+        } else {
+            format!("{}{suffix}", m.topic())
+        };
+        let at = (SystemTime::now() + self.config.retry_delay)
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+            .to_string();
+        let mut source = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = m.headers() {
+            for h in h.iter() {
+                if h.key == RETRY_SOURCE {
+                    source = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                } else if h.key != RETRY_AT {
+                    headers = headers.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    });
+                }
+            }
+        }
+        headers = headers
+            .insert(Header {
+                key: RETRY_AT,
+                value: Some(&at),
+            })
+            .insert(Header {
+                key: RETRY_SOURCE,
+                value: Some(&source),
+            });
+        let opaque = Box::new((
+            done.clone(),
+            m.topic().to_string(),
+            m.partition(),
+            m.offset(),
+        ));
+        let mut r: BaseRecord<'_, [u8], [u8], _> = BaseRecord::with_opaque_to(&topic, opaque)
+            .payload(m.payload().unwrap_or_default())
+            .headers(headers);
+        if let Some(k) = m.key() {
+            r = r.key(k);
+        }
+        self.metrics.retry_produced.inc();
+        if let Err((_, r)) = self.retry.send(r) {
+            let (tx, t, p, o) = *r.delivery_opaque;
+            let _ = tx.send((t, p, o, false));
+        }
+    }
+}
+
+/// The line stored for a message.
+pub fn line_of(m: &BorrowedMessage<'_>, format: Format, source: Option<&str>) -> Vec<u8> {
+    let value = m.payload().unwrap_or_default();
+    match format {
+        Format::Raw => value.to_vec(),
+        Format::Envelope => {
+            // A retried message keeps the coordinates it was first read at.
+            let (topic, partition, offset) = source
+                .and_then(|s| {
+                    let (t, rest) = s.rsplit_once('/')?;
+                    let (p, o) = rest.split_once('@')?;
+                    Some((t.to_string(), p.parse().ok()?, o.parse().ok()?))
+                })
+                .unwrap_or((m.topic().to_string(), m.partition(), m.offset()));
+            let v = match serde_json::from_slice::<&serde_json::value::RawValue>(value) {
+                Ok(raw) => serde_json::to_value(raw).unwrap_or_default(),
+                Err(_) => serde_json::Value::String(String::from_utf8_lossy(value).into_owned()),
+            };
+            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+            serde_json::json!({
+                "topic": topic, "partition": partition, "offset": offset, "key": key,
+                "timestamp": m.timestamp().to_millis(), "value": v,
+            })
+            .to_string()
+            .into_bytes()
+        }
+    }
+}
+
+pub struct Handle {
+    stopper: Stopper,
+    threads: Vec<JoinHandle<()>>,
+    probe_thread: JoinHandle<()>,
+    telemetry: Arc<CollectTelemetry>,
+}
+
+pub fn spawn(
+    config: CollectConfig,
+    kafka: &KafkaConfig,
+    fatal: Sender<String>,
+) -> anyhow::Result<Handle> {
+    std::fs::create_dir_all(&config.record_directory).map_err(|e| {
+        anyhow::anyhow!(
+            "[collect] record_directory {}: {e}",
+            config.record_directory.display()
+        )
+    })?;
+    let stopper = Stopper::new();
+    let metrics = Arc::new(CollectMetrics::default());
+    let kafka_stats = Arc::new(KafkaStats::default());
+    let props: Vec<(String, String)> = [
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("linger.ms", "5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let retry: ThreadedProducer<RetryCtx> =
+        client_config(kafka, &props).create_with_context(RetryCtx {
+            base: Context {
+                name: "collect-retry",
+                stats: kafka_stats.clone(),
+                fatal: fatal.clone(),
+            },
+            metrics: metrics.clone(),
+        })?;
+    let retry_topics: Vec<String> = config
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.topics
+                .iter()
+                .map(|t| format!("{t}{}", config.retry_suffix))
+        })
+        .collect();
+    let probe = Arc::new(Probe::default());
+    let plan = TopicPlan {
+        topics: retry_topics,
+        create: true,
+        partitions: 4,
+        replication: 1,
+    };
+    let admin_config = client_config(kafka, &[]);
+    probe.check(retry.client(), &admin_config, &plan, Duration::from_secs(5));
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        retry,
+        metrics,
+        kafka_stats,
+        fatal,
+        stop: stopper.token(),
+    });
+
+    let mut consumers = Vec::new();
+    for g in &config.groups {
+        let mut topics = g.topics.clone();
+        topics.extend(
+            g.topics
+                .iter()
+                .map(|t| format!("{t}{}", config.retry_suffix)),
+        );
+        for _ in 0..config.concurrent_count {
+            let i = consumers.len();
+            consumers.push(consumer::build(
+                shared.clone(),
+                kafka,
+                &g.group_id,
+                &topics,
+                i,
+            )?);
+        }
+    }
+    let parts: Vec<consumer::Parts> = consumers
+        .iter()
+        .map(|c| c.context().parts.clone())
+        .collect();
+    let threads = consumers
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| consumer::run(c, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let probe_thread = {
+        let (shared, probe) = (shared.clone(), probe.clone());
+        probe::every_second("collect-probe", stopper.token(), move || {
+            probe.check(
+                shared.retry.client(),
+                &admin_config,
+                &plan,
+                Duration::from_secs(2),
+            )
+        })?
+    };
+    info!(
+        "collecting {:?} into {} with {} threads",
+        config.groups,
+        config.record_directory.display(),
+        threads.len()
+    );
+    let telemetry = Arc::new(CollectTelemetry {
+        shared,
+        parts,
+        probe,
+        threads: threads.len(),
+        rates: Mutex::default(),
+    });
+    Ok(Handle {
+        stopper,
+        threads,
+        probe_thread,
+        telemetry,
+    })
+}
+
+impl Handle {
+    pub fn telemetry(&self) -> Arc<dyn Telemetry> {
+        self.telemetry.clone()
+    }
+    pub fn begin_stop(&self) {
+        self.stopper.stop();
+    }
+    /// Closes and commits every open file; true when every thread ended.
+    pub fn stop(self) -> bool {
+        info!("Stopping.");
+        self.stopper.stop();
+        let mut clean = true;
+        for t in self.threads {
+            clean &= t.join().is_ok();
+        }
+        clean &= self.probe_thread.join().is_ok();
+        info!("Stopped.");
+        clean
+    }
+}

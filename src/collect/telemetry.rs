@@ -1,0 +1,151 @@
+//! What the collect role shows: the stats line (events and bytes per
+//! second, files open, rotations, fsync p99, retry traffic, errors, lag) and
+//! its `/metrics` families; readiness follows the Kafka probe.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Shared, consumer};
+use crate::kafka::KafkaStats;
+use crate::kafka::probe::Probe;
+use crate::metrics::{Counter, Prom};
+use crate::stats::{Rate, Telemetry};
+
+pub struct CollectTelemetry {
+    pub(super) shared: Arc<Shared>,
+    pub(super) parts: Vec<consumer::Parts>,
+    pub(super) probe: Arc<Probe>,
+    pub(super) threads: usize,
+    pub(super) rates: Mutex<(Rate, Rate)>,
+}
+
+impl CollectTelemetry {
+    fn files_open(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| {
+                p.lock()
+                    .map(|m| m.values().filter(|s| s.file_open()).count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Telemetry for CollectTelemetry {
+    fn name(&self) -> &'static str {
+        "collect"
+    }
+
+    fn stats_lines(&self, elapsed: Duration) -> Vec<String> {
+        let m = &self.shared.metrics;
+        let (ev, by) = match self.rates.lock() {
+            Ok(mut r) => (
+                r.0.per_second(m.consumed.get(), elapsed),
+                r.1.per_second(m.bytes.get(), elapsed),
+            ),
+            Err(_) => (0.0, 0.0),
+        };
+        let lag: i64 = m
+            .lag
+            .lock()
+            .map(|l| l.iter().map(|x| x.2).sum())
+            .unwrap_or(0);
+        let (_, _, fsync_p99, _) = m.fsync.summary();
+        vec![format!(
+            "pool=collect-c pool-size={} events/s={ev:.0} bytes/s={by:.0} files-open={} rotations={} fsync-p99-ms={:.1} retry={} errors={} lag={lag}",
+            self.threads,
+            self.files_open(),
+            m.files_closed.get(),
+            fsync_p99 as f64 / 1000.0,
+            m.retry_produced.get(),
+            m.write_errors.get()
+        )]
+    }
+
+    fn prometheus(&self, out: &mut String) {
+        let m = &self.shared.metrics;
+        let mut p = Prom::new(out);
+        let counters: [(&str, &str, &Counter); 7] = [
+            (
+                "kbridge_collect_consumed_total",
+                "Messages consumed.",
+                &m.consumed,
+            ),
+            (
+                "kbridge_collect_written_bytes_total",
+                "Bytes written to record files (before gzip).",
+                &m.bytes,
+            ),
+            (
+                "kbridge_collect_files_opened_total",
+                "Record files opened.",
+                &m.files_opened,
+            ),
+            (
+                "kbridge_collect_rotations_total",
+                "Record files closed durable (rotations).",
+                &m.files_closed,
+            ),
+            (
+                "kbridge_collect_write_errors_total",
+                "Failed writes (messages sent to the retry topic).",
+                &m.write_errors,
+            ),
+            (
+                "kbridge_collect_retry_produced_total",
+                "Messages produced to a retry topic.",
+                &m.retry_produced,
+            ),
+            (
+                "kbridge_collect_retry_failed_total",
+                "Retry-topic produces that failed (read again).",
+                &m.retry_failed,
+            ),
+        ];
+        for (name, help, c) in counters {
+            p.single(name, "counter", help, &[], c.get());
+        }
+        p.single(
+            "kbridge_collect_files_open",
+            "gauge",
+            "Record files open now.",
+            &[],
+            self.files_open(),
+        );
+        p.latency(
+            "kbridge_collect_fsync_duration_seconds",
+            "Time to make a file durable (flush, fsync, rename, dir fsync).",
+            &[],
+            &m.fsync,
+        );
+        p.describe(
+            "kbridge_collect_consumer_lag",
+            "gauge",
+            "Messages behind the partition's end.",
+        );
+        for (t, part, l) in m.lag.lock().map(|l| l.clone()).unwrap_or_default() {
+            p.sample(
+                "kbridge_collect_consumer_lag",
+                &[("topic", &t), ("partition", &part.to_string())],
+                l,
+            );
+        }
+        KafkaStats::render_all(&mut p, &[("collect", &self.shared.kafka_stats)]);
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.shared.stop.is_stopped() {
+            return Err("collect is stopping".into());
+        }
+        if !self.probe.reachable() {
+            return Err(format!(
+                "Kafka unreachable: {}",
+                self.probe
+                    .last_error()
+                    .unwrap_or_else(|| "no answer yet".into())
+            ));
+        }
+        Ok(())
+    }
+}

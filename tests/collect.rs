@@ -1,0 +1,417 @@
+//! The collect role against the real broker: files hold exactly what Kafka
+//! held, each message once, after rotations, kills, SIGTERM and a full disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// A file of the record directory: its name and its lines.
+struct Stored {
+    path: PathBuf,
+    partition: i32,
+    first: i64,
+    last: i64,
+    lines: Vec<String>,
+}
+
+/// Every finished file under `root/<topic>/`, read (gzip via `gzip -dc`),
+/// sorted by (partition, first offset); also names of temporary files.
+fn stored(root: &Path, topic: &str) -> (Vec<Stored>, Vec<PathBuf>) {
+    let mut files = Vec::new();
+    let mut temps = Vec::new();
+    let Ok(dates) = std::fs::read_dir(root.join(topic)) else {
+        return (files, temps);
+    };
+    for d in dates.flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                temps.push(f.path());
+                continue;
+            }
+            let stem = name.trim_end_matches(".gz").trim_end_matches(".ndjson");
+            let mut parts = stem.rsplitn(4, '-');
+            let last: i64 = parts.next().unwrap().parse().unwrap();
+            let first: i64 = parts.next().unwrap().parse().unwrap();
+            let partition: i32 = parts.next().unwrap().parse().unwrap();
+            let text = if name.ends_with(".gz") {
+                let out = Command::new("gzip")
+                    .arg("-dc")
+                    .arg(f.path())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "gzip -dc {name}");
+                String::from_utf8(out.stdout).unwrap()
+            } else {
+                std::fs::read_to_string(f.path()).unwrap()
+            };
+            assert!(
+                text.is_empty() || text.ends_with('\n'),
+                "{name}: torn last line"
+            );
+            files.push(Stored {
+                path: f.path(),
+                partition,
+                first,
+                last,
+                lines: text.lines().map(String::from).collect(),
+            });
+        }
+    }
+    files.sort_by_key(|s| (s.partition, s.first));
+    (files, temps)
+}
+
+fn id_of(line: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("torn or invalid line {line:?}: {e}"));
+    v["id"]
+        .as_str()
+        .or_else(|| v["value"]["id"].as_str())
+        .unwrap()
+        .to_string()
+}
+
+/// Checks: every produced id exactly once on disk, and within each
+/// partition in Kafka's order.
+fn assert_exactly(root: &Path, topic: &str, brokers: &str, n: usize) {
+    let recs = read_topic(brokers, topic, n, Duration::from_secs(30));
+    let order: HashMap<String, (i32, i64)> = recs
+        .iter()
+        .map(|r| {
+            (
+                serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                (r.partition, r.offset),
+            )
+        })
+        .collect();
+    let (files, temps) = stored(root, topic);
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last_per_partition: HashMap<i32, i64> = HashMap::new();
+    for f in &files {
+        for line in &f.lines {
+            let id = id_of(line);
+            *seen.entry(id.clone()).or_default() += 1;
+            if let Some((p, o)) = order.get(&id) {
+                assert_eq!(
+                    *p, f.partition,
+                    "{id} filed under partition {} of {:?}",
+                    f.partition, f.path
+                );
+                assert!(
+                    last_per_partition.get(p).is_none_or(|l| l < o),
+                    "{id} out of partition order"
+                );
+                assert!(
+                    (f.first..=f.last).contains(o),
+                    "{id} at offset {o} outside {:?}",
+                    f.path
+                );
+                last_per_partition.insert(*p, *o);
+            }
+        }
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    let missing: Vec<_> = order.keys().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(seen.len(), n);
+}
+
+fn collect_ini(brokers: &str, group: &str, topic: &str, dir: &Path, extra: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = {brokers}\n[admin]\nlisten = 127.0.0.1:{}\n[collect]\ngroups = {group}:{topic}\nrecord_directory = {}\n\
+         concurrent_count = 2\nretry_delay_ms = 1000\nshutdown_timeout_ms = 4000\n{extra}\n[collect.consumer]\nsession.timeout.ms = 6000\n",
+        free_port(),
+        dir.display()
+    )
+}
+
+struct Collect(Option<kbridge::collect::Handle>);
+
+impl Collect {
+    fn start(ini: &str) -> Collect {
+        init_test_log();
+        let c = load_config(ini);
+        let (tx, _rx) = crossbeam_channel::bounded(16);
+        Collect(Some(
+            kbridge::collect::spawn(c.collect.expect("[collect]"), &c.common.kafka, tx).unwrap(),
+        ))
+    }
+    fn metrics(&self) -> String {
+        let mut s = String::new();
+        self.0.as_ref().unwrap().telemetry().prometheus(&mut s);
+        s
+    }
+    fn stop(&mut self) -> bool {
+        self.0.take().map(|h| h.stop()).unwrap_or(true)
+    }
+}
+
+impl Drop for Collect {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn every_message_lands_once_in_partition_order_plain_and_gzip() {
+    let b = brokers();
+    for gzip in [false, true] {
+        let topic = unique_topic(if gzip { "col-gz" } else { "col-plain" });
+        create_topic(&b, &topic, 4);
+        produce(&b, &topic, &events("c", 400));
+        let dir = TempDir::new("col");
+        let extra = format!(
+            "rotate_bytes = 3000\ncompression = {}",
+            if gzip { "gzip" } else { "none" }
+        );
+        let mut c = Collect::start(&collect_ini(&b, &unique_topic("g"), &topic, &dir.0, &extra));
+        wait_until("all consumed", Duration::from_secs(60), || {
+            metric(&c.metrics(), "kbridge_collect_consumed_total") >= 400.0
+        });
+        assert!(c.stop());
+        assert_exactly(&dir.0, &topic, &b, 400);
+        let (files, _) = stored(&dir.0, &topic);
+        assert!(files.len() > 4, "rotated by size: {} files", files.len());
+        assert!(
+            files
+                .iter()
+                .all(|f| f.path.to_string_lossy().ends_with(if gzip {
+                    ".ndjson.gz"
+                } else {
+                    ".ndjson"
+                }))
+        );
+    }
+}
+
+#[test]
+fn rotation_by_size_and_by_age_gives_the_expected_files() {
+    let b = brokers();
+    let topic = unique_topic("col-rot");
+    create_topic(&b, &topic, 1);
+    // 10 lines of equal length; rotate after 4 lines' worth of bytes.
+    let recs: Vec<(Option<String>, String)> = (0..10)
+        .map(|i| (None, format!("{{\"id\":\"r-{i:02}\"}}")))
+        .collect();
+    let line = recs[0].1.len() as u64 + 1;
+    produce(&b, &topic, &recs);
+    let dir = TempDir::new("col-rot");
+    let group = unique_topic("g");
+    let mut c = Collect::start(&collect_ini(
+        &b,
+        &group,
+        &topic,
+        &dir.0,
+        &format!("rotate_bytes = {}\nrotate_age_s = 2", line * 4),
+    ));
+    wait_until("10 consumed", Duration::from_secs(60), || {
+        metric(&c.metrics(), "kbridge_collect_consumed_total") >= 10.0
+    });
+    // Size: 0-3, 4-7; then 8-9 close by age (2 s) while nothing else comes.
+    wait_until("the age rotation", Duration::from_secs(20), || {
+        stored(&dir.0, &topic).0.len() == 3
+    });
+    let names: Vec<(i64, i64)> = stored(&dir.0, &topic)
+        .0
+        .iter()
+        .map(|f| (f.first, f.last))
+        .collect();
+    assert_eq!(names, vec![(0, 3), (4, 7), (8, 9)]);
+    wait_until("committed", Duration::from_secs(10), || {
+        committed(&b, &group, &topic, 1) == vec![10]
+    });
+    assert!(c.stop());
+    assert_exactly(&dir.0, &topic, &b, 10);
+}
+
+fn spawn_collect(ini: &str, dir: &TempDir) -> std::process::Child {
+    let cfg = dir.0.join("config.ini");
+    std::fs::write(&cfg, ini).unwrap();
+    Command::new(kbridge_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigkill_mid_write_then_restart_stores_exactly_n_and_sigterm_commits() {
+    let b = brokers();
+    let topic = unique_topic("col-kill");
+    create_topic(&b, &topic, 4);
+    produce(&b, &topic, &events("k", 4000));
+    let dir = TempDir::new("col-kill");
+    let data = dir.0.join("data");
+    let group = unique_topic("g");
+    let ini = collect_ini(&b, &group, &topic, &data, "rotate_bytes = 20000");
+    let mut child = spawn_collect(&ini, &dir);
+    wait_until("some files written", Duration::from_secs(60), || {
+        stored(&data, &topic).0.len() >= 3
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = spawn_collect(&ini, &dir);
+    wait_until("everything committed", Duration::from_secs(90), || {
+        committed(&b, &group, &topic, 4).iter().sum::<i64>() == 4000
+    });
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0), "SIGTERM: exit 0");
+    assert_exactly(&data, &topic, &b, 4000);
+}
+
+#[test]
+fn sigterm_closes_open_files_and_commits_them() {
+    let b = brokers();
+    let topic = unique_topic("col-term");
+    create_topic(&b, &topic, 2);
+    produce(&b, &topic, &events("t", 100));
+    let dir = TempDir::new("col-term");
+    let data = dir.0.join("data");
+    let group = unique_topic("g");
+    // Files would stay open for a long time without the stop.
+    let mut child = spawn_collect(
+        &collect_ini(
+            &b,
+            &group,
+            &topic,
+            &data,
+            "rotate_age_s = 3600\nidle_close_s = 3600",
+        ),
+        &dir,
+    );
+    let ini = std::fs::read_to_string(dir.0.join("config.ini")).unwrap();
+    let admin = ini
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = "))
+        .unwrap()
+        .to_string();
+    wait_until(
+        "everything consumed into open files",
+        Duration::from_secs(60),
+        || {
+            let m = agent()
+                .get(&format!("http://{admin}/metrics"))
+                .call()
+                .ok()
+                .map(|mut r| r.body_mut().read_to_string().unwrap_or_default());
+            let (files, temps) = stored(&data, &topic);
+            m.is_some_and(|m| metric(&m, "kbridge_collect_consumed_total") >= 100.0)
+                && files.is_empty()
+                && temps.len() == 2
+        },
+    );
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        committed(&b, &group, &topic, 2).iter().sum::<i64>(),
+        100,
+        "closed files committed"
+    );
+    assert_exactly(&data, &topic, &b, 100);
+}
+
+#[test]
+fn full_disk_sends_messages_to_the_retry_topic_then_all_land_once() {
+    let b = brokers();
+    let topic = unique_topic("col-full");
+    create_topic(&b, &topic, 2);
+    let dir = TempDir::new("col-full");
+    let mnt = dir.0.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "\n*** SKIPPED full_disk_sends_messages_to_the_retry_topic: cannot mount a tmpfs here (needs root) ***\n"
+        );
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    // Leave ~40 KiB free; 1,000 events of ~100 B need ~100 KiB.
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0u8; 216 * 1024]).unwrap();
+    let data = mnt.join("data");
+    let recs: Vec<(Option<String>, String)> = (0..1000)
+        .map(|i| {
+            (
+                None,
+                format!("{{\"id\":\"f-{i}\",\"pad\":\"{}\"}}", "z".repeat(80)),
+            )
+        })
+        .collect();
+    produce(&b, &topic, &recs);
+    let c = Collect::start(&collect_ini(
+        &b,
+        &unique_topic("g"),
+        &topic,
+        &data,
+        "rotate_bytes = 8000",
+    ));
+    wait_until("write errors and retries", Duration::from_secs(60), || {
+        let m = c.metrics();
+        metric(&m, "kbridge_collect_write_errors_total") > 0.0
+            && metric(&m, "kbridge_collect_retry_produced_total") > 0.0
+    });
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("all 1000 on disk", Duration::from_secs(90), || {
+        let (files, _) = stored(&data, &topic);
+        files.iter().map(|f| f.lines.len()).sum::<usize>() >= 1000
+    });
+    drop(c);
+    let (files, temps) = stored(&data, &topic);
+    assert!(temps.is_empty(), "{temps:?}");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for f in &files {
+        for l in &f.lines {
+            *seen.entry(id_of(l)).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 1000, "every message stored");
+    assert!(seen.values().all(|c| *c == 1), "none stored twice");
+    assert!(
+        files.iter().any(|f| f
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains(".retry-")),
+        "some came through the retry topic"
+    );
+}
