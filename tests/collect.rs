@@ -352,6 +352,11 @@ fn full_disk_sends_messages_to_the_retry_topic_then_all_land_once() {
         .arg(&mnt)
         .status();
     if !mounted.is_ok_and(|s| s.success()) {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        assert!(!root, "running as root but cannot mount a tmpfs at {mnt:?}");
         eprintln!(
             "\n*** SKIPPED full_disk_sends_messages_to_the_retry_topic: cannot mount a tmpfs here (needs root) ***\n"
         );
