@@ -24,18 +24,32 @@ pub trait Telemetry: Send + Sync {
     fn readiness(&self) -> Result<(), String>;
 }
 
-/// Events per second from two readings of a counter.
-#[derive(Debug, Default)]
-pub struct Rate {
-    last: u64,
+/// Per-second rates of `N` counters, from one reading to the next.
+#[derive(Debug)]
+pub struct Rates<const N: usize> {
+    last: std::sync::Mutex<[u64; N]>,
 }
 
-impl Rate {
-    pub fn per_second(&mut self, now: u64, elapsed: Duration) -> f64 {
-        let delta = now.saturating_sub(self.last);
-        self.last = now;
+impl<const N: usize> Default for Rates<N> {
+    fn default() -> Self {
+        Rates {
+            last: std::sync::Mutex::new([0; N]),
+        }
+    }
+}
+
+impl<const N: usize> Rates<N> {
+    /// The counters' growth per second since the last call (`elapsed` ago).
+    pub fn per_second(&self, now: [u64; N], elapsed: Duration) -> [f64; N] {
         let secs = elapsed.as_secs_f64();
-        if secs > 0.0 { delta as f64 / secs } else { 0.0 }
+        let Ok(mut last) = self.last.lock() else {
+            return [0.0; N];
+        };
+        std::array::from_fn(|i| {
+            let delta = now[i].saturating_sub(last[i]);
+            last[i] = now[i];
+            if secs > 0.0 { delta as f64 / secs } else { 0.0 }
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::util::process::*;
 use crate::util::*;
 
 /// A file of the record directory: its name and its lines.
@@ -238,17 +239,6 @@ fn rotation_by_size_and_by_age_gives_the_expected_files() {
     assert_exactly(&dir.0, &topic, &b, 10);
 }
 
-fn spawn_collect(ini: &str, dir: &TempDir) -> std::process::Child {
-    let cfg = dir.0.join("config.ini");
-    std::fs::write(&cfg, ini).unwrap();
-    Command::new(kbridge_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn sigkill_mid_write_then_restart_stores_exactly_n_and_sigterm_commits() {
     let b = brokers();
@@ -258,26 +248,28 @@ fn sigkill_mid_write_then_restart_stores_exactly_n_and_sigterm_commits() {
     let dir = TempDir::new("col-kill");
     let data = dir.0.join("data");
     let group = unique_topic("g");
-    let ini = collect_ini(&b, &group, &topic, &data, "rotate_bytes = 20000");
-    let mut child = spawn_collect(&ini, &dir);
+    let ini = collect_ini(
+        &b,
+        &group,
+        &topic,
+        &data,
+        "rotate_bytes = 20000\nidle_close_s = 2",
+    );
+    let mut child = spawn_bin(&ini, &dir);
     wait_until("some files written", Duration::from_secs(60), || {
         stored(&data, &topic).0.len() >= 3
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut child = spawn_collect(&ini, &dir);
+    child.kill();
+    let mut child = spawn_bin(&ini, &dir);
     wait_until("everything committed", Duration::from_secs(90), || {
         committed(&b, &group, &topic, 4).iter().sum::<i64>() == 4000
     });
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success()
+    child.sigterm();
+    assert_eq!(
+        child.wait_exit(Duration::from_secs(15)).code(),
+        Some(0),
+        "SIGTERM: exit 0"
     );
-    assert_eq!(child.wait().unwrap().code(), Some(0), "SIGTERM: exit 0");
     assert_exactly(&data, &topic, &b, 4000);
 }
 
@@ -291,7 +283,7 @@ fn sigterm_closes_open_files_and_commits_them() {
     let data = dir.0.join("data");
     let group = unique_topic("g");
     // Files would stay open for a long time without the stop.
-    let mut child = spawn_collect(
+    let mut child = spawn_bin(
         &collect_ini(
             &b,
             &group,
@@ -322,15 +314,8 @@ fn sigterm_closes_open_files_and_commits_them() {
                 && temps.len() == 2
         },
     );
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    child.sigterm();
+    assert_eq!(child.wait_exit(Duration::from_secs(15)).code(), Some(0));
     assert_eq!(
         committed(&b, &group, &topic, 2).iter().sum::<i64>(),
         100,
@@ -387,7 +372,7 @@ fn full_disk_sends_messages_to_the_retry_topic_then_all_land_once() {
         &unique_topic("g"),
         &topic,
         &data,
-        "rotate_bytes = 8000",
+        "rotate_bytes = 8000\nidle_close_s = 2",
     ));
     wait_until("write errors and retries", Duration::from_secs(60), || {
         let m = c.metrics();

@@ -4,12 +4,12 @@
 //! the deliver binary killed (SIGKILL) or stopped (SIGTERM) mid-stream.
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::util::broker::Broker;
+use crate::util::process::*;
 use crate::util::*;
 
 /// Posts until an answer with `status` arrives; returns the time it took.
@@ -128,14 +128,7 @@ fn sigterm_under_load_exits_0_and_every_acknowledged_event_is_in_kafka() {
          [ingest]\nlisten = 127.0.0.1:{port}\nshutdown_timeout_ms = 10000\n[ingest.routes]\nt = {topic}\n",
         log.display()
     );
-    let cfg = dir.0.join("config.ini");
-    std::fs::write(&cfg, ini).unwrap();
-    let mut child = Command::new(kbridge_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_bin(&ini, &dir);
     let admin_url = format!("http://127.0.0.1:{admin}");
     wait_until("kbridge ready", Duration::from_secs(30), || {
         agent()
@@ -187,25 +180,9 @@ fn sigterm_under_load_exits_0_and_every_acknowledged_event_is_in_kafka() {
                 .contains("kbridge::stats: ingest pool=ingest-w active-count=")
         },
     );
-    let signalled = Instant::now();
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(15),
-            "no exit within shutdown_timeout_ms + 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    child.sigterm();
+    // Within shutdown_timeout_ms + 5 s.
+    let status = child.wait_exit(Duration::from_secs(15));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -236,39 +213,11 @@ fn sigterm_under_load_exits_0_and_every_acknowledged_event_is_in_kafka() {
         text.contains(&format!(
             "Started. kbridge {} config {}",
             env!("CARGO_PKG_VERSION"),
-            cfg.display()
+            dir.0.join("config.ini").display()
         )),
         "{text}"
     );
     assert!(text.contains("Stopping.") && text.contains("Stopped."));
-}
-
-/// Starts the binary with `ini`; the directory keeps the config and log.
-fn spawn_bin(ini: &str, dir: &TempDir) -> std::process::Child {
-    let cfg = dir.0.join("config.ini");
-    std::fs::write(&cfg, ini).unwrap();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.0.join("stderr.log"))
-        .unwrap();
-    Command::new(kbridge_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap()
-}
-
-fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < timeout, "no exit within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// id → (partition, offset) of every record of `topic`.
@@ -316,8 +265,7 @@ fn deliver_killed_mid_stream_redelivers_and_never_committed_past_an_undelivered_
     wait_until("a quarter delivered", Duration::from_secs(60), || {
         sink.delivered().len() >= 100
     });
-    child.kill().unwrap();
-    wait_exit(&mut child, Duration::from_secs(10));
+    child.kill();
     let before: HashSet<String> = sink.delivered().into_iter().collect();
     let committed_at_kill = committed(&b, &group, &topic, 4);
     for (id, (p, o)) in &pos {
@@ -331,18 +279,8 @@ fn deliver_killed_mid_stream_redelivers_and_never_committed_past_an_undelivered_
     let mut child = spawn_bin(&ini, &dir);
     let all: Vec<String> = (0..400).map(|i| format!("k-{i}")).collect();
     wait_delivered(&sink, &all, Duration::from_secs(90));
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(
-        wait_exit(&mut child, Duration::from_secs(15)).code(),
-        Some(0)
-    );
+    child.sigterm();
+    assert_eq!(child.wait_exit(Duration::from_secs(15)).code(), Some(0));
     let mut count: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for id in sink.delivered() {
         *count.entry(id).or_default() += 1;
@@ -379,16 +317,9 @@ fn deliver_sigterm_under_load_exits_0_with_everything_delivered_committed() {
         sink.delivered().len() >= 50
     });
     let signalled = Instant::now();
-    assert!(
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let code = wait_exit(&mut child, Duration::from_secs(15)).code();
-    let log = std::fs::read_to_string(dir.0.join("stderr.log")).unwrap_or_default();
+    child.sigterm();
+    let code = child.wait_exit(Duration::from_secs(15)).code();
+    let log = child.log();
     assert_eq!(code, Some(0), "graceful stop exits 0; log:\n{log}");
     assert!(signalled.elapsed() < Duration::from_secs(4 + 5));
     let delivered: HashSet<String> = sink.delivered().into_iter().collect();

@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::files::{OpenFile, date_of, remove_leftovers, should_close};
 use super::{RETRY_AT, RETRY_SOURCE, Shared, line_of};
-use crate::kafka::Context;
+use crate::kafka::{Context, partitions_of};
 
 /// (topic, partition, offset, acknowledged) of a retry-topic produce.
 pub type RetryDone = (String, i32, i64, bool);
@@ -83,11 +83,7 @@ impl ConsumerContext for CollectCtx {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        let revoked: Vec<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
+        let revoked = partitions_of(tpl);
         info!("partitions revoked: {revoked:?}; closing their files");
         self.finish(consumer, &|t, p| {
             revoked.iter().any(|(rt, rp)| rt == t && *rp == p)
@@ -105,7 +101,8 @@ impl CollectCtx {
     /// acknowledgements, and commits synchronously.
     fn finish(&self, consumer: &BaseConsumer<Self>, select: &dyn Fn(&str, i32) -> bool) {
         if let Ok(mut parts) = self.parts.lock() {
-            for ((t, p), st) in parts.iter_mut().filter(|((t, p), _)| select(t, *p)) {
+            let selected = parts.iter_mut().filter(|((t, p), _)| select(t, *p));
+            for st in selected.map(|(_, st)| st) {
                 if let Some(f) = st.file.take() {
                     let first = f.first;
                     if self.shared.close_file(f).is_err() {
@@ -113,7 +110,6 @@ impl CollectCtx {
                         st.next = Some(first);
                     }
                 }
-                let _ = (t, p);
             }
         }
         let _ = self.shared.retry.flush(self.shared.config.shutdown_timeout);
@@ -223,7 +219,20 @@ pub fn run(consumer: BaseConsumer<CollectCtx>, i: usize) -> std::io::Result<Join
         .spawn(move || poll_loop(&consumer))
 }
 
-fn now_ms() -> i64 {
+/// The retry schedule (fixed delay): a message diverted at `now_ms` is due
+/// `delay` later; its `kbridge-retry-at` header carries that time.
+pub fn retry_due(now_ms: i64, delay: Duration) -> i64 {
+    now_ms.saturating_add(delay.as_millis() as i64)
+}
+
+/// How long a retry-topic message still waits (`None`: due now, or no
+/// header: written at once).
+pub fn retry_wait(retry_at: Option<i64>, now_ms: i64) -> Option<Duration> {
+    let at = retry_at?;
+    (at > now_ms).then(|| Duration::from_millis((at - now_ms) as u64))
+}
+
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -320,16 +329,13 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
     if st.next.is_some_and(|n| offset < n) {
         return; // fetched before a seek back; it comes again
     }
-    if let Some(at) = retry_at
-        && at > now_ms()
-    {
+    if let Some(wait) = retry_wait(retry_at, now_ms()) {
         // Not yet: wait here without blocking the other partitions.
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, p);
         let _ = consumer.pause(&tpl);
         let _ = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(5));
-        st.delayed_until =
-            Some(Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64));
+        st.delayed_until = Some(Instant::now() + wait);
         return;
     }
     st.next = Some(offset + 1);
@@ -389,5 +395,26 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
         divert(consumer, ctx, topic, p, st, first);
     } else {
         shared.metrics.bytes.add(line.len() as u64 + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_the_fixed_delay_then_are_due() {
+        let t0 = 1_700_000_000_000;
+        let due = retry_due(t0, Duration::from_secs(10));
+        assert_eq!(due, t0 + 10_000);
+        assert_eq!(retry_wait(Some(due), t0), Some(Duration::from_secs(10)));
+        assert_eq!(
+            retry_wait(Some(due), t0 + 9_750),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(retry_wait(Some(due), due), None, "due at its time");
+        assert_eq!(retry_wait(Some(due), due + 1), None);
+        assert_eq!(retry_wait(None, t0), None, "a message without the header");
+        assert_eq!(retry_due(t0, Duration::ZERO), t0, "retry_delay_ms = 0");
     }
 }

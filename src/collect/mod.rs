@@ -156,11 +156,7 @@ impl Shared {
         } else {
             format!("{}{suffix}", m.topic())
         };
-        let at = (SystemTime::now() + self.config.retry_delay)
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-            .to_string();
+        let at = consumer::retry_due(consumer::now_ms(), self.config.retry_delay).to_string();
         let mut source = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
         let mut headers = OwnedHeaders::new();
         if let Some(h) = m.headers() {
@@ -288,7 +284,27 @@ pub fn spawn(
         replication: 1,
     };
     let admin_config = client_config(kafka, &[]);
-    probe.check(retry.client(), &admin_config, &plan, Duration::from_secs(5));
+    // The consumers subscribe to the retry topics too: they must exist
+    // first, or librdkafka would see them only at its next metadata refresh.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        probe.check(retry.client(), &admin_config, &plan, Duration::from_secs(5));
+        let missing: Vec<&String> = plan
+            .topics
+            .iter()
+            .filter(|t| probe.partitions(t).is_none())
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "retry topics {missing:?} do not exist and cannot be created: {}",
+                probe.last_error().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let shared = Arc::new(Shared {
         config: config.clone(),
         retry,
@@ -348,7 +364,7 @@ pub fn spawn(
         parts,
         probe,
         threads: threads.len(),
-        rates: Mutex::default(),
+        rates: Default::default(),
     });
     Ok(Handle {
         stopper,

@@ -2,21 +2,21 @@
 //! second, files open, rotations, fsync p99, retry traffic, errors, lag) and
 //! its `/metrics` families; readiness follows the Kafka probe.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Shared, consumer};
 use crate::kafka::KafkaStats;
 use crate::kafka::probe::Probe;
 use crate::metrics::{Counter, Prom};
-use crate::stats::{Rate, Telemetry};
+use crate::stats::{Rates, Telemetry};
 
 pub struct CollectTelemetry {
     pub(super) shared: Arc<Shared>,
     pub(super) parts: Vec<consumer::Parts>,
     pub(super) probe: Arc<Probe>,
     pub(super) threads: usize,
-    pub(super) rates: Mutex<(Rate, Rate)>,
+    pub(super) rates: Rates<2>,
 }
 
 impl CollectTelemetry {
@@ -39,13 +39,9 @@ impl Telemetry for CollectTelemetry {
 
     fn stats_lines(&self, elapsed: Duration) -> Vec<String> {
         let m = &self.shared.metrics;
-        let (ev, by) = match self.rates.lock() {
-            Ok(mut r) => (
-                r.0.per_second(m.consumed.get(), elapsed),
-                r.1.per_second(m.bytes.get(), elapsed),
-            ),
-            Err(_) => (0.0, 0.0),
-        };
+        let [ev, by] = self
+            .rates
+            .per_second([m.consumed.get(), m.bytes.get()], elapsed);
         let lag: i64 = m
             .lag
             .lock()

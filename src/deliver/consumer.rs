@@ -22,7 +22,7 @@ use super::config::{Commit, DeliverConfig};
 use super::offsets::Offsets;
 use super::{Done, Msg, Shared, Work};
 use crate::config::KafkaConfig;
-use crate::kafka::{Context, KafkaStats, client_config};
+use crate::kafka::{Context, KafkaStats, client_config, partitions_of};
 
 /// (topic, partition, lag, committed offset) rows from librdkafka statistics.
 pub type LagRows = Arc<Mutex<Vec<(String, i32, i64, i64)>>>;
@@ -112,11 +112,7 @@ impl ConsumerContext for ConsumerCtx {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        let revoked: Vec<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
+        let revoked = partitions_of(tpl);
         info!("partitions revoked: {revoked:?}; finishing their in-flight messages");
         let is_revoked = |t: &str, p: i32| revoked.iter().any(|(rt, rp)| rt == t && *rp == p);
         // Stashed messages were never handed out: they are redelivered to

@@ -2,7 +2,7 @@
 //! names are spelled here and nowhere else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::warn;
@@ -15,7 +15,7 @@ use crate::kafka::KafkaStats;
 use crate::kafka::probe::Probe;
 use crate::metrics::{Counter, Gauge, Latency, Prom};
 use crate::pool::{PoolView, render_pools};
-use crate::stats::{Rate, Telemetry};
+use crate::stats::{Rates, Telemetry};
 
 #[derive(Default)]
 pub struct DeliverMetrics {
@@ -92,7 +92,7 @@ pub struct DeliverTelemetry {
     consumers: Vec<ConsumerView>,
     probe: Arc<Probe>,
     threads: usize,
-    rates: Mutex<(Rate, Rate)>,
+    rates: Rates<2>,
 }
 
 impl DeliverTelemetry {
@@ -111,7 +111,7 @@ impl DeliverTelemetry {
             consumers,
             probe,
             threads,
-            rates: Mutex::default(),
+            rates: Rates::default(),
         }
     }
 
@@ -159,13 +159,9 @@ impl Telemetry for DeliverTelemetry {
 
     fn stats_lines(&self, elapsed: Duration) -> Vec<String> {
         let m = &self.shared.metrics;
-        let (in_s, out_s) = match self.rates.lock() {
-            Ok(mut r) => (
-                r.0.per_second(m.consumed.get(), elapsed),
-                r.1.per_second(m.delivered.get(), elapsed),
-            ),
-            Err(_) => (0.0, 0.0),
-        };
+        let [in_s, out_s] = self
+            .rates
+            .per_second([m.consumed.get(), m.delivered.get()], elapsed);
         let (open, stashed) = self.consumer_totals();
         let lag: i64 = self.lag().iter().map(|l| l.2).sum();
         let rx = &self.shared.work_rx;

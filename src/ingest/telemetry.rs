@@ -1,8 +1,8 @@
 //! Ingest's counters, its once-a-second stats lines, its `/metrics` text and
 //! its readiness. Metric names are spelled here and nowhere else.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
@@ -14,7 +14,7 @@ use crate::kafka::KafkaStats;
 use crate::metrics::{Counter, Latency, Prom};
 use crate::pool::{PoolView, render_pools};
 use crate::shutdown::StopToken;
-use crate::stats::{Rate, Telemetry};
+use crate::stats::{Rates, Telemetry};
 
 /// Statuses counted separately; anything else counts as "other".
 const STATUSES: [u16; 11] = [200, 202, 207, 400, 404, 405, 413, 415, 422, 500, 503];
@@ -99,7 +99,7 @@ pub struct IngestTelemetry {
     /// A receiver clone, only to read the channel's fill.
     jobs: Receiver<Job>,
     stop: StopToken,
-    rates: Mutex<(Rate, Rate, Rate)>,
+    rates: Rates<3>,
 }
 
 impl IngestTelemetry {
@@ -116,7 +116,7 @@ impl IngestTelemetry {
             pools,
             jobs,
             stop,
-            rates: Mutex::new(Default::default()),
+            rates: Rates::default(),
         }
     }
 }
@@ -128,14 +128,14 @@ impl Telemetry for IngestTelemetry {
 
     fn stats_lines(&self, elapsed: Duration) -> Vec<String> {
         let m = &self.shared.metrics;
-        let (req_s, in_s, ack_s) = match self.rates.lock() {
-            Ok(mut r) => (
-                r.0.per_second(m.responses_with(|_| true), elapsed),
-                r.1.per_second(m.records_in.get(), elapsed),
-                r.2.per_second(m.records_acked.get(), elapsed),
-            ),
-            Err(_) => (0.0, 0.0, 0.0),
-        };
+        let [req_s, in_s, ack_s] = self.rates.per_second(
+            [
+                m.responses_with(|_| true),
+                m.records_in.get(),
+                m.records_acked.get(),
+            ],
+            elapsed,
+        );
         let extra = [
             format!(
                 "requests/s={req_s:.0} 4xx={} 5xx={}",

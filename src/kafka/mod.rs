@@ -20,6 +20,14 @@ use crate::metrics::{Counter, Gauge, Prom};
 
 /// Builds a client configuration: `[kafka]` first, then the role's own
 /// properties (which win). Statistics are emitted each second for `/metrics`.
+/// The (topic, partition) pairs of a partition list (rebalance callbacks).
+pub fn partitions_of(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
 pub fn client_config(kafka: &KafkaConfig, role_properties: &[(String, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers);

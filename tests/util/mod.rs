@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod murmur2;
+pub mod process;
 pub mod sink;
 
 use std::collections::HashMap;

@@ -1,0 +1,86 @@
+//! The real kbridge binary as a child process: start it on a config, signal
+//! it, wait for its exit with a deadline. A `Bin` is killed when dropped, and
+//! a failing test prints the tail of its log.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{TempDir, kbridge_bin};
+
+pub struct Bin {
+    pub child: Child,
+    log: PathBuf,
+}
+
+/// Starts `kbridge run` on `ini`; `dir` keeps the config and `stderr.log`.
+pub fn spawn_bin(ini: &str, dir: &TempDir) -> Bin {
+    let cfg = dir.0.join("config.ini");
+    std::fs::write(&cfg, ini).unwrap();
+    let log = dir.0.join("stderr.log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let child = Command::new(kbridge_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap();
+    Bin { child, log }
+}
+
+impl Bin {
+    /// What the process wrote to its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, then waits for the exit.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// Waits for the exit; fails the test after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < timeout, "no exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!(
+                "--- last lines of {} ---\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
