@@ -200,6 +200,61 @@ fn every_message_lands_once_in_partition_order_plain_and_gzip() {
 }
 
 #[test]
+fn envelope_lines_carry_topic_partition_offset_key_timestamp_and_value() {
+    let b = brokers();
+    let topic = unique_topic("col-env");
+    create_topic(&b, &topic, 2);
+    let recs = vec![
+        (
+            Some("user-1".to_string()),
+            r#"{"id":"e-0","n":1}"#.to_string(),
+        ),
+        (None, r#"{"id":"e-1","nested":{"a":[1,2]}}"#.to_string()),
+        (Some("user-2".to_string()), "not json".to_string()),
+    ];
+    produce(&b, &topic, &recs);
+    let dir = TempDir::new("col-env");
+    let mut c = Collect::start(&collect_ini(
+        &b,
+        &unique_topic("g"),
+        &topic,
+        &dir.0,
+        "format = envelope\nidle_close_s = 1",
+    ));
+    wait_until("3 stored", Duration::from_secs(60), || {
+        stored(&dir.0, &topic)
+            .0
+            .iter()
+            .map(|f| f.lines.len())
+            .sum::<usize>()
+            == 3
+    });
+    assert!(c.stop());
+    let lines: Vec<serde_json::Value> = stored(&dir.0, &topic)
+        .0
+        .iter()
+        .flat_map(|f| f.lines.iter().map(|l| serde_json::from_str(l).unwrap()))
+        .collect();
+    for r in read_topic(&b, &topic, 3, Duration::from_secs(30)) {
+        let line = lines
+            .iter()
+            .find(|l| l["partition"] == r.partition && l["offset"] == r.offset)
+            .unwrap_or_else(|| panic!("no line for {}/{}: {lines:?}", r.partition, r.offset));
+        assert_eq!(line["topic"], topic.as_str());
+        let key = r
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        assert_eq!(line["key"], serde_json::json!(key));
+        assert!(line["timestamp"].as_i64().is_some_and(|t| t > 0), "{line}");
+        // JSON values stay JSON; anything else is kept as a string.
+        let value = serde_json::from_slice(&r.value)
+            .unwrap_or_else(|_| serde_json::Value::String(r.value_str().to_string()));
+        assert_eq!(line["value"], value);
+    }
+}
+
+#[test]
 fn rotation_by_size_and_by_age_gives_the_expected_files() {
     let b = brokers();
     let topic = unique_topic("col-rot");
