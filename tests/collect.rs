@@ -333,7 +333,13 @@ fn sigterm_closes_open_files_and_commits_them() {
     let b = brokers();
     let topic = unique_topic("col-term");
     create_topic(&b, &topic, 2);
-    produce(&b, &topic, &events("t", 100));
+    // Keyed, so both partitions get messages (unkeyed ones may all stick
+    // to one partition) and both have a file open at the stop.
+    let mut recs = events("t", 100);
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.0 = Some(format!("key-{i}"));
+    }
+    produce(&b, &topic, &recs);
     let dir = TempDir::new("col-term");
     let data = dir.0.join("data");
     let group = unique_topic("g");

@@ -41,13 +41,6 @@ pub struct CollectConfig {
     pub consumer: Vec<(String, String)>,
 }
 
-pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
-    ("enable.auto.commit", "false"),
-    ("enable.auto.offset.store", "false"),
-    ("auto.offset.reset", "earliest"),
-    ("session.timeout.ms", "45000"),
-];
-
 /// Parses `group:topic[,topic];group:topic`.
 pub fn parse_groups(s: &str) -> Result<Vec<Group>, String> {
     let mut out = Vec::new();
@@ -108,7 +101,7 @@ impl CollectConfig {
         let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
         r.finish();
         let mut c = doc.reader("collect.consumer", errors);
-        let consumer = librdkafka_section(&mut c, CONSUMER_DEFAULTS);
+        let consumer = librdkafka_section(&mut c, crate::kafka::CONSUMER_DEFAULTS);
         c.finish();
         Some(CollectConfig {
             groups,

@@ -87,13 +87,6 @@ pub struct DeliverConfig {
     pub consumer: Vec<(String, String)>,
 }
 
-pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
-    ("enable.auto.commit", "false"),
-    ("enable.auto.offset.store", "false"),
-    ("auto.offset.reset", "earliest"),
-    ("session.timeout.ms", "45000"),
-];
-
 impl DeliverConfig {
     pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Option<DeliverConfig> {
         let mut r = doc.reader("deliver", errors);
@@ -187,7 +180,7 @@ impl DeliverConfig {
         r.finish();
 
         let mut c = doc.reader("deliver.consumer", errors);
-        let consumer = librdkafka_section(&mut c, CONSUMER_DEFAULTS);
+        let consumer = librdkafka_section(&mut c, crate::kafka::CONSUMER_DEFAULTS);
         let session_ms = consumer
             .iter()
             .rev()

@@ -20,6 +20,15 @@ use crate::metrics::{Counter, Gauge, Prom};
 
 /// Builds a client configuration: `[kafka]` first, then the role's own
 /// properties (which win). Statistics are emitted each second for `/metrics`.
+/// What every kbridge consumer group member starts from: offsets are
+/// committed by the role, explicitly, only past finished work.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("session.timeout.ms", "45000"),
+];
+
 /// The (topic, partition) pairs of a partition list (rebalance callbacks).
 pub fn partitions_of(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()
