@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::ini::comma_list;
 use crate::config::{ConfigErrors, Document, librdkafka_section};
 use crate::ingest::config::valid_topic;
 
@@ -48,11 +49,7 @@ pub fn parse_groups(s: &str) -> Result<Vec<Group>, String> {
         let (g, topics) = entry
             .split_once(':')
             .ok_or_else(|| format!("{entry:?} is not group:topic[,topic]"))?;
-        let topics: Vec<String> = topics
-            .split(',')
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect();
+        let topics = comma_list(topics);
         if g.trim().is_empty() || topics.is_empty() {
             return Err(format!("{entry:?} is not group:topic[,topic]"));
         }

@@ -94,6 +94,16 @@ impl ConsumerContext for CollectCtx {
             }
         }
     }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps a partition paused across a revoke and
+            // re-assign, but the delay that paused it (a retry not yet due)
+            // went with the revocation: fetch again, and pause again if
+            // the message is still early.
+            let _ = consumer.resume(tpl);
+        }
+    }
 }
 
 impl CollectCtx {

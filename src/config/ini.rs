@@ -41,6 +41,16 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The items of a comma-separated value, trimmed, empty ones dropped.
+pub fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.origin)?;
@@ -321,6 +331,12 @@ impl<'a> SectionReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comma_lists_trim_and_drop_empty_items() {
+        assert_eq!(comma_list(" a, b ,,c ,"), vec!["a", "b", "c"]);
+        assert!(comma_list(" , ").is_empty());
+    }
 
     fn parse(text: &str) -> (Document, ConfigErrors) {
         let mut errors = ConfigErrors::default();

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::retry::{StatusRules, parse_ranges};
+use crate::config::ini::comma_list;
 use crate::config::{ConfigErrors, Document, librdkafka_section};
 use crate::ingest::config::valid_topic;
 
@@ -94,12 +95,7 @@ impl DeliverConfig {
             return None;
         }
         let group_id = r.required("group_id");
-        let topics: Vec<String> = r
-            .required("topics")
-            .split(',')
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect();
+        let topics = comma_list(&r.required("topics"));
         if let Some(bad) = topics.iter().find(|t| !valid_topic(t)) {
             r.error(
                 "topics",
@@ -249,12 +245,7 @@ fn enrich_config(r: &mut crate::config::SectionReader<'_>) -> Option<EnrichConfi
         ],
     );
     let route_field = r.string("route_field", "type");
-    let routes: Vec<String> = r
-        .string("enrich_routes", "")
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let routes = comma_list(&r.string("enrich_routes", ""));
     if url.is_empty() {
         return None;
     }

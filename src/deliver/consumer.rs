@@ -133,8 +133,11 @@ impl ConsumerContext for ConsumerCtx {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps a partition paused across a revoke and
+            // re-assign; the stash that paused it went with the revocation.
+            let _ = consumer.resume(tpl);
             let parts: Vec<String> = tpl
                 .elements()
                 .iter()

@@ -97,66 +97,62 @@ impl KafkaStats {
 
     /// Writes the figures of several clients, one metric family each.
     pub fn render_all(p: &mut Prom<'_>, clients: &[(&str, &KafkaStats)]) {
-        type Pick = fn(&KafkaStats) -> i64;
+        // Values in the metric's unit (seconds for `_seconds`).
+        type Pick = fn(&KafkaStats) -> f64;
         let rows: [(&str, &str, &str, Pick); 8] = [
             (
                 "kbridge_kafka_queued_messages",
                 "gauge",
                 "Messages in the librdkafka producer queue.",
-                |s| s.queued_msgs.get(),
+                |s| s.queued_msgs.get() as f64,
             ),
             (
                 "kbridge_kafka_tx_messages_total",
                 "counter",
                 "Messages produced to brokers (librdkafka txmsgs).",
-                |s| s.tx_msgs.get(),
+                |s| s.tx_msgs.get() as f64,
             ),
             (
                 "kbridge_kafka_tx_message_bytes_total",
                 "counter",
                 "Payload bytes produced before compression (librdkafka txmsg_bytes).",
-                |s| s.tx_msg_bytes.get(),
+                |s| s.tx_msg_bytes.get() as f64,
             ),
             (
                 "kbridge_kafka_tx_wire_bytes_total",
                 "counter",
                 "Bytes sent to brokers on the wire (librdkafka tx_bytes).",
-                |s| s.tx_wire_bytes.get(),
+                |s| s.tx_wire_bytes.get() as f64,
             ),
             (
                 "kbridge_kafka_brokers_up",
                 "gauge",
                 "Brokers whose connection is UP.",
-                |s| s.brokers_up.get(),
+                |s| s.brokers_up.get() as f64,
             ),
             (
                 "kbridge_kafka_request_errors_total",
                 "counter",
                 "Broker request errors (librdkafka txerrs).",
-                |s| s.tx_errors.get(),
+                |s| s.tx_errors.get() as f64,
             ),
             (
                 "kbridge_kafka_request_retries_total",
                 "counter",
                 "Broker request retries (librdkafka txretries).",
-                |s| s.tx_retries.get(),
+                |s| s.tx_retries.get() as f64,
             ),
             (
                 "kbridge_kafka_rtt_avg_seconds",
                 "gauge",
                 "Mean broker round-trip time.",
-                |s| s.rtt_avg_us.get(),
+                |s| s.rtt_avg_us.get() as f64 / 1e6,
             ),
         ];
         for (name, kind, help, pick) in rows {
             p.describe(name, kind, help);
             for (client, stats) in clients {
-                let v = pick(stats);
-                if name.ends_with("_seconds") {
-                    p.sample(name, &[("client", client)], v as f64 / 1e6);
-                } else {
-                    p.sample(name, &[("client", client)], v);
-                }
+                p.sample(name, &[("client", client)], pick(stats));
             }
         }
     }
