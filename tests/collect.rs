@@ -466,3 +466,81 @@ fn full_disk_sends_messages_to_the_retry_topic_then_all_land_once() {
         "some came through the retry topic"
     );
 }
+
+/// librdkafka keeps a partition paused across revoke and re-assign: a
+/// retry-topic partition paused for a message not yet due must still be
+/// read once the group moved it around (here: away and back, or revoked
+/// and re-assigned to the same member).
+#[test]
+fn a_retry_paused_through_rebalances_is_still_written_once() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let b = brokers();
+    let topic = unique_topic("col-pause");
+    let retry = format!("{topic}.retry");
+    create_topic(&b, &topic, 1);
+    create_topic(&b, &retry, 1);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    // Due well after both rebalances below.
+    let due = (now_ms + 15_000).to_string();
+    let source = format!("{topic}/0@0");
+    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .create()
+        .unwrap();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: kbridge::collect::RETRY_AT,
+            value: Some(due.as_str()),
+        })
+        .insert(Header {
+            key: kbridge::collect::RETRY_SOURCE,
+            value: Some(source.as_str()),
+        });
+    p.send(
+        BaseRecord::<str, str>::to(&retry)
+            .payload(r#"{"id":"late"}"#)
+            .headers(headers),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    let dir = TempDir::new("col-pause");
+    let group = unique_topic("g");
+    let ini = collect_ini(&b, &group, &topic, &dir.0, "idle_close_s = 1")
+        .replace("concurrent_count = 2", "concurrent_count = 1");
+    let a = Collect::start(&ini);
+    let count = |c: &Collect, name: &str| metric(&c.metrics(), name);
+    wait_until("the early retry paused", Duration::from_secs(30), || {
+        count(&a, "kbridge_collect_delayed_partitions") == 1.0
+    });
+    let mut other = Collect::start(&ini);
+    wait_until(
+        "a rebalance with two members",
+        Duration::from_secs(30),
+        || {
+            count(&a, "kbridge_collect_assignments_total") >= 2.0
+                && count(&other, "kbridge_collect_assignments_total") >= 1.0
+        },
+    );
+    assert!(other.stop());
+    wait_until("the rebalance back to one", Duration::from_secs(30), || {
+        count(&a, "kbridge_collect_assignments_total") >= 3.0
+    });
+    wait_until(
+        "the retried message written",
+        Duration::from_secs(60),
+        || !stored(&dir.0, &topic).0.is_empty(),
+    );
+    drop(a);
+    let lines: Vec<String> = stored(&dir.0, &topic)
+        .0
+        .into_iter()
+        .flat_map(|f| f.lines)
+        .collect();
+    assert_eq!(lines, vec![r#"{"id":"late"}"#.to_string()]);
+}

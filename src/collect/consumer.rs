@@ -56,6 +56,9 @@ impl PartState {
     pub fn file_open(&self) -> bool {
         self.file.is_some()
     }
+    pub fn delayed(&self) -> bool {
+        self.delayed_until.is_some()
+    }
 }
 
 pub type Parts = Arc<Mutex<HashMap<(String, i32), PartState>>>;
@@ -102,6 +105,7 @@ impl ConsumerContext for CollectCtx {
             // went with the revocation: fetch again, and pause again if
             // the message is still early.
             let _ = consumer.resume(tpl);
+            self.shared.metrics.assignments.inc();
         }
     }
 }

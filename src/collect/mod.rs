@@ -56,6 +56,7 @@ pub struct CollectMetrics {
     pub write_errors: Counter,
     pub retry_produced: Counter,
     pub retry_failed: Counter,
+    pub assignments: Counter,
     pub fsync: Latency,
     lag: Mutex<Vec<(String, i32, i64)>>,
     last_error_log: AtomicU64,

@@ -20,15 +20,20 @@ pub struct CollectTelemetry {
 }
 
 impl CollectTelemetry {
-    fn files_open(&self) -> usize {
+    /// Partitions (of every thread) for which `pick` holds.
+    fn count_parts(&self, pick: fn(&consumer::PartState) -> bool) -> usize {
         self.parts
             .iter()
             .map(|p| {
                 p.lock()
-                    .map(|m| m.values().filter(|s| s.file_open()).count())
+                    .map(|m| m.values().filter(|s| pick(s)).count())
                     .unwrap_or(0)
             })
             .sum()
+    }
+
+    fn files_open(&self) -> usize {
+        self.count_parts(consumer::PartState::file_open)
     }
 }
 
@@ -62,7 +67,12 @@ impl Telemetry for CollectTelemetry {
     fn prometheus(&self, out: &mut String) {
         let m = &self.shared.metrics;
         let mut p = Prom::new(out);
-        let counters: [(&str, &str, &Counter); 7] = [
+        let counters: [(&str, &str, &Counter); 8] = [
+            (
+                "kbridge_collect_assignments_total",
+                "Partition assignments received from the group (rebalances).",
+                &m.assignments,
+            ),
             (
                 "kbridge_collect_consumed_total",
                 "Messages consumed.",
@@ -108,6 +118,13 @@ impl Telemetry for CollectTelemetry {
             "Record files open now.",
             &[],
             self.files_open(),
+        );
+        p.single(
+            "kbridge_collect_delayed_partitions",
+            "gauge",
+            "Retry-topic partitions paused until their next message is due.",
+            &[],
+            self.count_parts(consumer::PartState::delayed),
         );
         p.latency(
             "kbridge_collect_fsync_duration_seconds",
