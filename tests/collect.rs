@@ -10,17 +10,17 @@ use crate::util::process::*;
 use crate::util::*;
 
 /// A file of the record directory: its name and its lines.
-struct Stored {
+pub(crate) struct Stored {
     path: PathBuf,
     partition: i32,
     first: i64,
     last: i64,
-    lines: Vec<String>,
+    pub(crate) lines: Vec<String>,
 }
 
 /// Every finished file under `root/<topic>/`, read (gzip via `gzip -dc`),
 /// sorted by (partition, first offset); also names of temporary files.
-fn stored(root: &Path, topic: &str) -> (Vec<Stored>, Vec<PathBuf>) {
+pub(crate) fn stored(root: &Path, topic: &str) -> (Vec<Stored>, Vec<PathBuf>) {
     let mut files = Vec::new();
     let mut temps = Vec::new();
     let Ok(dates) = std::fs::read_dir(root.join(topic)) else {
@@ -66,7 +66,7 @@ fn stored(root: &Path, topic: &str) -> (Vec<Stored>, Vec<PathBuf>) {
     (files, temps)
 }
 
-fn id_of(line: &str) -> String {
+pub(crate) fn id_of(line: &str) -> String {
     let v: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("torn or invalid line {line:?}: {e}"));
     v["id"]
@@ -78,7 +78,7 @@ fn id_of(line: &str) -> String {
 
 /// Checks: every produced id exactly once on disk, and within each
 /// partition in Kafka's order.
-fn assert_exactly(root: &Path, topic: &str, brokers: &str, n: usize) {
+pub(crate) fn assert_exactly(root: &Path, topic: &str, brokers: &str, n: usize) {
     let recs = read_topic(brokers, topic, n, Duration::from_secs(30));
     let order: HashMap<String, (i32, i64)> = recs
         .iter()
@@ -131,19 +131,25 @@ fn assert_exactly(root: &Path, topic: &str, brokers: &str, n: usize) {
     assert_eq!(seen.len(), n);
 }
 
-fn collect_ini(brokers: &str, group: &str, topic: &str, dir: &Path, extra: &str) -> String {
+pub(crate) fn collect_ini(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    dir: &Path,
+    extra: &str,
+) -> String {
     format!(
         "[kafka]\nbrokers = {brokers}\n[admin]\nlisten = 127.0.0.1:{}\n[collect]\ngroups = {group}:{topic}\nrecord_directory = {}\n\
-         concurrent_count = 2\nretry_delay_ms = 1000\nshutdown_timeout_ms = 4000\n{extra}\n[collect.consumer]\nsession.timeout.ms = 6000\n",
+         concurrent_count = 2\nretry_delay_ms = 1000\nshutdown_timeout_ms = 4000\n{extra}\n",
         free_port(),
         dir.display()
     )
 }
 
-struct Collect(Option<kbridge::collect::Handle>);
+pub(crate) struct Collect(Option<kbridge::collect::Handle>);
 
 impl Collect {
-    fn start(ini: &str) -> Collect {
+    pub(crate) fn start(ini: &str) -> Collect {
         init_test_log();
         let c = load_config(ini);
         let (tx, _rx) = crossbeam_channel::bounded(16);
@@ -151,12 +157,12 @@ impl Collect {
             kbridge::collect::spawn(c.collect.expect("[collect]"), &c.common.kafka, tx).unwrap(),
         ))
     }
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let mut s = String::new();
         self.0.as_ref().unwrap().telemetry().prometheus(&mut s);
         s
     }
-    fn stop(&mut self) -> bool {
+    pub(crate) fn stop(&mut self) -> bool {
         self.0.take().map(|h| h.stop()).unwrap_or(true)
     }
 }

@@ -1,9 +1,12 @@
 //! Integration tests: real components on port 0 against a real broker
-//! (started by `scripts/test`; `KBRIDGE_TEST_BROKERS`, `TANSU_BIN`).
+//! (Apache Kafka, started by `scripts/test`: `KBRIDGE_TEST_BROKERS`; tansu for
+//! the interoperability check: `TANSU_BIN`).
 
 mod cli;
+mod cluster;
 mod collect;
 mod deliver;
 mod faults;
 mod ingest;
+mod interop;
 mod util;

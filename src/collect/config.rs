@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::ini::comma_list;
-use crate::config::{ConfigErrors, Document, librdkafka_section};
+use crate::config::{ConfigErrors, Document, consumer_section};
 use crate::ingest::config::valid_topic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl CollectConfig {
         let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
         r.finish();
         let mut c = doc.reader("collect.consumer", errors);
-        let consumer = librdkafka_section(&mut c, crate::kafka::CONSUMER_DEFAULTS);
+        let consumer = consumer_section(&mut c, "collect", shutdown_timeout_ms);
         c.finish();
         Some(CollectConfig {
             groups,

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::Producer as _;
 use rdkafka::statistics::Statistics;
@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::files::{OpenFile, date_of, remove_leftovers, should_close};
 use super::{RETRY_AT, RETRY_SOURCE, Shared, line_of};
-use crate::kafka::{Context, partitions_of};
+use crate::kafka::{Context, committed_positions, partitions_of};
 
 /// (topic, partition, offset, acknowledged) of a retry-topic produce.
 pub type RetryDone = (String, i32, i64, bool);
@@ -69,6 +69,8 @@ pub struct CollectCtx {
     pub parts: Parts,
     pub done_tx: Sender<RetryDone>,
     done_rx: Receiver<RetryDone>,
+    /// The group has answered this member once (an assignment, maybe empty).
+    joined: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for CollectCtx {
@@ -82,6 +84,23 @@ impl ClientContext for CollectCtx {
 }
 
 impl ConsumerContext for CollectCtx {
+    /// An asynchronous commit is known committed only here, when the
+    /// coordinator answered; a failed one is sent again next round.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                if let Ok(mut parts) = self.parts.lock() {
+                    for (t, p, o) in committed_positions(offsets) {
+                        if let Some(st) = parts.get_mut(&(t, p)) {
+                            st.committed = Some(st.committed.map_or(o, |c| c.max(o)));
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!("commit failed: {e}; sent again shortly"),
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -106,6 +125,9 @@ impl ConsumerContext for CollectCtx {
             // the message is still early.
             let _ = consumer.resume(tpl);
             self.shared.metrics.assignments.inc();
+            if !self.joined.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                self.shared.metrics.members_joined.inc();
+            }
         }
     }
 }
@@ -186,13 +208,16 @@ impl CollectCtx {
             result = consumer.commit(&tpl, mode);
         }
         match result {
-            Ok(()) => {
+            // An async commit is known committed when its answer arrives
+            // (`commit_callback`).
+            Ok(()) if matches!(mode, CommitMode::Sync) => {
                 for (k, pos) in moved {
                     if let Some(st) = parts.get_mut(&k) {
                         st.committed = Some(pos);
                     }
                 }
             }
+            Ok(()) => {}
             Err(e) => warn!("commit failed: {e}"),
         }
     }
@@ -219,6 +244,7 @@ pub fn build(
         shared,
         done_tx,
         done_rx,
+        joined: Default::default(),
     };
     let consumer: BaseConsumer<CollectCtx> =
         crate::kafka::client_config(kafka, &props).create_with_context(ctx)?;

@@ -38,7 +38,7 @@ use consumer::RetryDone;
 pub use telemetry::CollectTelemetry;
 
 use crate::config::KafkaConfig;
-use crate::kafka::probe::{self, Probe, TopicPlan};
+use crate::kafka::probe::{self, Probe, Replication, TopicPlan};
 use crate::kafka::{Context, KafkaStats, client_config};
 use crate::metrics::{Counter, Latency};
 use crate::shutdown::{StopToken, Stopper};
@@ -57,6 +57,9 @@ pub struct CollectMetrics {
     pub retry_produced: Counter,
     pub retry_failed: Counter,
     pub assignments: Counter,
+    /// Consumer threads that have received their first assignment; the
+    /// role is ready once one has.
+    pub members_joined: Counter,
     pub fsync: Latency,
     lag: Mutex<Vec<(String, i32, i64)>>,
     last_error_log: AtomicU64,
@@ -282,7 +285,13 @@ pub fn spawn(
         topics: retry_topics,
         create: true,
         partitions: 4,
-        replication: 1,
+        replication: Replication::LikeSources(
+            config
+                .groups
+                .iter()
+                .flat_map(|g| g.topics.clone())
+                .collect(),
+        ),
     };
     let admin_config = client_config(kafka, &[]);
     // The consumers subscribe to the retry topics too: they must exist

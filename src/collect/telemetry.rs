@@ -113,6 +113,13 @@ impl Telemetry for CollectTelemetry {
             p.single(name, "counter", help, &[], c.get());
         }
         p.single(
+            "kbridge_collect_members_joined",
+            "gauge",
+            "Consumer threads that have joined their group (received an assignment, maybe empty).",
+            &[],
+            m.members_joined.get(),
+        );
+        p.single(
             "kbridge_collect_files_open",
             "gauge",
             "Record files open now.",
@@ -158,6 +165,9 @@ impl Telemetry for CollectTelemetry {
                     .last_error()
                     .unwrap_or_else(|| "no answer yet".into())
             ));
+        }
+        if self.shared.metrics.members_joined.get() == 0 {
+            return Err("joining the consumer groups (no assignment yet)".into());
         }
         Ok(())
     }

@@ -142,6 +142,55 @@ pub fn librdkafka_section(
     merged
 }
 
+/// Keys of the classic group protocol that the KIP-848 `consumer` protocol
+/// takes from the broker (`group.consumer.*`) instead; librdkafka refuses them.
+const CLASSIC_ONLY: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+    "group.protocol.type",
+];
+
+/// Validates a consumer section (`[deliver.consumer]`, `[collect.consumer]`)
+/// over [`crate::kafka::CONSUMER_DEFAULTS`]. With the classic group protocol
+/// the session must outlast the role's drain (`shutdown_timeout_ms` of
+/// `[role]`), or the member is evicted mid-drain; with the `consumer`
+/// protocol (the default) classic-only keys are refused, naming the cure.
+pub fn consumer_section(
+    c: &mut SectionReader<'_>,
+    role: &str,
+    shutdown_timeout_ms: u64,
+) -> Vec<(String, String)> {
+    let merged = librdkafka_section(c, crate::kafka::CONSUMER_DEFAULTS);
+    let get = |key: &str| merged.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
+    let classic = get("group.protocol").is_some_and(|v| v.eq_ignore_ascii_case("classic"));
+    if classic {
+        let session_ms = get("session.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(45_000);
+        if shutdown_timeout_ms >= session_ms {
+            c.error(
+                "session.timeout.ms",
+                format!(
+                    "must exceed [{role}] shutdown_timeout_ms ({shutdown_timeout_ms}), got {session_ms}"
+                ),
+            );
+        }
+    } else {
+        for key in CLASSIC_ONLY {
+            if merged.iter().any(|(k, _)| k == key) {
+                c.error(
+                    key,
+                    "not used by group.protocol = consumer (the default, KIP-848: the broker's \
+                     group.consumer.* settings apply); set group.protocol = classic to use it"
+                        .into(),
+                );
+            }
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::retry::{StatusRules, parse_ranges};
 use crate::config::ini::comma_list;
-use crate::config::{ConfigErrors, Document, librdkafka_section};
+use crate::config::{ConfigErrors, Document, consumer_section};
 use crate::ingest::config::valid_topic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,20 +176,7 @@ impl DeliverConfig {
         r.finish();
 
         let mut c = doc.reader("deliver.consumer", errors);
-        let consumer = librdkafka_section(&mut c, crate::kafka::CONSUMER_DEFAULTS);
-        let session_ms = consumer
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "session.timeout.ms")
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-            .unwrap_or(45_000);
-        // A drain longer than the session would get the member evicted mid-drain.
-        if shutdown_timeout_ms >= session_ms {
-            c.error(
-                "session.timeout.ms",
-                format!("must exceed [deliver] shutdown_timeout_ms ({shutdown_timeout_ms}), got {session_ms}"),
-            );
-        }
+        let consumer = consumer_section(&mut c, "deliver", shutdown_timeout_ms);
         c.finish();
 
         Some(DeliverConfig {
@@ -306,7 +293,8 @@ mod tests {
     fn every_problem_is_reported() {
         let (_, e) = load(
             "[deliver]\ntopics = ok,bad topic\ntarget_url = ftp://x\nordering = random\nretry_statuses = 5xx\n\
-             enrich_url = http://geo/lookup\n[deliver.consumer]\nsession.timeout.ms = 5000\n",
+             enrich_url = http://geo/lookup\n[deliver.consumer]\nsession.timeout.ms = 5000\n\
+             heartbeat.interval.ms = 1000\n",
         );
         let t = e.to_string();
         for want in [
@@ -316,10 +304,37 @@ mod tests {
             "d.ini:4 [deliver] ordering: expected one of none | key",
             "d.ini:5 [deliver] retry_statuses: \"5xx\" is not a status",
             "d.ini:6 [deliver] enrich_url: expected a URL with a {field} placeholder",
-            "d.ini:8 [deliver.consumer] session.timeout.ms: must exceed [deliver] shutdown_timeout_ms (10000), got 5000",
+            "d.ini:8 [deliver.consumer] session.timeout.ms: not used by group.protocol = consumer",
+            "d.ini:9 [deliver.consumer] heartbeat.interval.ms: not used by group.protocol = consumer",
         ] {
             assert!(t.contains(want), "missing {want:?} in:\n{t}");
         }
+    }
+
+    #[test]
+    fn classic_protocol_needs_a_session_longer_than_the_drain() {
+        let base = "[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\n[deliver.consumer]\ngroup.protocol = classic\n";
+        let (_, e) = load(&format!("{base}session.timeout.ms = 5000\n"));
+        assert!(
+            e.to_string().contains("d.ini:7 [deliver.consumer] session.timeout.ms: must exceed [deliver] shutdown_timeout_ms (10000), got 5000"),
+            "{e}"
+        );
+        let (c, e) = load(&format!(
+            "{base}session.timeout.ms = 20000\nheartbeat.interval.ms = 1000\n"
+        ));
+        assert!(e.0.is_empty(), "{e}");
+        assert!(
+            c.unwrap()
+                .consumer
+                .contains(&("group.protocol".into(), "classic".into()))
+        );
+        let (c, e) = load("[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\n");
+        assert!(e.0.is_empty(), "{e}");
+        assert!(
+            c.unwrap()
+                .consumer
+                .contains(&("group.protocol".into(), "consumer".into()))
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
@@ -22,7 +22,7 @@ use super::config::{Commit, DeliverConfig};
 use super::offsets::Offsets;
 use super::{Done, Msg, Shared, Work};
 use crate::config::KafkaConfig;
-use crate::kafka::{Context, KafkaStats, client_config, partitions_of};
+use crate::kafka::{Context, KafkaStats, client_config, committed_positions, partitions_of};
 
 /// (topic, partition, lag, committed offset) rows from librdkafka statistics.
 pub type LagRows = Arc<Mutex<Vec<(String, i32, i64, i64)>>>;
@@ -36,6 +36,8 @@ pub struct ThreadState {
     paused: bool,
     /// Partitions the group currently assigns to this member.
     assigned: usize,
+    /// The group has answered this member once (an assignment, maybe empty).
+    joined: bool,
 }
 
 pub struct ConsumerCtx {
@@ -108,6 +110,24 @@ impl ClientContext for ConsumerCtx {
 }
 
 impl ConsumerContext for ConsumerCtx {
+    /// An asynchronous commit is known committed only here, when the
+    /// coordinator answered; a failed one is sent again next interval.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                if let Ok(mut st) = self.state.lock() {
+                    for (t, p, o) in committed_positions(offsets) {
+                        st.offsets.committed(&t, p, o);
+                    }
+                }
+            }
+            Err(e) => {
+                self.shared.metrics.commit_errors.inc();
+                warn!("commit failed: {e}; sent again at the next interval");
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -125,6 +145,9 @@ impl ConsumerContext for ConsumerCtx {
             &is_revoked,
         );
         self.commit(consumer, CommitMode::Sync, &is_revoked);
+        if let Ok(mut lag) = self.lag.lock() {
+            lag.retain(|(t, p, _, _)| !is_revoked(t, *p));
+        }
         if let Ok(mut st) = self.state.lock() {
             for (t, p) in &revoked {
                 st.offsets.remove(t, *p);
@@ -136,8 +159,11 @@ impl ConsumerContext for ConsumerCtx {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             // librdkafka keeps a partition paused across a revoke and
-            // re-assign; the stash that paused it went with the revocation.
-            let _ = consumer.resume(tpl);
+            // re-assign. A newly assigned partition takes this member's
+            // state: paused while its stash waits for room (flush_stash
+            // resumes the whole assignment), fetching otherwise. With
+            // incremental (KIP-848) assignment other partitions stay
+            // assigned, and possibly paused, meanwhile.
             let parts: Vec<String> = tpl
                 .elements()
                 .iter()
@@ -145,8 +171,16 @@ impl ConsumerContext for ConsumerCtx {
                 .collect();
             info!("partitions assigned: {parts:?}");
             if let Ok(mut st) = self.state.lock() {
-                st.paused = false;
+                let _ = if st.paused {
+                    consumer.pause(tpl)
+                } else {
+                    consumer.resume(tpl)
+                };
                 st.assigned += parts.len();
+                if !st.joined {
+                    st.joined = true;
+                    self.shared.metrics.members_joined.inc();
+                }
             }
         }
     }
@@ -213,9 +247,9 @@ impl ConsumerCtx {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        // An async commit counts as done once queued; a synchronous commit
-        // (revocation, stop) sends every position again, so one that was
-        // queued but never sent is not lost.
+        // An async commit counts as done when its answer arrives
+        // (`commit_callback`); a synchronous commit (revocation, stop) sends
+        // every position again.
         let positions = match mode {
             CommitMode::Sync => st
                 .offsets
@@ -240,8 +274,10 @@ impl ConsumerCtx {
         }
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
-                for (t, p, o) in &moved {
-                    st.offsets.committed(t, *p, *o);
+                if matches!(mode, CommitMode::Sync) {
+                    for (t, p, o) in &moved {
+                        st.offsets.committed(t, *p, *o);
+                    }
                 }
                 self.shared.metrics.commits.inc();
                 debug!("committed {moved:?}");

@@ -45,7 +45,7 @@ pub use config::DeliverConfig;
 
 use crate::aggregates::Aggregates;
 use crate::config::KafkaConfig;
-use crate::kafka::probe::{self, Probe, TopicPlan};
+use crate::kafka::probe::{self, Probe, Replication, TopicPlan};
 use crate::kafka::{KafkaStats, client_config};
 use crate::pool::WorkerPool;
 use crate::shutdown::{StopToken, Stopper};
@@ -219,7 +219,7 @@ pub fn spawn(
         topics: config.dlq_topics(),
         create: true,
         partitions: partitions_per_topic(partitions, &config),
-        replication: 1,
+        replication: Replication::LikeSources(config.topics.clone()),
     };
     probe.check(dlq.client(), &admin_config, &plan, Duration::from_secs(5));
 

@@ -30,6 +30,9 @@ pub struct DeliverMetrics {
     pub commit_errors: Counter,
     pub consume_errors: Counter,
     pub pauses: Counter,
+    /// Consumer threads that have received their first assignment (joined
+    /// the group); the role is ready once one has.
+    pub members_joined: Counter,
     /// Messages left unfinished at stop or revocation (redelivered later).
     pub abandoned: Counter,
     pub enriched: Counter,
@@ -115,7 +118,10 @@ impl DeliverTelemetry {
         }
     }
 
-    /// (topic, partition, lag, committed) over every consumer thread.
+    /// (topic, partition, lag, committed) over every consumer thread, one
+    /// row per partition (a partition that just moved between this
+    /// instance's members may show in both until their next statistics;
+    /// a scrape with the same series twice is rejected).
     fn lag(&self) -> Vec<(String, i32, i64, i64)> {
         let mut v: Vec<_> = self
             .consumers
@@ -123,6 +129,7 @@ impl DeliverTelemetry {
             .flat_map(|c| c.lag.lock().map(|l| l.clone()).unwrap_or_default())
             .collect();
         v.sort();
+        v.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         v
     }
 
@@ -328,6 +335,13 @@ impl Telemetry for DeliverTelemetry {
             assigned,
         );
         p.single(
+            "kbridge_deliver_members_joined",
+            "gauge",
+            "Consumer threads that have joined the group (received an assignment, maybe empty).",
+            &[],
+            m.members_joined.get(),
+        );
+        p.single(
             "kbridge_deliver_members_without_partitions",
             "gauge",
             "Consumer threads the group gave no partition (yet).",
@@ -392,6 +406,12 @@ impl Telemetry for DeliverTelemetry {
                 self.probe
                     .last_error()
                     .unwrap_or_else(|| "no answer yet".into())
+            ));
+        }
+        if self.shared.metrics.members_joined.get() == 0 {
+            return Err(format!(
+                "joining consumer group {} (no assignment yet)",
+                self.shared.config.group_id
             ));
         }
         Ok(())

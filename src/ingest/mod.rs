@@ -41,7 +41,7 @@ use telemetry::IngestMetrics;
 
 use crate::config::KafkaConfig;
 use crate::http::{json_reply, with_retry_after};
-use crate::kafka::probe::{self, Probe, TopicPlan};
+use crate::kafka::probe::{self, Probe, Replication, TopicPlan};
 use crate::kafka::{Context, KafkaStats, client_config};
 use crate::pool::WorkerPool;
 use crate::shutdown::Stopper;
@@ -108,7 +108,7 @@ pub fn spawn(
         topics: config.topics(),
         create: config.create_topics,
         partitions: config.topic_partitions,
-        replication: config.topic_replication_factor,
+        replication: Replication::Fixed(config.topic_replication_factor),
     };
     let probe = Arc::new(Probe::default());
     probe.check(

@@ -26,7 +26,11 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
     ("auto.offset.reset", "earliest"),
-    ("session.timeout.ms", "45000"),
+    // KIP-848 (Kafka 4): the broker assigns incrementally, a member starts
+    // consuming as soon as it joins (no group-wide stop, no
+    // group.initial.rebalance.delay.ms), and partitions of every topic
+    // spread over every member. `classic` remains for older brokers.
+    ("group.protocol", "consumer"),
 ];
 
 /// The (topic, partition) pairs of a partition list (rebalance callbacks).
@@ -34,6 +38,19 @@ pub fn partitions_of(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()
         .iter()
         .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+/// The (topic, partition, offset) a successful commit stored, per partition
+/// that did not fail on its own.
+pub fn committed_positions(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32, i64)> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.error().is_ok())
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+            _ => None,
+        })
         .collect()
 }
 

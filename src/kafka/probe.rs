@@ -44,7 +44,32 @@ pub struct TopicPlan {
     pub topics: Vec<String>,
     pub create: bool,
     pub partitions: i32,
-    pub replication: i32,
+    pub replication: Replication,
+}
+
+/// The replication factor of topics a role creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replication {
+    Fixed(i32),
+    /// As durable as the topics they derive from (a dead-letter or retry
+    /// topic of a topic with 3 replicas and `min.insync.replicas` 2 could
+    /// never be written with 1): the highest factor among these topics, or
+    /// the broker's `default.replication.factor` while none exists.
+    LikeSources(Vec<String>),
+}
+
+impl Replication {
+    /// The factor to create with, given (topic → replicas) as seen.
+    fn resolve(&self, replicas: &HashMap<String, i32>) -> i32 {
+        match self {
+            Replication::Fixed(n) => *n,
+            Replication::LikeSources(sources) => sources
+                .iter()
+                .filter_map(|t| replicas.get(t).copied())
+                .max()
+                .unwrap_or(-1),
+        }
+    }
 }
 
 impl Probe {
@@ -71,15 +96,27 @@ impl Probe {
         timeout: Duration,
     ) {
         let result = client.fetch_metadata(None, timeout).map(|md| {
-            md.topics()
+            let topics = md
+                .topics()
                 .iter()
-                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty());
+            let partitions: HashMap<String, i32> = topics
+                .clone()
                 .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-                .collect::<HashMap<_, _>>()
+                .collect();
+            let replicas: HashMap<String, i32> = topics
+                .map(|t| {
+                    (
+                        t.name().to_string(),
+                        t.partitions()[0].replicas().len() as i32,
+                    )
+                })
+                .collect();
+            (partitions, replicas)
         });
         let was = self.reachable();
         match result {
-            Ok(seen) => {
+            Ok((seen, replicas)) => {
                 let missing: Vec<String> = plan
                     .topics
                     .iter()
@@ -89,17 +126,23 @@ impl Probe {
                 let mut seen = seen;
                 let mut problem = None;
                 if !missing.is_empty() && plan.create {
+                    let replication = plan.replication.resolve(&replicas);
                     match ensure_topics(
                         admin_config,
                         &missing,
                         plan.partitions,
-                        plan.replication,
+                        replication,
                         timeout,
                     ) {
                         Ok(created) => {
                             if !created.is_empty() {
+                                let rf = if replication < 0 {
+                                    "the broker's default".to_string()
+                                } else {
+                                    replication.to_string()
+                                };
                                 info!(
-                                    "created topics {created:?} with {} partitions",
+                                    "created topics {created:?} with {} partitions, replication factor {rf}",
                                     plan.partitions
                                 );
                             }
@@ -137,5 +180,21 @@ impl Probe {
         if let Ok(mut e) = self.last_error.lock() {
             *e = problem;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_topics_take_the_highest_replication_of_their_sources() {
+        let seen: HashMap<String, i32> = [("a".to_string(), 1), ("b".to_string(), 3)].into();
+        let like = |s: &[&str]| Replication::LikeSources(s.iter().map(|t| t.to_string()).collect());
+        assert_eq!(like(&["a", "b"]).resolve(&seen), 3);
+        assert_eq!(like(&["a"]).resolve(&seen), 1);
+        // No source exists yet: the broker's default.replication.factor.
+        assert_eq!(like(&["c"]).resolve(&seen), -1);
+        assert_eq!(Replication::Fixed(2).resolve(&seen), 2);
     }
 }

@@ -1,105 +1,195 @@
-//! Private tansu brokers for tests that hang, kill or restart one, so the
-//! shared broker of the other tests is never disturbed. The binary comes from
-//! `TANSU_BIN` (set by `scripts/test`); a missing one fails the test loudly.
+//! Private Apache Kafka brokers for tests that hang, kill or restart one, so
+//! the shared broker of the other tests is never disturbed: one KRaft node,
+//! or a 3-node cluster (replication factor 3, `min.insync.replicas` 2).
+//! Started and stopped with `scripts/broker`, which installs Kafka if needed;
+//! a broker that cannot start fails the test loudly.
 
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use super::{TempDir, free_port, wait_until};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::{TempDir, wait_until};
 
 pub struct Broker {
-    pub port: u16,
     dir: TempDir,
-    child: Option<Child>,
+    nodes: usize,
+    bootstrap: String,
 }
 
-fn tansu_bin() -> PathBuf {
-    PathBuf::from(std::env::var("TANSU_BIN").unwrap_or_else(|_| {
-        panic!("TANSU_BIN is not set: run the tests with scripts/test, which installs tansu")
-    }))
+fn script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker")
+}
+
+fn run_script(args: &[&str], dir: &Path) {
+    let out = Command::new(script())
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("scripts/broker runs");
+    assert!(
+        out.status.success(),
+        "scripts/broker {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Broker {
-    /// Starts a broker with SQLite storage on a free port.
+    /// One KRaft node on a free port.
     pub fn start() -> Broker {
-        let mut b = Broker {
-            port: free_port(),
-            dir: TempDir::new("tansu"),
-            child: None,
-        };
-        b.spawn();
-        b
+        Broker::with_nodes(1)
     }
 
+    /// A 3-node KRaft cluster on free ports.
+    pub fn cluster() -> Broker {
+        Broker::with_nodes(3)
+    }
+
+    fn with_nodes(nodes: usize) -> Broker {
+        let dir = TempDir::new("kafka");
+        run_script(
+            &["start", "--port", "0", "--nodes", &nodes.to_string()],
+            &dir.0,
+        );
+        let bootstrap = std::fs::read_to_string(dir.0.join("bootstrap"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Broker {
+            dir,
+            nodes,
+            bootstrap,
+        }
+    }
+
+    /// The bootstrap servers (every node).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.bootstrap.clone()
     }
 
-    fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.0.join("tansu.log"))
-            .unwrap();
-        let child = Command::new(tansu_bin())
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .arg("--storage-engine")
-            // tansu reads the path relative to its working directory.
-            .arg("sqlite://tansu.db")
-            .current_dir(&self.dir.0)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let port = self.port;
-        wait_until("private broker to listen", Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+    fn node_dir(&self, node: usize) -> PathBuf {
+        self.dir.0.join(format!("node-{node}"))
     }
 
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("broker running").id();
+    fn pid(&self, node: usize) -> u32 {
+        std::fs::read_to_string(self.node_dir(node).join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn signal(&self, node: usize, sig: &str) {
+        let pid = self.pid(node);
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(pid.to_string())
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -{sig} {pid} failed");
+        assert!(ok, "kill -{sig} {pid} (node {node}) failed");
     }
 
-    /// SIGSTOP: the broker hangs with its sockets open.
+    fn alive(&self, node: usize) -> bool {
+        Path::new(&format!("/proc/{}", self.pid(node))).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid(node)))
+                .unwrap_or_default()
+                .contains(") Z ")
+    }
+
+    /// SIGSTOP every node: the broker hangs with its sockets open.
     pub fn pause(&self) {
-        self.signal("STOP");
-    }
-
-    pub fn resume(&self) {
-        self.signal("CONT");
-    }
-
-    /// SIGKILL and wait; the storage stays.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for n in 1..=self.nodes {
+            self.signal(n, "STOP");
         }
     }
 
-    /// Starts again on the same port with the same storage.
-    pub fn restart(&mut self) {
+    pub fn resume(&self) {
+        for n in 1..=self.nodes {
+            self.signal(n, "CONT");
+        }
+    }
+
+    /// SIGKILL one node and wait until it is gone; its storage stays.
+    pub fn kill_node(&self, node: usize) {
+        if !self.alive(node) {
+            return;
+        }
+        self.signal(node, "KILL");
+        wait_until(
+            &format!("node {node} to die"),
+            Duration::from_secs(10),
+            || !self.alive(node),
+        );
+    }
+
+    /// Starts a killed node again with the same storage and ports; returns
+    /// once it has started.
+    pub fn start_node(&self, node: usize) {
+        run_script(&["node-start", "--node", &node.to_string()], &self.dir.0);
+    }
+
+    /// SIGKILL every node.
+    pub fn kill(&self) {
+        for n in 1..=self.nodes {
+            self.kill_node(n);
+        }
+    }
+
+    /// Kills and starts again a single-node broker.
+    pub fn restart(&self) {
+        assert_eq!(self.nodes, 1, "restart() is for a single node");
         self.kill();
-        self.spawn();
+        self.start_node(1);
+    }
+
+    /// The node id (1..=nodes) leading `topic`'s `partition`.
+    pub fn leader(&self, topic: &str, partition: i32) -> usize {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .unwrap();
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let t = &md.topics()[0];
+        let p = t
+            .partitions()
+            .iter()
+            .find(|p| p.id() == partition)
+            .unwrap_or_else(|| panic!("{topic} has no partition {partition}"));
+        assert!(p.leader() >= 1, "{topic}/{partition} has no leader");
+        p.leader() as usize
+    }
+
+    /// The last lines of a node's server log (for failure messages).
+    fn log_tail(&self, node: usize) -> String {
+        let log =
+            std::fs::read_to_string(self.node_dir(node).join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().rev().take(40).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        // SIGKILL ends a paused (SIGSTOPped) broker too.
-        self.kill();
+        if std::thread::panicking() {
+            for n in 1..=self.nodes {
+                eprintln!(
+                    "--- node {n}: last lines of server.log ---\n{}",
+                    self.log_tail(n)
+                );
+            }
+        }
+        // SIGKILL also ends a paused (SIGSTOPped) node; the data is dropped
+        // with the directory.
+        let _ = Command::new(script())
+            .args(["stop", "--now", "--dir"])
+            .arg(&self.dir.0)
+            .output();
     }
 }

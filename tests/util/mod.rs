@@ -397,13 +397,18 @@ pub fn free_port() -> u16 {
 
 /// Creates `topic` with `partitions` partitions.
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    create_replicated_topic(brokers, topic, partitions, 1);
+}
+
+/// Creates `topic` with `partitions` partitions of `replicas` replicas.
+pub fn create_replicated_topic(brokers: &str, topic: &str, partitions: i32, replicas: i32) {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
     kbridge::kafka::ensure_topics(
         &c,
         &[topic.to_string()],
         partitions,
-        1,
+        replicas,
         Duration::from_secs(20),
     )
     .unwrap();
@@ -464,12 +469,13 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ve
 }
 
 /// A deliver config for tests: the test broker, a group, one topic, the
-/// sink, a 6 s session, and extra `[deliver]` lines.
+/// sink, and extra `[deliver]` lines (the test broker evicts a dead member
+/// after 6 s: `scripts/broker`).
 pub fn deliver_ini(brokers: &str, group: &str, topic: &str, target: &str, extra: &str) -> String {
     format!(
         "[kafka]\nbrokers = {brokers}\n[deliver]\ngroup_id = {group}\ntopics = {topic}\ntarget_url = {target}\n\
          shutdown_timeout_ms = 4000\ncommit_interval_ms = 200\nbackoff_initial_ms = 50\n{extra}\n\
-         [deliver.consumer]\nsession.timeout.ms = 6000\n"
+         [deliver.consumer]\n"
     )
 }
 
