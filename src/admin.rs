@@ -10,23 +10,28 @@ use std::thread::JoinHandle;
 use serde_json::json;
 use tiny_http::Method;
 
-use crate::http::{self, error_reply, json_reply};
+use crate::config::limits::HttpLimits;
+use crate::http::{self, ServerStats, error_reply, json_reply};
 use crate::shutdown::StopToken;
 use crate::stats::Telemetry;
 
 /// Serves until `stop`; returns the thread.
 pub fn spawn(
     listener: TcpListener,
+    limits: &HttpLimits,
     roles: Vec<Arc<dyn Telemetry>>,
     stop: StopToken,
+    fatal: crossbeam_channel::Sender<String>,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let watch = crate::panics::Watch::new("admin-http", fatal);
     let addr = listener.local_addr()?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
+    let stats = Arc::new(ServerStats::default());
+    let server = stats.start("admin", listener, limits)?;
     log::info!("admin on http://{addr} (/health, /ready, /metrics)");
     Ok(std::thread::Builder::new()
         .name("admin-http".into())
         .spawn(move || {
+            let _watch = watch;
             http::serve(
                 &server,
                 &stop,
@@ -34,7 +39,7 @@ pub fn spawn(
                     let reply = if *req.method() != Method::Get && *req.method() != Method::Head {
                         http::with_header(error_reply(405, "use GET", json!({})), "Allow", "GET")
                     } else {
-                        route(http::split_url(req.url()).0, &roles, &stop)
+                        route(http::split_url(req.url()).0, &roles, &stats, &stop)
                     };
                     http::send(req, reply);
                 },
@@ -43,7 +48,12 @@ pub fn spawn(
         })?)
 }
 
-fn route(path: &str, roles: &[Arc<dyn Telemetry>], stop: &StopToken) -> http::Reply {
+fn route(
+    path: &str,
+    roles: &[Arc<dyn Telemetry>],
+    stats: &ServerStats,
+    stop: &StopToken,
+) -> http::Reply {
     match path {
         "/health" => json_reply(
             200,
@@ -68,6 +78,15 @@ fn route(path: &str, roles: &[Arc<dyn Telemetry>], stop: &StopToken) -> http::Re
             for r in roles {
                 r.prometheus(&mut out);
             }
+            let mut p = crate::metrics::Prom::new(&mut out);
+            stats.render(&mut p, "admin");
+            p.single(
+                "kbridge_panics_total",
+                "counter",
+                "Panics since start, caught or not (each logged as ERROR; a dead thread stops the process).",
+                &[],
+                crate::panics::count(),
+            );
             http::body(
                 200,
                 "text/plain; version=0.0.4",

@@ -146,8 +146,46 @@ pub fn select_roles(config: &AppConfig, asked: &[Role]) -> anyhow::Result<Vec<Ro
     Ok(asked.to_vec())
 }
 
+/// Raises the soft limit of open files to the hard one (each client
+/// connection is a descriptor; systemd's `LimitNOFILE` sets the hard one)
+/// and warns when it is below what the listeners may hold.
+fn raise_open_files_limit(config: &AppConfig) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    let wanted = config.common.admin.limits.max_connections as u64
+        + config
+            .ingest
+            .as_ref()
+            .map_or(0, |i| i.limits.max_connections as u64)
+        + 256;
+    if lim.rlim_cur < wanted {
+        warn!(
+            "open files limit {} is below what the listeners may use ({wanted}: max_connections + 256); raise LimitNOFILE or lower max_connections",
+            lim.rlim_cur
+        );
+    }
+}
+
 /// Runs until stopped; returns the process exit code.
 pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
+    raise_open_files_limit(&config);
     let (fatal_tx, fatal_rx) = crossbeam_channel::bounded::<String>(16);
     let signals = shutdown::signals()?;
     let process = Stopper::new();
@@ -188,8 +226,19 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     }
     let admin_listener = TcpListener::bind(config.common.admin.listen)
         .with_context(|| format!("[admin] listen: cannot bind {}", config.common.admin.listen))?;
-    let admin = crate::admin::spawn(admin_listener, telemetry.clone(), process.token())?;
-    let stats = stats::spawn(telemetry, Duration::from_secs(1), process.token())?;
+    let admin = crate::admin::spawn(
+        admin_listener,
+        &config.common.admin.limits,
+        telemetry.clone(),
+        process.token(),
+        fatal_tx.clone(),
+    )?;
+    let stats = stats::spawn(
+        telemetry,
+        Duration::from_secs(1),
+        process.token(),
+        fatal_tx.clone(),
+    )?;
 
     systemd::ready();
     info!(

@@ -1,16 +1,22 @@
 //! Small tiny_http helpers shared by the ingest server and the admin server:
-//! JSON responses, error bodies that say what and where, header lookup, and
-//! the accept loop that drains queued requests on stop and answers every
-//! request even when its handler panics.
+//! JSON responses, error bodies that say what and where, header lookup, the
+//! accept loop that drains queued requests on stop and answers every
+//! request even when its handler panics, and the figures of what a server's
+//! connections did on their own (refusals over a limit, accept errors).
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{error, warn};
 use serde_json::json;
 use tiny_http::{Header, Request, Response};
 
+use crate::config::limits::HttpLimits;
+use crate::metrics::{Counter, Prom};
 use crate::shutdown::StopToken;
 
 pub type Reply = Response<Cursor<Vec<u8>>>;
@@ -102,5 +108,140 @@ where
     }
     while let Ok(Some(req)) = server.try_recv() {
         run(req);
+    }
+}
+
+/// What a server's connections did without a handler, for `/metrics` and
+/// the log (accept errors and refused connections at most once per 10 s).
+#[derive(Default)]
+pub struct ServerStats {
+    /// Requests the server refused by itself, by status.
+    rejected: Mutex<BTreeMap<u16, u64>>,
+    refused: Counter,
+    accept_errors: Counter,
+    server: OnceLock<Weak<tiny_http::Server>>,
+    last_warn_s: AtomicU64,
+    unlogged: AtomicU64,
+}
+
+impl ServerStats {
+    /// Binds a tiny_http server on `listener` with `limits`; its events land
+    /// here. `name` is the server's label and its config section.
+    pub fn start(
+        self: &Arc<Self>,
+        name: &'static str,
+        listener: std::net::TcpListener,
+        limits: &HttpLimits,
+    ) -> anyhow::Result<Arc<tiny_http::Server>> {
+        let addr = listener.local_addr()?;
+        let stats = self.clone();
+        let hook = Arc::new(move |e: &tiny_http::ServerEvent| stats.event(name, e));
+        let server = tiny_http::Server::from_listener_with_limits(
+            listener,
+            None,
+            limits.to_server(name, &format!("{name}-conn"), hook),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
+        let server = Arc::new(server);
+        let _ = self.server.set(Arc::downgrade(&server));
+        Ok(server)
+    }
+
+    fn event(&self, name: &str, e: &tiny_http::ServerEvent) {
+        match e {
+            tiny_http::ServerEvent::Rejected { status, reason } => {
+                if let Ok(mut m) = self.rejected.lock() {
+                    *m.entry(*status).or_default() += 1;
+                }
+                log::debug!("{name}: refused a request with {status}: {reason}");
+            }
+            tiny_http::ServerEvent::Refused => {
+                self.refused.inc();
+                self.warn_now_and_then(name, "connection refused: max_connections reached");
+            }
+            tiny_http::ServerEvent::AcceptFailed(err) => {
+                self.accept_errors.inc();
+                self.warn_now_and_then(name, &format!("accepting a connection failed: {err}"));
+            }
+        }
+    }
+
+    fn warn_now_and_then(&self, name: &str, what: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let n = self.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.last_warn_s.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_warn_s
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.unlogged.fetch_sub(n, Ordering::Relaxed);
+            warn!("{name}: {what} ({n} such events since the last report)");
+        }
+    }
+
+    /// Open connections now (0 once the server is gone).
+    pub fn open_connections(&self) -> usize {
+        self.server
+            .get()
+            .and_then(Weak::upgrade)
+            .map_or(0, |s| s.num_connections())
+    }
+
+    /// Request body bytes held in memory now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.server
+            .get()
+            .and_then(Weak::upgrade)
+            .map_or(0, |s| s.budget().used())
+    }
+
+    /// Writes the figures labelled `server="<name>"`.
+    pub fn render(&self, p: &mut Prom<'_>, name: &str) {
+        let l = [("server", name)];
+        p.describe(
+            "kbridge_http_rejected_total",
+            "counter",
+            "Requests the server refused by itself (malformed, over a limit, too slow), by status.",
+        );
+        for (status, n) in self.rejected.lock().map(|m| m.clone()).unwrap_or_default() {
+            p.sample(
+                "kbridge_http_rejected_total",
+                &[("server", name), ("status", &status.to_string())],
+                n,
+            );
+        }
+        p.single(
+            "kbridge_http_refused_connections_total",
+            "counter",
+            "Connections refused over max_connections.",
+            &l,
+            self.refused.get(),
+        );
+        p.single(
+            "kbridge_http_accept_errors_total",
+            "counter",
+            "Failed accepts (e.g. out of file descriptors); accepting goes on.",
+            &l,
+            self.accept_errors.get(),
+        );
+        p.single(
+            "kbridge_http_open_connections",
+            "gauge",
+            "Client connections open now.",
+            &l,
+            self.open_connections(),
+        );
+        p.single(
+            "kbridge_http_buffered_body_bytes",
+            "gauge",
+            "Request body bytes held in memory now (max_buffered_body_bytes).",
+            &l,
+            self.buffered_bytes(),
+        );
     }
 }

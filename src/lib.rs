@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod panics;
 pub mod pool;
 pub mod shutdown;
 pub mod stats;

@@ -72,6 +72,7 @@ fn load(path: &std::path::Path) -> Result<app::AppConfig, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    kbridge::panics::install_hook();
     match cli.command {
         Command::CheckConfig { config } => match load(&config) {
             Ok(c) => {

@@ -130,8 +130,11 @@ impl<'a> Prom<'a> {
 }
 
 /// Regroups Prometheus text written by several roles so each metric family
-/// appears once, with one HELP and TYPE line and its samples together.
+/// appears once, with one HELP and TYPE line and its samples together; a
+/// series written twice keeps its first sample (a scrape with duplicate
+/// series is rejected whole).
 pub fn group_families(text: &str) -> String {
+    let mut series: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut order: Vec<&str> = Vec::new();
     let mut families: std::collections::HashMap<&str, (Vec<&str>, Vec<&str>)> =
         std::collections::HashMap::new();
@@ -158,7 +161,7 @@ pub fn group_families(text: &str) -> String {
             if !entry.0.contains(&line) && entry.0.len() < 2 {
                 entry.0.push(line);
             }
-        } else {
+        } else if series.insert(line.rsplit_once(' ').map_or(line, |(s, _)| s)) {
             entry.1.push(line);
         }
     }
@@ -206,6 +209,15 @@ mod tests {
         assert_eq!(
             group_families(text),
             "# HELP a A.\n# TYPE a gauge\na{r=\"1\"} 1\na{r=\"2\"} 3\n# HELP b B.\n# TYPE b counter\nb 2\n"
+        );
+    }
+
+    #[test]
+    fn a_series_written_twice_keeps_its_first_sample() {
+        let text = "# HELP a A.\n# TYPE a gauge\na{p=\"1\"} 1\na{p=\"1\"} 2\na{p=\"2\"} 3\n";
+        assert_eq!(
+            group_families(text),
+            "# HELP a A.\n# TYPE a gauge\na{p=\"1\"} 1\na{p=\"2\"} 3\n"
         );
     }
 

@@ -61,7 +61,8 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts `size` loops `body(index, gauges)` on threads named `name`.
-    pub fn spawn<F>(name: &str, size: usize, body: F) -> WorkerPool
+    /// A loop that dies of a panic is fatal to the process (`fatal`).
+    pub fn spawn<F>(name: &str, size: usize, fatal: &Sender<String>, body: F) -> WorkerPool
     where
         F: Fn(usize, &PoolGauges) + Send + Sync + 'static,
     {
@@ -80,10 +81,12 @@ impl WorkerPool {
             let body = body.clone();
             let gauges = gauges.clone();
             let signal = ExitSignal(tx.clone());
+            let watch = crate::panics::Watch::new(format!("{name}-{i}"), fatal.clone());
             pool.execute(move || {
                 // Locals drop in reverse order: the loop's captures (which
                 // may own clients) go before the exit is signalled.
                 let _signal = signal;
+                let _watch = watch;
                 let (body, gauges) = (body, gauges);
                 body(i, &gauges);
             });
@@ -210,7 +213,8 @@ mod tests {
     #[test]
     fn counts_tasks_and_joins_when_loops_end() {
         let (tx, rx) = crossbeam_channel::bounded::<u32>(16);
-        let mut pool = WorkerPool::spawn("test-pool", 3, move |_, g| {
+        let (fatal, _) = crossbeam_channel::bounded(1);
+        let mut pool = WorkerPool::spawn("test-pool", 3, &fatal, move |_, g| {
             while let Ok(_n) = rx.recv() {
                 let _t = g.task();
             }
@@ -233,7 +237,8 @@ mod tests {
     #[test]
     fn join_times_out_while_a_loop_runs() {
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-        let mut pool = WorkerPool::spawn("test-block", 1, move |_, _| {
+        let (fatal, _) = crossbeam_channel::bounded(1);
+        let mut pool = WorkerPool::spawn("test-block", 1, &fatal, move |_, _| {
             let _ = rx.recv();
         });
         assert!(!pool.join_until(Instant::now() + Duration::from_millis(50)));

@@ -58,10 +58,13 @@ pub fn spawn(
     roles: Vec<Arc<dyn Telemetry>>,
     interval: Duration,
     stop: StopToken,
+    fatal: crossbeam_channel::Sender<String>,
 ) -> std::io::Result<JoinHandle<()>> {
+    let watch = crate::panics::Watch::new("stats", fatal);
     std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || {
+            let _watch = watch;
             let mut last = Instant::now();
             let watchdog = crate::systemd::watchdog_interval();
             let mut last_ping = Instant::now();

@@ -550,3 +550,94 @@ fn a_retry_paused_through_rebalances_is_still_written_once() {
         .collect();
     assert_eq!(lines, vec![r#"{"id":"late"}"#.to_string()]);
 }
+
+/// Produces one record with headers (the way a hostile producer could).
+fn produce_with_headers(brokers: &str, topic: &str, value: &str, headers: &[(&str, &str)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let h = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: Some(*v),
+        })
+    });
+    p.send(
+        BaseRecord::<'_, str, str>::to(topic)
+            .payload(value)
+            .headers(h),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn forged_retry_headers_cannot_write_outside_record_directory_or_pause_a_partition() {
+    let b = brokers();
+    let topic = unique_topic("col-forged");
+    create_topic(&b, &topic, 1);
+    let dir = TempDir::new("col-forged");
+    let root = dir.0.join("records");
+    let forged = [
+        ("kbridge-retry-source", "../../pwn/0@1"),
+        ("kbridge-retry-at", "99999999999999"),
+    ];
+    // On the source topic the headers mean nothing; on the retry topic the
+    // file goes with the topic the retry topic serves, and the due time
+    // waits no longer than retry_delay_ms.
+    produce_with_headers(&b, &topic, "{\"id\":\"on-source\"}", &forged);
+    let c = Collect::start(&collect_ini(
+        &b,
+        &unique_topic("g"),
+        &topic,
+        &root,
+        "idle_close_s = 1",
+    ));
+    produce_with_headers(
+        &b,
+        &format!("{topic}.retry"),
+        "{\"id\":\"on-retry\"}",
+        &forged,
+    );
+    let on_disk = || {
+        let (files, _) = stored(&root, &topic);
+        files.iter().map(|f| f.lines.len()).sum::<usize>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while on_disk() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 2 on disk; metrics:\n{}",
+            on_disk(),
+            c.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(c);
+    assert!(
+        !dir.0.join("pwn").exists() && !root.join("../../pwn").exists(),
+        "nothing outside record_directory"
+    );
+    let walked = Command::new("find")
+        .arg(&dir.0)
+        .arg("-type")
+        .arg("f")
+        .output()
+        .unwrap();
+    for f in String::from_utf8_lossy(&walked.stdout).lines() {
+        assert!(
+            f.starts_with(&format!("{}/{topic}/", root.display())),
+            "file outside the topic's directory: {f}"
+        );
+    }
+    let (files, _) = stored(&root, &topic);
+    let ids: Vec<String> = files
+        .iter()
+        .flat_map(|f| f.lines.iter().map(|l| id_of(l)))
+        .collect();
+    assert!(ids.contains(&"on-source".to_string()) && ids.contains(&"on-retry".to_string()));
+}

@@ -7,6 +7,8 @@ mod cluster;
 mod collect;
 mod deliver;
 mod faults;
+mod hostile;
+mod hostile_sink;
 mod ingest;
 mod interop;
 mod util;

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::ini::comma_list;
-use crate::config::{ConfigErrors, Document, consumer_section};
-use crate::ingest::config::valid_topic;
+use crate::config::{ConfigErrors, Document, consumer_section, valid_topic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -63,6 +62,18 @@ pub fn parse_groups(s: &str) -> Result<Vec<Group>, String> {
     }
     if out.is_empty() {
         return Err("expected group:topic[,topic];… with at least one entry".into());
+    }
+    // A topic's files (and their clean-up after a crash) belong to one group.
+    let mut owner: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for g in &out {
+        for t in &g.topics {
+            if let Some(other) = owner.insert(t, &g.group_id) {
+                return Err(format!(
+                    "topic {t:?} is in two groups ({other} and {}): each topic's files belong to one group",
+                    g.group_id
+                ));
+            }
+        }
     }
     Ok(out)
 }
@@ -123,6 +134,11 @@ mod tests {
 
     #[test]
     fn groups_parse_and_errors_name_the_entry() {
+        assert!(
+            parse_groups("g1:a,b; g2:b")
+                .unwrap_err()
+                .contains("topic \"b\" is in two groups (g1 and g2)")
+        );
         let g = parse_groups("g1:a,b; g2:c").unwrap();
         assert_eq!(
             g[0],

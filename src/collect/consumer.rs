@@ -21,8 +21,11 @@ use rdkafka::producer::Producer as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::config::Format;
 use super::files::{OpenFile, date_of, remove_leftovers, should_close};
-use super::{RETRY_AT, RETRY_SOURCE, Shared, line_of};
+use super::lines::{Coordinates, envelope_line, raw_line};
+use super::retry::{parse_source, retry_wait};
+use super::{RETRY_AT, RETRY_SOURCE, Shared};
 use crate::kafka::{Context, committed_positions, partitions_of};
 
 /// (topic, partition, offset, acknowledged) of a retry-topic produce.
@@ -254,24 +257,19 @@ pub fn build(
 }
 
 pub fn run(consumer: BaseConsumer<CollectCtx>, i: usize) -> std::io::Result<JoinHandle<()>> {
+    let watch = crate::panics::Watch::new(
+        format!("collect-c{i}"),
+        consumer.context().shared.fatal.clone(),
+    );
     std::thread::Builder::new()
         .name(format!("collect-c{i}"))
-        .spawn(move || poll_loop(&consumer))
+        .spawn(move || {
+            let _watch = watch;
+            poll_loop(&consumer)
+        })
 }
 
-/// The retry schedule (fixed delay): a message diverted at `now_ms` is due
-/// `delay` later; its `kbridge-retry-at` header carries that time.
-pub fn retry_due(now_ms: i64, delay: Duration) -> i64 {
-    now_ms.saturating_add(delay.as_millis() as i64)
-}
-
-/// How long a retry-topic message still waits (`None`: due now, or no
-/// header: written at once).
-pub fn retry_wait(retry_at: Option<i64>, now_ms: i64) -> Option<Duration> {
-    let at = retry_at?;
-    (at > now_ms).then(|| Duration::from_millis((at - now_ms) as u64))
-}
-
+/// Now, in ms since the epoch (retry-topic due times).
 pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -360,8 +358,11 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
                 .and_then(|h| h.value.map(<[u8]>::to_vec))
         })
     };
-    let retry_at: Option<i64> =
-        header(RETRY_AT).and_then(|v| String::from_utf8(v).ok()?.parse().ok());
+    // The retry headers count only on this role's retry topics.
+    let retry_of = shared.retry_source(topic);
+    let retry_at: Option<i64> = retry_of
+        .and(header(RETRY_AT))
+        .and_then(|v| String::from_utf8(v).ok()?.parse().ok());
     let Ok(mut parts) = ctx.parts.lock() else {
         return;
     };
@@ -369,7 +370,7 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
     if st.next.is_some_and(|n| offset < n) {
         return; // fetched before a seek back; it comes again
     }
-    if let Some(wait) = retry_wait(retry_at, now_ms()) {
+    if let Some(wait) = retry_wait(retry_at, now_ms(), shared.config.retry_delay) {
         // Not yet: wait here without blocking the other partitions.
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, p);
@@ -386,13 +387,31 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
         return;
     }
     st.diverted_until = None;
-    // A retry-topic message is filed with the topic it came from.
-    let source = header(RETRY_SOURCE).and_then(|v| String::from_utf8(v).ok());
-    let dir_topic = source
-        .as_deref()
-        .and_then(|s| s.rsplit_once('/'))
-        .map_or(topic.to_string(), |(t, _)| t.to_string());
-    let line = line_of(m, shared.config.format, source.as_deref());
+    // A retry-topic message is filed with the topic its retry topic serves
+    // (never a name read from a header), at the coordinates it was first
+    // read at when its header says so.
+    let dir_topic = retry_of.unwrap_or(topic).to_string();
+    let first_read = retry_of.and_then(|t| {
+        let v = header(RETRY_SOURCE)?;
+        parse_source(std::str::from_utf8(&v).ok()?, t)
+    });
+    let value = m.payload().unwrap_or_default();
+    let line = match shared.config.format {
+        Format::Raw => raw_line(value),
+        Format::Envelope => {
+            let (partition, offset) = first_read.unwrap_or((p, offset));
+            envelope_line(
+                &Coordinates {
+                    topic: &dir_topic,
+                    partition,
+                    offset,
+                    key: m.key(),
+                    timestamp: m.timestamp().to_millis(),
+                },
+                value,
+            )
+        }
+    };
     if st.file.is_none() {
         let date = date_of(
             m.timestamp()
@@ -435,26 +454,5 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
         divert(consumer, ctx, topic, p, st, first);
     } else {
         shared.metrics.bytes.add(line.len() as u64 + 1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_wait_the_fixed_delay_then_are_due() {
-        let t0 = 1_700_000_000_000;
-        let due = retry_due(t0, Duration::from_secs(10));
-        assert_eq!(due, t0 + 10_000);
-        assert_eq!(retry_wait(Some(due), t0), Some(Duration::from_secs(10)));
-        assert_eq!(
-            retry_wait(Some(due), t0 + 9_750),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(retry_wait(Some(due), due), None, "due at its time");
-        assert_eq!(retry_wait(Some(due), due + 1), None);
-        assert_eq!(retry_wait(None, t0), None, "a message without the header");
-        assert_eq!(retry_due(t0, Duration::ZERO), t0, "retry_delay_ms = 0");
     }
 }

@@ -11,6 +11,8 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::config::valid_topic;
+
 /// Why a file is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -91,6 +93,9 @@ pub fn remove_leftovers(
     partition: i32,
     from: i64,
 ) -> io::Result<usize> {
+    if !valid_topic(dir_topic) {
+        return Ok(0);
+    }
     let dir = root.join(dir_topic);
     let Ok(dates) = fs::read_dir(&dir) else {
         return Ok(0);
@@ -146,6 +151,13 @@ impl OpenFile {
         date: &str,
         gzip: bool,
     ) -> io::Result<OpenFile> {
+        // Names become paths: only Kafka topic names (no '/', '.', '..').
+        if !valid_topic(dir_topic) || !valid_topic(topic) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{dir_topic:?}/{topic:?} is not a topic name"),
+            ));
+        }
         let dir = root.join(dir_topic).join(date);
         fs::create_dir_all(&dir)?;
         let tmp = dir.join(temp_name(topic, partition, first));

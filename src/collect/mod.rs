@@ -14,6 +14,8 @@
 pub mod config;
 mod consumer;
 pub mod files;
+pub mod lines;
+pub mod retry;
 mod telemetry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +35,6 @@ use rdkafka::producer::{
 use rdkafka::statistics::Statistics;
 
 pub use config::CollectConfig;
-use config::Format;
 use consumer::RetryDone;
 pub use telemetry::CollectTelemetry;
 
@@ -44,8 +45,7 @@ use crate::metrics::{Counter, Latency};
 use crate::shutdown::{StopToken, Stopper};
 use crate::stats::Telemetry;
 
-pub const RETRY_AT: &str = "kbridge-retry-at";
-pub const RETRY_SOURCE: &str = "kbridge-retry-source";
+pub use retry::{RETRY_AT, RETRY_SOURCE};
 
 #[derive(Default)]
 pub struct CollectMetrics {
@@ -117,9 +117,17 @@ pub(crate) struct Shared {
     pub kafka_stats: Arc<KafkaStats>,
     pub fatal: Sender<String>,
     pub stop: StopToken,
+    /// Every topic the groups read (not their retry topics).
+    pub sources: Vec<String>,
 }
 
 impl Shared {
+    /// The source topic when `topic` is one of this role's retry topics:
+    /// only there are the retry headers read.
+    fn retry_source<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        retry::source_topic(topic, &self.config.retry_suffix, &self.sources)
+    }
+
     fn close_file(&self, f: files::OpenFile) -> std::io::Result<()> {
         let start = std::time::Instant::now();
         f.close()?;
@@ -155,18 +163,26 @@ impl Shared {
     /// Produces `m` to its retry topic; the acknowledgement goes to `done`.
     fn to_retry(&self, m: &BorrowedMessage<'_>, done: &Sender<RetryDone>) {
         let suffix = &self.config.retry_suffix;
-        let topic = if m.topic().ends_with(suffix.as_str()) {
-            m.topic().to_string()
-        } else {
-            format!("{}{suffix}", m.topic())
+        let from_retry = self.retry_source(m.topic());
+        let topic = match from_retry {
+            Some(_) => m.topic().to_string(),
+            None => format!("{}{suffix}", m.topic()),
         };
-        let at = consumer::retry_due(consumer::now_ms(), self.config.retry_delay).to_string();
+        let at = retry::retry_due(consumer::now_ms(), self.config.retry_delay).to_string();
         let mut source = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
         let mut headers = OwnedHeaders::new();
         if let Some(h) = m.headers() {
             for h in h.iter() {
                 if h.key == RETRY_SOURCE {
-                    source = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                    // Kept only when a retry topic's own bookkeeping says
+                    // where the message was first read; anything else named
+                    // so is dropped.
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    if let Some(t) = from_retry
+                        && retry::parse_source(&value, t).is_some()
+                    {
+                        source = value.into_owned();
+                    }
                 } else if h.key != RETRY_AT {
                     headers = headers.insert(Header {
                         key: h.key,
@@ -200,35 +216,6 @@ impl Shared {
         if let Err((_, r)) = self.retry.send(r) {
             let (tx, t, p, o) = *r.delivery_opaque;
             let _ = tx.send((t, p, o, false));
-        }
-    }
-}
-
-/// The line stored for a message.
-pub fn line_of(m: &BorrowedMessage<'_>, format: Format, source: Option<&str>) -> Vec<u8> {
-    let value = m.payload().unwrap_or_default();
-    match format {
-        Format::Raw => value.to_vec(),
-        Format::Envelope => {
-            // A retried message keeps the coordinates it was first read at.
-            let (topic, partition, offset) = source
-                .and_then(|s| {
-                    let (t, rest) = s.rsplit_once('/')?;
-                    let (p, o) = rest.split_once('@')?;
-                    Some((t.to_string(), p.parse().ok()?, o.parse().ok()?))
-                })
-                .unwrap_or((m.topic().to_string(), m.partition(), m.offset()));
-            let v = match serde_json::from_slice::<&serde_json::value::RawValue>(value) {
-                Ok(raw) => serde_json::to_value(raw).unwrap_or_default(),
-                Err(_) => serde_json::Value::String(String::from_utf8_lossy(value).into_owned()),
-            };
-            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-            serde_json::json!({
-                "topic": topic, "partition": partition, "offset": offset, "key": key,
-                "timestamp": m.timestamp().to_millis(), "value": v,
-            })
-            .to_string()
-            .into_bytes()
         }
     }
 }
@@ -322,6 +309,11 @@ pub fn spawn(
         kafka_stats,
         fatal,
         stop: stopper.token(),
+        sources: config
+            .groups
+            .iter()
+            .flat_map(|g| g.topics.clone())
+            .collect(),
     });
 
     let mut consumers = Vec::new();
@@ -354,14 +346,19 @@ pub fn spawn(
         .collect::<Result<Vec<_>, _>>()?;
     let probe_thread = {
         let (shared, probe) = (shared.clone(), probe.clone());
-        probe::every_second("collect-probe", stopper.token(), move || {
-            probe.check(
-                shared.retry.client(),
-                &admin_config,
-                &plan,
-                Duration::from_secs(2),
-            )
-        })?
+        probe::every_second(
+            "collect-probe",
+            stopper.token(),
+            shared.fatal.clone(),
+            move || {
+                probe.check(
+                    shared.retry.client(),
+                    &admin_config,
+                    &plan,
+                    Duration::from_secs(2),
+                )
+            },
+        )?
     };
     info!(
         "collecting {:?} into {} with {} threads",
@@ -371,6 +368,7 @@ pub fn spawn(
     );
     let telemetry = Arc::new(CollectTelemetry {
         shared,
+        last_counts: parts.iter().map(|_| Default::default()).collect(),
         parts,
         probe,
         threads: threads.len(),

@@ -17,23 +17,31 @@ pub struct CollectTelemetry {
     pub(super) probe: Arc<Probe>,
     pub(super) threads: usize,
     pub(super) rates: Rates<2>,
+    /// Per consumer thread: last counts of open files and delayed partitions.
+    pub(super) last_counts: Vec<[std::sync::atomic::AtomicUsize; 2]>,
 }
 
 impl CollectTelemetry {
-    /// Partitions (of every thread) for which `pick` holds.
-    fn count_parts(&self, pick: fn(&consumer::PartState) -> bool) -> usize {
+    /// Counts partitions over every consumer thread. A thread may hold its
+    /// partitions' lock through an fsync: then its last count stands in,
+    /// so `/metrics` and the stats line never wait on a disk.
+    fn count_parts(&self, kind: usize, pick: fn(&consumer::PartState) -> bool) -> usize {
         self.parts
             .iter()
-            .map(|p| {
-                p.lock()
-                    .map(|m| m.values().filter(|s| pick(s)).count())
-                    .unwrap_or(0)
+            .zip(&self.last_counts)
+            .map(|(p, last)| match p.try_lock() {
+                Ok(m) => {
+                    let n = m.values().filter(|s| pick(s)).count();
+                    last[kind].store(n, std::sync::atomic::Ordering::Relaxed);
+                    n
+                }
+                Err(_) => last[kind].load(std::sync::atomic::Ordering::Relaxed),
             })
             .sum()
     }
 
     fn files_open(&self) -> usize {
-        self.count_parts(consumer::PartState::file_open)
+        self.count_parts(0, consumer::PartState::file_open)
     }
 }
 
@@ -131,7 +139,7 @@ impl Telemetry for CollectTelemetry {
             "gauge",
             "Retry-topic partitions paused until their next message is due.",
             &[],
-            self.count_parts(consumer::PartState::delayed),
+            self.count_parts(1, consumer::PartState::delayed),
         );
         p.latency(
             "kbridge_collect_fsync_duration_seconds",

@@ -6,6 +6,7 @@
 //! file is collected before start-up stops.
 
 pub mod ini;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    pub limits: limits::HttpLimits,
 }
 
 /// `[log]`.
@@ -76,6 +78,7 @@ impl CommonConfig {
         let mut a = doc.reader("admin", errors);
         let admin = AdminConfig {
             listen: a.socket_addr("listen", "127.0.0.1:8081"),
+            limits: limits::HttpLimits::read(&mut a, limits::HttpLimits::admin()),
         };
         a.finish();
 
@@ -108,6 +111,16 @@ impl CommonConfig {
             },
         }
     }
+}
+
+/// Kafka's own rule for topic names.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Asks librdkafka whether it accepts `key = value`, without creating a

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use super::retry::{StatusRules, parse_ranges};
 use crate::config::ini::comma_list;
-use crate::config::{ConfigErrors, Document, consumer_section};
-use crate::ingest::config::valid_topic;
+use crate::config::{ConfigErrors, Document, consumer_section, valid_topic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -75,6 +74,9 @@ pub struct DeliverConfig {
     pub rules: StatusRules,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Follow 307/308 (method and body kept); other redirects are judged
+    /// by the status rules (dead letter by default).
+    pub follow_redirects: bool,
     /// 0 = unlimited.
     pub rate_limit_per_s: u32,
     pub commit: Commit,
@@ -145,6 +147,7 @@ impl DeliverConfig {
             }
         }
         let request_timeout_ms = r.int("request_timeout_ms", 10_000u64, 1..=3_600_000);
+        let follow_redirects = r.bool("follow_redirects", false);
         let connect_timeout_ms = r.int("connect_timeout_ms", 2_000u64, 1..=3_600_000);
         let rate_limit_per_s = r.int("rate_limit_per_s", 0u32, 0..=10_000_000);
         let commit = r.choice(
@@ -196,6 +199,7 @@ impl DeliverConfig {
             backoff_max: Duration::from_millis(backoff_max_ms),
             rules,
             request_timeout: Duration::from_millis(request_timeout_ms),
+            follow_redirects,
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             rate_limit_per_s,
             commit,

@@ -237,27 +237,31 @@ impl ConsumerCtx {
         }
     }
 
-    /// Commits every position that moved (of the selected partitions).
+    /// Commits every position that moved (of the selected partitions). The
+    /// state lock is not held while the broker answers: telemetry and the
+    /// senders' done reports never wait on a commit.
     fn commit(
         &self,
         consumer: &BaseConsumer<Self>,
         mode: CommitMode,
         select: &dyn Fn(&str, i32) -> bool,
     ) {
-        let Ok(mut st) = self.state.lock() else {
-            return;
-        };
-        // An async commit counts as done when its answer arrives
-        // (`commit_callback`); a synchronous commit (revocation, stop) sends
-        // every position again.
-        let positions = match mode {
-            CommitMode::Sync => st
-                .offsets
-                .positions()
-                .into_iter()
-                .filter_map(|((t, p), pos, _)| pos.map(|o| (t, p, o)))
-                .collect(),
-            CommitMode::Async => st.offsets.to_commit(),
+        let positions = {
+            let Ok(st) = self.state.lock() else {
+                return;
+            };
+            // An async commit counts as done when its answer arrives
+            // (`commit_callback`); a synchronous commit (revocation, stop)
+            // sends every position again.
+            match mode {
+                CommitMode::Sync => st
+                    .offsets
+                    .positions()
+                    .into_iter()
+                    .filter_map(|((t, p), pos, _)| pos.map(|o| (t, p, o)))
+                    .collect(),
+                CommitMode::Async => st.offsets.to_commit(),
+            }
         };
         let moved: Vec<(String, i32, i64)> = positions
             .into_iter()
@@ -274,7 +278,9 @@ impl ConsumerCtx {
         }
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
-                if matches!(mode, CommitMode::Sync) {
+                if matches!(mode, CommitMode::Sync)
+                    && let Ok(mut st) = self.state.lock()
+                {
                     for (t, p, o) in &moved {
                         st.offsets.committed(t, *p, *o);
                     }
@@ -333,9 +339,13 @@ pub fn run(
     shared: Arc<Shared>,
     i: usize,
 ) -> std::io::Result<JoinHandle<()>> {
+    let watch = crate::panics::Watch::new(format!("deliver-c{i}"), shared.fatal.clone());
     std::thread::Builder::new()
         .name(format!("deliver-c{i}"))
-        .spawn(move || poll_loop(&consumer, &shared))
+        .spawn(move || {
+            let _watch = watch;
+            poll_loop(&consumer, &shared)
+        })
 }
 
 fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::config::{EnrichConfig, EnrichFailure};
 use super::retry::backoff;
@@ -41,56 +42,61 @@ pub fn spawn_pool(
         .build()
         .into();
     let cache: Arc<Cache> = Arc::default();
-    Ok(WorkerPool::spawn("deliver-e", e.threads, move |_, g| {
-        loop {
-            let mut w = match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(w) => w,
-                Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) if shared.stop.is_stopped() => return,
-                Err(RecvTimeoutError::Timeout) => continue,
-            };
-            let _t = g.task();
-            shared.metrics.busy.add(1);
-            match lookup(&agent, &cache, &e, &w.msg.payload) {
-                Ok(Some(answer)) => {
-                    if let Some(merged) = merge(&w.msg.payload, &e.into, answer) {
-                        w.msg.payload = merged;
-                        shared.metrics.enriched.inc();
-                    }
-                    forward(&shared, w);
-                }
-                Ok(None) => forward(&shared, w),
-                Err(why) => {
-                    shared.metrics.enrich_errors.inc();
-                    let c = &shared.config;
-                    match e.on_error {
-                        EnrichFailure::Deliver => forward(&shared, w),
-                        EnrichFailure::Retry if w.enrich_attempts < c.max_retries => {
-                            w.enrich_attempts += 1;
-                            let wait = backoff(
-                                w.enrich_attempts,
-                                c.backoff_initial,
-                                c.backoff_max,
-                                fastrand::f64(),
-                            );
-                            shared.requeue(Instant::now() + wait, Stage::Enrich, w);
+    Ok(WorkerPool::spawn(
+        "deliver-e",
+        e.threads,
+        &shared.fatal.clone(),
+        move |_, g| {
+            loop {
+                let mut w = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(w) => w,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Timeout) if shared.stop.is_stopped() => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                };
+                let _t = g.task();
+                shared.metrics.busy.add(1);
+                match lookup(&agent, &cache, &e, &w.msg.payload) {
+                    Ok(Some(answer)) => {
+                        if let Some(merged) = merge(&w.msg.payload, &e.into, answer) {
+                            w.msg.payload = merged;
+                            shared.metrics.enriched.inc();
                         }
-                        EnrichFailure::Retry => {
-                            w.parking = Some((
-                                format!(
-                                    "enrichment failed after {} attempts: {why}",
-                                    w.enrich_attempts + 1
-                                ),
-                                None,
-                            ));
-                            forward(&shared, w);
+                        forward(&shared, w);
+                    }
+                    Ok(None) => forward(&shared, w),
+                    Err(why) => {
+                        shared.metrics.enrich_errors.inc();
+                        let c = &shared.config;
+                        match e.on_error {
+                            EnrichFailure::Deliver => forward(&shared, w),
+                            EnrichFailure::Retry if w.enrich_attempts < c.max_retries => {
+                                w.enrich_attempts += 1;
+                                let wait = backoff(
+                                    w.enrich_attempts,
+                                    c.backoff_initial,
+                                    c.backoff_max,
+                                    fastrand::f64(),
+                                );
+                                shared.requeue(Instant::now() + wait, Stage::Enrich, w);
+                            }
+                            EnrichFailure::Retry => {
+                                w.parking = Some((
+                                    format!(
+                                        "enrichment failed after {} attempts: {why}",
+                                        w.enrich_attempts + 1
+                                    ),
+                                    None,
+                                ));
+                                forward(&shared, w);
+                            }
                         }
                     }
                 }
+                shared.metrics.busy.add(-1);
             }
-            shared.metrics.busy.add(-1);
-        }
-    }))
+        },
+    ))
 }
 
 /// Moves a message on to the senders, waiting for room.
@@ -153,10 +159,66 @@ fn lookup(
 }
 
 /// The message with `answer` under `into`; `None` when it is not an object.
+/// The message's own bytes are kept (key order, number spelling, any
+/// depth): the answer is added before the closing brace, or replaces the
+/// value of an existing `into` field.
 fn merge(payload: &[u8], into: &str, answer: Value) -> Option<Vec<u8>> {
-    let mut obj: serde_json::Map<String, Value> = serde_json::from_slice(payload).ok()?;
-    obj.insert(into.to_string(), answer);
-    serde_json::to_vec(&obj).ok()
+    let fields = object_fields(payload)?;
+    let answer = serde_json::to_vec(&answer).ok()?;
+    let name = serde_json::to_vec(into).ok()?;
+    let mut out = Vec::with_capacity(payload.len() + answer.len() + name.len() + 2);
+    if fields.iter().any(|(k, _)| k == into) {
+        out.push(b'{');
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend(serde_json::to_vec(k).ok()?);
+            out.push(b':');
+            if k == into {
+                out.extend_from_slice(&answer);
+            } else {
+                out.extend_from_slice(v.get().as_bytes());
+            }
+        }
+    } else {
+        let body = payload.trim_ascii_end();
+        out.extend_from_slice(body.strip_suffix(b"}")?);
+        if !fields.is_empty() {
+            out.push(b',');
+        }
+        out.extend(name);
+        out.push(b':');
+        out.extend(answer);
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+/// The top-level fields of a JSON object, in order, values verbatim.
+fn object_fields(payload: &[u8]) -> Option<Vec<(String, &RawValue)>> {
+    struct Fields;
+    impl<'de> serde::de::Visitor<'de> for Fields {
+        type Value = Vec<(String, &'de RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(k) = m.next_key::<String>()? {
+                out.push((k, m.next_value::<&RawValue>()?));
+            }
+            Ok(out)
+        }
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fields = serde::Deserializer::deserialize_map(&mut de, Fields).ok()?;
+    de.end().ok()?;
+    Some(fields)
 }
 
 /// Percent-encodes all but unreserved URL characters.
@@ -209,6 +271,25 @@ mod tests {
         assert_eq!(v["geo"]["country"], "NL");
         assert_eq!(v["ip"], "1.2.3.4");
         assert!(merge(b"[1]", "geo", Value::Null).is_none());
+    }
+
+    #[test]
+    fn merge_keeps_the_message_bytes() {
+        let big = br#"{"z":1,"n":123456789012345678901234567890}"#;
+        assert_eq!(
+            merge(big, "geo", serde_json::json!({"c":"NL"})).unwrap(),
+            br#"{"z":1,"n":123456789012345678901234567890,"geo":{"c":"NL"}}"#
+        );
+        assert_eq!(
+            merge(b"{ }", "geo", Value::Null).unwrap(),
+            br#"{ "geo":null}"#
+        );
+        assert_eq!(
+            merge(br#"{"geo":1,"a":2}"#, "geo", serde_json::json!(3)).unwrap(),
+            br#"{"geo":3,"a":2}"#
+        );
+        let deep = format!("{{\"d\":{}{}}}", "[".repeat(500), "]".repeat(500));
+        assert!(merge(deep.as_bytes(), "geo", Value::Null).is_some());
     }
 
     #[test]

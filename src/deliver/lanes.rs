@@ -103,9 +103,11 @@ pub fn spawn_requeue(
     shared: Arc<Shared>,
     rx: Receiver<(Instant, Stage, Work)>,
 ) -> std::io::Result<JoinHandle<()>> {
+    let watch = crate::panics::Watch::new("deliver-requeue", shared.fatal.clone());
     std::thread::Builder::new()
         .name("deliver-requeue".into())
         .spawn(move || {
+            let _watch = watch;
             let mut heap: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
             let mut seq = 0u64;
             let m = &shared.metrics;

@@ -21,6 +21,7 @@
 //! in-flight messages, commit synchronously and leave the group → senders
 //! drain → requeue thread → dead-letter producer flush.
 
+mod batch;
 pub mod config;
 mod consumer;
 mod dlq;
@@ -97,6 +98,8 @@ pub(crate) struct Shared {
     pub metrics: telemetry::DeliverMetrics,
     pub aggregates: Arc<Aggregates>,
     pub stop: StopToken,
+    /// A thread of this role that dies stops the process through this.
+    pub fatal: Sender<String>,
 }
 
 impl Shared {
@@ -205,6 +208,7 @@ pub fn spawn(
         requeue_tx,
         aggregates,
         stop: stopper.token(),
+        fatal: fatal.clone(),
         config: config.clone(),
     });
     let kafka_stats = Arc::new(KafkaStats::default());
@@ -243,7 +247,7 @@ pub fn spawn(
         .collect::<Result<Vec<_>, _>>()?;
     let probe_thread = {
         let (dlq, probe) = (dlq.clone(), probe.clone());
-        probe::every_second("deliver-probe", stopper.token(), move || {
+        probe::every_second("deliver-probe", stopper.token(), fatal.clone(), move || {
             probe.check(dlq.client(), &admin_config, &plan, Duration::from_secs(2))
         })?
     };

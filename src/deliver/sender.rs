@@ -3,6 +3,12 @@
 //! under the `max_in_flight` semaphore and the optional rate limit, then act
 //! on the classified outcome. A failing message is requeued with backoff,
 //! never waited for in place, so it does not stall the others.
+//!
+//! A message counts as delivered only when the configured endpoint answered
+//! 2xx to the POST that carried it: redirects are not followed (a POST
+//! turned into a GET delivers nothing) unless `follow_redirects`, and then
+//! only 307/308, which keep method and body. Answers are read within the
+//! call's deadline and a cap; one that breaks off is a failed call.
 
 use std::io::Read as _;
 use std::sync::{Arc, Mutex};
@@ -11,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::warn;
 
+use super::batch::{body_of, bulk_item_statuses};
 use super::config::BatchFormat;
 use super::dlq::DeadLetters;
 use super::retry::{Action, CallResult, classify, parse_retry_after};
@@ -94,44 +101,52 @@ pub fn spawn_pool(
         .timeout_connect(Some(c.connect_timeout))
         .max_idle_connections_per_host(c.senders.max(8))
         .max_idle_connections(c.senders.max(8) * 2)
+        // Redirects are ours to judge (see the module comment).
+        .max_redirects(0)
+        .no_delay(true)
         .build()
         .into();
     let semaphore = Arc::new(Semaphore::new(c.max_in_flight));
     let rate = Arc::new(RateLimit::new(c.rate_limit_per_s));
     shared.metrics.set_semaphore(semaphore.clone());
     let size = c.senders;
-    Ok(WorkerPool::spawn("deliver-s", size, move |_, g| {
-        let mut stop_deadline: Option<Instant> = None;
-        loop {
-            let first = match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(w) => w,
-                Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {
-                    if shared.stop.is_stopped() {
-                        return;
+    Ok(WorkerPool::spawn(
+        "deliver-s",
+        size,
+        &shared.fatal.clone(),
+        move |_, g| {
+            let mut stop_deadline: Option<Instant> = None;
+            loop {
+                let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(w) => w,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if shared.stop.is_stopped() {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
+                };
+                if shared.stop.is_stopped() {
+                    let d = *stop_deadline
+                        .get_or_insert_with(|| Instant::now() + shared.config.shutdown_timeout);
+                    if Instant::now() > d {
+                        shared.abandon(first);
+                        continue;
+                    }
                 }
-            };
-            if shared.stop.is_stopped() {
-                let d = *stop_deadline
-                    .get_or_insert_with(|| Instant::now() + shared.config.shutdown_timeout);
-                if Instant::now() > d {
-                    shared.abandon(first);
-                    continue;
+                let _task = g.task();
+                shared.metrics.busy.add(1);
+                if first.parking.is_some() {
+                    dlq.park(first);
+                } else {
+                    let batch = gather(&shared, &rx, first, &dlq);
+                    send(&shared, &agent, &semaphore, &rate, &dlq, batch);
                 }
+                shared.metrics.busy.add(-1);
             }
-            let _task = g.task();
-            shared.metrics.busy.add(1);
-            if first.parking.is_some() {
-                dlq.park(first);
-            } else {
-                let batch = gather(&shared, &rx, first, &dlq);
-                send(&shared, &agent, &semaphore, &rate, &dlq, batch);
-            }
-            shared.metrics.busy.add(-1);
-        }
-    }))
+        },
+    ))
 }
 
 /// Up to `batch_size` messages, waiting at most `batch_linger` for more.
@@ -159,71 +174,45 @@ fn send(
 ) {
     let c = &shared.config;
     let (content_type, body) = body_of(c.batch_size, c.batch_format, &c.es_index, &batch);
-    let first = &batch[0].msg;
-    let mut req = agent
-        .post(&c.target_url)
-        .header("Content-Type", content_type);
-    if batch.len() == 1 {
-        req = req
-            .header("X-Kafka-Topic", &*first.topic)
-            .header("X-Kafka-Partition", first.partition.to_string())
-            .header("X-Kafka-Offset", first.offset.to_string())
-            .header(
-                "Idempotency-Key",
-                format!("{}-{}-{}", first.topic, first.partition, first.offset),
-            );
-        if let Some(k) = &first.key {
-            req = match std::str::from_utf8(k) {
-                Ok(s) if s.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
-                    req.header("X-Kafka-Key", s)
-                }
-                _ => req
-                    .header("X-Kafka-Key", hex(k))
-                    .header("X-Kafka-Key-Encoding", "hex"),
-            };
-        }
-    } else {
-        let last = &batch[batch.len() - 1].msg;
-        req = req
-            .header("X-Kafka-Batch-Size", batch.len().to_string())
-            .header(
-                "Idempotency-Key",
-                format!(
-                    "{}-{}-{}+{}-{}-{}",
-                    first.topic,
-                    first.partition,
-                    first.offset,
-                    last.topic,
-                    last.partition,
-                    last.offset
-                ),
-            );
-    }
+    let headers = headers_of(content_type, &batch);
     rate.take(batch.len());
     let started = Instant::now();
-    let result = {
+    let bulk = c.batch_format == BatchFormat::EsBulk && c.batch_size > 1;
+    let answer = {
         let _permit = sem.acquire();
         shared.metrics.calls.inc();
-        call(req, &body)
+        call(
+            agent,
+            &c.target_url,
+            &headers,
+            &body,
+            c.follow_redirects,
+            bulk,
+        )
     };
     shared
         .metrics
         .call_latency
         .record_us(started.elapsed().as_micros() as u64);
-    let (result, items) = match result {
-        Ok((status, retry_after, resp_body)) => {
-            let items = (c.batch_format == BatchFormat::EsBulk && (200..300).contains(&status))
-                .then(|| bulk_item_statuses(&resp_body))
-                .flatten();
-            (
-                CallResult::Status {
-                    status,
-                    retry_after,
-                },
-                items,
-            )
+    let (result, items, location) = match answer {
+        Ok(a) => {
+            let status = CallResult::Status {
+                status: a.status,
+                retry_after: a.retry_after,
+            };
+            match (bulk && (200..300).contains(&a.status))
+                .then(|| bulk_item_statuses(&a.body, batch.len()))
+            {
+                Some(Err(e)) => (
+                    CallResult::Transport(format!("HTTP {}: {e}", a.status)),
+                    None,
+                    None,
+                ),
+                Some(Ok(items)) => (status, items, None),
+                None => (status, None, a.location),
+            }
         }
-        Err(e) => (CallResult::Transport(e), None),
+        Err(e) => (CallResult::Transport(e), None, None),
     };
     for (i, mut w) in batch.into_iter().enumerate() {
         w.attempts += 1;
@@ -236,7 +225,7 @@ fn send(
                 retry_after: None,
             });
         let r = own.as_ref().unwrap_or(&result);
-        let action = classify(
+        let mut action = classify(
             r,
             w.attempts,
             c.max_retries,
@@ -245,8 +234,49 @@ fn send(
             c.backoff_max,
             fastrand::f64(),
         );
+        if let (Action::DeadLetter { reason, .. }, Some(to)) = (&mut action, &location) {
+            reason.push_str(&format!(" (redirect to {to}, not followed)"));
+        }
         apply(shared, dlq, w, action, r);
     }
+}
+
+/// The headers of a call: the Kafka coordinates of one message, or the
+/// span of a batch; the idempotency key lets a receiver drop redeliveries.
+fn headers_of(content_type: &str, batch: &[Work]) -> Vec<(&'static str, String)> {
+    let first = &batch[0].msg;
+    let mut h = vec![("Content-Type", content_type.to_string())];
+    if batch.len() == 1 {
+        h.push(("X-Kafka-Topic", first.topic.to_string()));
+        h.push(("X-Kafka-Partition", first.partition.to_string()));
+        h.push(("X-Kafka-Offset", first.offset.to_string()));
+        h.push((
+            "Idempotency-Key",
+            format!("{}-{}-{}", first.topic, first.partition, first.offset),
+        ));
+        if let Some(k) = &first.key {
+            match std::str::from_utf8(k) {
+                Ok(s) if s.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+                    h.push(("X-Kafka-Key", s.to_string()))
+                }
+                _ => {
+                    h.push(("X-Kafka-Key", hex(k)));
+                    h.push(("X-Kafka-Key-Encoding", "hex".into()));
+                }
+            }
+        }
+    } else {
+        let last = &batch[batch.len() - 1].msg;
+        h.push(("X-Kafka-Batch-Size", batch.len().to_string()));
+        h.push((
+            "Idempotency-Key",
+            format!(
+                "{}-{}-{}+{}-{}-{}",
+                first.topic, first.partition, first.offset, last.topic, last.partition, last.offset
+            ),
+        ));
+    }
+    h
 }
 
 fn apply(shared: &Shared, dlq: &DeadLetters, w: Work, action: Action, result: &CallResult) {
@@ -279,96 +309,95 @@ fn apply(shared: &Shared, dlq: &DeadLetters, w: Work, action: Action, result: &C
     }
 }
 
-/// One POST: status, Retry-After and the body (read to the end, capped, so
-/// the connection goes back to the pool).
+/// What an endpoint answered.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    /// `Location` of a 3xx answer.
+    location: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Redirects followed at most (307/308 with `follow_redirects`).
+const MAX_HOPS: usize = 5;
+
+/// One POST (and its 307/308 hops when allowed). The answer's body is read
+/// to its end within the agent's deadline, up to a cap (`_bulk` answers
+/// are read whole, up to 16 MiB; other bodies matter only by their status,
+/// 64 KiB are read): a body that breaks off is a failed call.
 fn call(
-    req: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&'static str, String)],
     body: &[u8],
-) -> Result<(u16, Option<Duration>, Vec<u8>), String> {
-    let mut resp = req.send(body).map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let mut buf = Vec::new();
-    let _ = resp
-        .body_mut()
-        .as_reader()
-        .take(16 << 20)
-        .read_to_end(&mut buf);
-    Ok((status, retry_after, buf))
+    follow: bool,
+    bulk: bool,
+) -> Result<Answer, String> {
+    let mut url = url.to_string();
+    for _ in 0..=MAX_HOPS {
+        let mut req = agent.post(&url);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let mut resp = req.send(body).map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let location = header("location");
+        let retry_after =
+            header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        if follow
+            && (status == 307 || status == 308)
+            && let Some(next) = location.as_deref().and_then(|l| resolve(&url, l))
+        {
+            url = next;
+            continue;
+        }
+        let cap: u64 = if bulk { 16 << 20 } else { 64 << 10 };
+        let mut buf = Vec::new();
+        resp.body_mut()
+            .as_reader()
+            .take(cap)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("HTTP {status}, then the answer broke off: {e}"))?;
+        return Ok(Answer {
+            status,
+            retry_after,
+            location: (300..400)
+                .contains(&status)
+                .then(|| location.unwrap_or_default()),
+            body: buf,
+        });
+    }
+    Err(format!("more than {MAX_HOPS} redirects (last to {url})"))
 }
 
-/// Content type and body for one message or a batch.
-pub fn body_of(
-    batch_size: usize,
-    format: BatchFormat,
-    es_index: &str,
-    batch: &[Work],
-) -> (&'static str, Vec<u8>) {
-    if batch_size == 1 && batch.len() == 1 {
-        return ("application/json", batch[0].msg.payload.clone());
+/// `location` resolved against `base` (absolute, `/path` or relative path);
+/// only http and https.
+fn resolve(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Some(location.to_string());
     }
-    let size: usize = batch.iter().map(|w| w.msg.payload.len() + 64).sum();
-    let mut out = Vec::with_capacity(size);
-    match format {
-        BatchFormat::Ndjson => {
-            for w in batch {
-                out.extend_from_slice(&w.msg.payload);
-                out.push(b'\n');
-            }
-            ("application/x-ndjson", out)
-        }
-        BatchFormat::JsonArray => {
-            out.push(b'[');
-            for (i, w) in batch.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&w.msg.payload);
-            }
-            out.push(b']');
-            ("application/json", out)
-        }
-        BatchFormat::EsBulk => {
-            for w in batch {
-                let index = if es_index.is_empty() {
-                    &*w.msg.topic
-                } else {
-                    es_index
-                };
-                let id = format!("{}-{}-{}", w.msg.topic, w.msg.partition, w.msg.offset);
-                let action = serde_json::json!({ "index": { "_index": index, "_id": id } });
-                out.extend_from_slice(action.to_string().as_bytes());
-                out.push(b'\n');
-                out.extend_from_slice(&w.msg.payload);
-                out.push(b'\n');
-            }
-            ("application/x-ndjson", out)
-        }
+    let scheme_end = base.find("://")? + 3;
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    if location.starts_with("//") {
+        return Some(format!("{}{}", &base[..scheme_end - 2], location));
     }
-}
-
-/// Per-item statuses of an Elasticsearch `_bulk` answer with errors.
-fn bulk_item_statuses(body: &[u8]) -> Option<Vec<u16>> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    if v.get("errors")?.as_bool() != Some(true) {
-        return None;
+    if location.starts_with('/') {
+        return Some(format!("{}{location}", &base[..path_start]));
     }
-    v.get("items")?
-        .as_array()?
-        .iter()
-        .map(|item| {
-            item.as_object()?
-                .values()
-                .next()?
-                .get("status")?
-                .as_u64()
-                .map(|s| s as u16)
-        })
-        .collect()
+    let path = &base[path_start..];
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    Some(format!("{}{dir}{location}", &base[..path_start]))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -380,10 +409,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bulk_items_give_one_status_each() {
-        let body = br#"{"took":3,"errors":true,"items":[{"index":{"status":201}},{"index":{"status":429}},{"create":{"status":400}}]}"#;
-        assert_eq!(bulk_item_statuses(body), Some(vec![201, 429, 400]));
-        assert_eq!(bulk_item_statuses(br#"{"errors":false,"items":[]}"#), None);
+    fn redirect_targets_resolve_against_the_target_url() {
+        let b = "http://h:1/a/b?x=1";
+        assert_eq!(resolve(b, "https://o/p").as_deref(), Some("https://o/p"));
+        assert_eq!(resolve(b, "/moved").as_deref(), Some("http://h:1/moved"));
+        assert_eq!(resolve(b, "c").as_deref(), Some("http://h:1/a/c"));
+        assert_eq!(resolve("http://h", "c").as_deref(), Some("http://h/c"));
+        assert_eq!(resolve(b, "//o/p").as_deref(), Some("http://o/p"));
     }
 
     #[test]

@@ -1,12 +1,27 @@
 //! Request bodies → records, as pure functions: content type and encoding
-//! checks, bounded gzip decoding, and JSON / JSON-array / NDJSON splitting
-//! that keeps each record's bytes exactly as sent. Every problem is a
-//! [`BodyError`] that says what and where, and maps to one HTTP status.
+//! checks, bounded gzip decoding (every member of a multi-member stream),
+//! and JSON / JSON-array / NDJSON splitting that keeps each record's bytes
+//! exactly as sent, within caps on record size, record count and nesting
+//! depth. Every problem is a [`BodyError`] that says what and where, and
+//! maps to one HTTP status; the work is linear in the body's size.
 
 use std::io::Read;
 use std::ops::Range;
 
 use serde_json::value::RawValue;
+
+use super::scan::{self, ArrayError};
+
+/// What one request's records may be.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordLimits {
+    /// Bytes of one record.
+    pub max_bytes: usize,
+    /// Records in one request.
+    pub max_records: usize,
+    /// Nesting of objects and arrays in one record.
+    pub max_depth: usize,
+}
 
 /// How the body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +76,16 @@ pub enum BodyError {
         size: usize,
         max: usize,
     },
+    #[error("more than max_records ({max}) records in one request")]
+    TooManyRecords { max: usize },
+    #[error(
+        "record {index} (line {line}) nests objects and arrays deeper than max_json_depth ({max})"
+    )]
+    TooDeep {
+        index: usize,
+        line: usize,
+        max: usize,
+    },
 }
 
 impl BodyError {
@@ -69,7 +94,8 @@ impl BodyError {
             BodyError::ContentType(_) | BodyError::ContentEncoding(_) => 415,
             BodyError::TooLarge { .. }
             | BodyError::InflatesTooLarge { .. }
-            | BodyError::RecordTooLarge { .. } => 413,
+            | BodyError::RecordTooLarge { .. }
+            | BodyError::TooManyRecords { .. } => 413,
             _ => 400,
         }
     }
@@ -80,7 +106,7 @@ impl BodyError {
             BodyError::Utf8 { line, column } | BodyError::Json { line, column, .. } => {
                 Some((*line, *column))
             }
-            BodyError::NotObject { line, .. } => Some((*line, 1)),
+            BodyError::NotObject { line, .. } | BodyError::TooDeep { line, .. } => Some((*line, 1)),
             _ => None,
         }
     }
@@ -88,9 +114,9 @@ impl BodyError {
     /// Index of the offending record, when known.
     pub fn record(&self) -> Option<usize> {
         match self {
-            BodyError::NotObject { index, .. } | BodyError::RecordTooLarge { index, .. } => {
-                Some(*index)
-            }
+            BodyError::NotObject { index, .. }
+            | BodyError::RecordTooLarge { index, .. }
+            | BodyError::TooDeep { index, .. } => Some(*index),
             _ => None,
         }
     }
@@ -117,12 +143,14 @@ pub fn format_of(content_type: Option<&str>) -> Result<Format, BodyError> {
 
 /// Decodes the body per `Content-Encoding`, refusing more than `max` bytes
 /// after decompression (gzip bombs stop at `max + 1` bytes of output).
+/// Every gzip member is decoded (`cat a.gz b.gz`, streaming compressors);
+/// bytes after the last member that are not another member are an error.
 pub fn decode(encoding: Option<&str>, wire: Vec<u8>, max: usize) -> Result<Vec<u8>, BodyError> {
     match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
         None | Some("") | Some("identity") => Ok(wire),
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::with_capacity((wire.len() * 4).min(max));
-            let mut dec = flate2::read::GzDecoder::new(&wire[..]).take(max as u64 + 1);
+            let mut dec = flate2::read::MultiGzDecoder::new(&wire[..]).take(max as u64 + 1);
             dec.read_to_end(&mut out)
                 .map_err(|e| BodyError::Gzip(e.to_string()))?;
             if out.len() > max {
@@ -142,7 +170,7 @@ pub fn split<'a>(
     body: &'a [u8],
     format: Format,
     key_field: Option<&str>,
-    max_record: usize,
+    limits: RecordLimits,
 ) -> Result<(&'a str, Vec<Span>), BodyError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         let (line, column) = line_col(body, e.valid_up_to());
@@ -152,8 +180,8 @@ pub fn split<'a>(
         return Err(BodyError::Empty);
     }
     let raws: Vec<(&RawValue, usize)> = match format {
-        Format::Json => json_records(text)?,
-        Format::Ndjson => ndjson_records(text)?,
+        Format::Json => json_records(text, limits.max_records)?,
+        Format::Ndjson => ndjson_records(text, limits.max_records)?,
     };
     let mut spans = Vec::with_capacity(raws.len());
     for (index, (raw, line)) in raws.into_iter().enumerate() {
@@ -165,11 +193,18 @@ pub fn split<'a>(
                 found: kind_of(s),
             });
         }
-        if s.len() > max_record {
+        if s.len() > limits.max_bytes {
             return Err(BodyError::RecordTooLarge {
                 index,
                 size: s.len(),
-                max: max_record,
+                max: limits.max_bytes,
+            });
+        }
+        if scan::check_depth(s.as_bytes(), limits.max_depth).is_err() {
+            return Err(BodyError::TooDeep {
+                index,
+                line,
+                max: limits.max_depth,
             });
         }
         // The raw value borrows from `text`, so its offset is its address
@@ -187,24 +222,26 @@ pub fn split<'a>(
     Ok((text, spans))
 }
 
-fn json_records(text: &str) -> Result<Vec<(&RawValue, usize)>, BodyError> {
+fn json_records(text: &str, max_records: usize) -> Result<Vec<(&RawValue, usize)>, BodyError> {
     let json_err = |e: serde_json::Error| BodyError::Json {
         line: e.line(),
         column: e.column(),
         message: strip_position(&e),
     };
     if text.trim_start().starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(json_err)?;
+        let items = scan::bounded_array(text, max_records).map_err(|e| match e {
+            ArrayError::Json(e) => json_err(e),
+            ArrayError::TooMany(max) => BodyError::TooManyRecords { max },
+        })?;
         if items.is_empty() {
             return Err(BodyError::EmptyBatch);
         }
-        Ok(items
-            .into_iter()
-            .map(|r| {
-                let offset = r.get().as_ptr() as usize - text.as_ptr() as usize;
-                (r, line_col(text.as_bytes(), offset).0)
-            })
-            .collect())
+        let offsets: Vec<usize> = items
+            .iter()
+            .map(|r| r.get().as_ptr() as usize - text.as_ptr() as usize)
+            .collect();
+        let lines = scan::lines_of(text.as_bytes(), &offsets);
+        Ok(items.into_iter().zip(lines).collect())
     } else {
         let one: &RawValue = serde_json::from_str(text).map_err(json_err)?;
         let offset = one.get().as_ptr() as usize - text.as_ptr() as usize;
@@ -212,12 +249,15 @@ fn json_records(text: &str) -> Result<Vec<(&RawValue, usize)>, BodyError> {
     }
 }
 
-fn ndjson_records(text: &str) -> Result<Vec<(&RawValue, usize)>, BodyError> {
+fn ndjson_records(text: &str, max_records: usize) -> Result<Vec<(&RawValue, usize)>, BodyError> {
     let mut out = Vec::new();
     for (i, line) in text.split('\n').enumerate() {
         let trimmed = line.trim_end_matches('\r');
         if trimmed.trim().is_empty() {
             continue;
+        }
+        if out.len() == max_records {
+            return Err(BodyError::TooManyRecords { max: max_records });
         }
         let raw: &RawValue = serde_json::from_str(trimmed).map_err(|e| BodyError::Json {
             line: i + 1,
@@ -259,6 +299,51 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
+/// One fuzzing input through decoding and splitting, with the invariants
+/// every outcome must keep (`fuzz/fuzz_targets/body.rs`; the corpus in
+/// `fuzz/corpus/body` is replayed by the unit tests). The first byte picks
+/// the framing and encoding; a violation panics.
+pub fn exercise(input: &[u8]) {
+    let Some((&mode, data)) = input.split_first() else {
+        return;
+    };
+    let format = if mode & 1 == 0 {
+        Format::Json
+    } else {
+        Format::Ndjson
+    };
+    let encoding = (mode & 2 != 0).then_some("gzip");
+    let limits = RecordLimits {
+        max_bytes: 1 << 16,
+        max_records: 256,
+        max_depth: 16,
+    };
+    let max = 1 << 20;
+    let Ok(decoded) = decode(encoding, data.to_vec(), max) else {
+        return;
+    };
+    assert!(decoded.len() <= max, "decoded past the limit");
+    match split(&decoded, format, Some("k"), limits) {
+        Ok((text, spans)) => {
+            assert!(!spans.is_empty() && spans.len() <= limits.max_records);
+            for s in &spans {
+                let rec = &text[s.range.clone()];
+                assert!(rec.len() <= limits.max_bytes);
+                assert!(scan::check_depth(rec.as_bytes(), limits.max_depth).is_ok());
+                // Syntax only: records are kept as written (numbers however
+                // large, escapes however odd), so nothing is decoded here.
+                assert!(rec.starts_with('{'), "every record is a JSON object");
+                serde_json::from_str::<serde::de::IgnoredAny>(rec).expect("valid JSON");
+            }
+        }
+        Err(e) => {
+            // Every refusal is a client error with a message.
+            assert!((400..500).contains(&e.status()));
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}
+
 /// 1-based line and column (in bytes) of `offset`.
 fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
     let before = &bytes[..offset.min(bytes.len())];
@@ -277,8 +362,21 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    const LIMITS: RecordLimits = RecordLimits {
+        max_bytes: 1 << 20,
+        max_records: 10_000,
+        max_depth: 64,
+    };
+
+    fn limits(max_bytes: usize) -> RecordLimits {
+        RecordLimits {
+            max_bytes,
+            ..LIMITS
+        }
+    }
+
     fn values(body: &str, format: Format) -> Vec<String> {
-        let (text, spans) = split(body.as_bytes(), format, None, 1 << 20).unwrap();
+        let (text, spans) = split(body.as_bytes(), format, None, LIMITS).unwrap();
         spans
             .iter()
             .map(|s| text[s.range.clone()].to_string())
@@ -311,7 +409,7 @@ mod tests {
 
     #[test]
     fn malformed_json_names_line_and_column() {
-        let e = split(b"[{\"a\":1},\n {\"b\":}]", Format::Json, None, 1 << 20).unwrap_err();
+        let e = split(b"[{\"a\":1},\n {\"b\":}]", Format::Json, None, LIMITS).unwrap_err();
         assert_eq!(e.position(), Some((2, 7)), "{e}");
         assert_eq!(e.status(), 400);
         assert!(
@@ -327,7 +425,7 @@ mod tests {
             b"{\"a\":1}\n{\"a\":1}\n{oops}\n",
             Format::Ndjson,
             None,
-            1 << 20,
+            LIMITS,
         )
         .unwrap_err();
         assert_eq!(e.position().map(|p| p.0), Some(3), "{e}");
@@ -335,7 +433,7 @@ mod tests {
 
     #[test]
     fn non_objects_empty_bodies_and_empty_batches_are_rejected() {
-        let e = split(b"[{\"a\":1}, 5]", Format::Json, None, 100).unwrap_err();
+        let e = split(b"[{\"a\":1}, 5]", Format::Json, None, limits(100)).unwrap_err();
         assert_eq!(
             e,
             BodyError::NotObject {
@@ -345,15 +443,15 @@ mod tests {
             }
         );
         assert_eq!(
-            split(b"  \n", Format::Json, None, 100).unwrap_err(),
+            split(b"  \n", Format::Json, None, limits(100)).unwrap_err(),
             BodyError::Empty
         );
         assert_eq!(
-            split(b"[]", Format::Json, None, 100).unwrap_err(),
+            split(b"[]", Format::Json, None, limits(100)).unwrap_err(),
             BodyError::EmptyBatch
         );
         assert_eq!(
-            split(b"\"x\"", Format::Json, None, 100)
+            split(b"\"x\"", Format::Json, None, limits(100))
                 .unwrap_err()
                 .record(),
             Some(0)
@@ -362,13 +460,13 @@ mod tests {
 
     #[test]
     fn invalid_utf8_names_its_position() {
-        let e = split(b"{\"a\":\n\"\xff\"}", Format::Json, None, 100).unwrap_err();
+        let e = split(b"{\"a\":\n\"\xff\"}", Format::Json, None, limits(100)).unwrap_err();
         assert_eq!(e, BodyError::Utf8 { line: 2, column: 2 });
     }
 
     #[test]
     fn record_larger_than_limit_is_413() {
-        let e = split(b"{\"a\":\"0123456789\"}", Format::Json, None, 10).unwrap_err();
+        let e = split(b"{\"a\":\"0123456789\"}", Format::Json, None, limits(10)).unwrap_err();
         assert_eq!(e.status(), 413);
         assert_eq!(e.record(), Some(0));
     }
@@ -376,7 +474,7 @@ mod tests {
     #[test]
     fn key_field_reads_strings_and_numbers_only() {
         let body = b"{\"user\":\"u1\"}\n{\"user\":42}\n{\"user\":null}\n{\"other\":1}\n";
-        let (_, spans) = split(body, Format::Ndjson, Some("user"), 100).unwrap();
+        let (_, spans) = split(body, Format::Ndjson, Some("user"), limits(100)).unwrap();
         let keys: Vec<Option<&str>> = spans.iter().map(|s| s.key.as_deref()).collect();
         assert_eq!(keys, vec![Some("u1"), Some("42"), None, None]);
     }
@@ -422,5 +520,73 @@ mod tests {
         ));
         assert_eq!(decode(Some("br"), vec![], 100).unwrap_err().status(), 415);
         assert_eq!(decode(None, b"x".to_vec(), 100).unwrap(), b"x");
+    }
+
+    /// The fuzzer's corpus (and the crashes it found, once fixed) replayed.
+    #[test]
+    fn fuzz_corpus_keeps_the_invariants() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/body");
+        let mut n = 0;
+        for f in std::fs::read_dir(dir).expect("fuzz/corpus/body exists") {
+            let f = f.unwrap().path();
+            exercise(&std::fs::read(&f).unwrap());
+            n += 1;
+        }
+        assert!(n >= 10, "the corpus has {n} inputs");
+    }
+
+    #[test]
+    fn multi_member_gzip_decodes_whole_and_trailing_garbage_is_refused() {
+        let mut two = gzip(b"{\"a\":1}\n");
+        two.extend(gzip(b"{\"b\":2}\n"));
+        assert_eq!(
+            decode(Some("gzip"), two.clone(), 100).unwrap(),
+            b"{\"a\":1}\n{\"b\":2}\n"
+        );
+        two.extend(b"garbage");
+        assert!(matches!(
+            decode(Some("gzip"), two, 100),
+            Err(BodyError::Gzip(_))
+        ));
+    }
+
+    #[test]
+    fn record_count_and_depth_are_capped() {
+        let few = RecordLimits {
+            max_records: 2,
+            ..LIMITS
+        };
+        let e = split(b"[{},{},{}]", Format::Json, None, few).unwrap_err();
+        assert_eq!((e.status(), e), (413, BodyError::TooManyRecords { max: 2 }));
+        let e = split(b"{}\n{}\n{}\n", Format::Ndjson, None, few).unwrap_err();
+        assert_eq!(e, BodyError::TooManyRecords { max: 2 });
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(64), "]".repeat(64));
+        let e = split(deep.as_bytes(), Format::Json, None, LIMITS).unwrap_err();
+        assert_eq!(
+            (e.status(), e),
+            (
+                400,
+                BodyError::TooDeep {
+                    index: 0,
+                    line: 1,
+                    max: 64
+                }
+            )
+        );
+        let ok = format!("{{\"a\":{}1{}}}", "[".repeat(63), "]".repeat(63));
+        assert!(split(ok.as_bytes(), Format::Json, None, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn array_error_positions_are_per_element() {
+        let e = split(b"[{},\n{},\n\n5]", Format::Json, None, LIMITS).unwrap_err();
+        assert_eq!(
+            e,
+            BodyError::NotObject {
+                index: 2,
+                line: 4,
+                found: "a number"
+            }
+        );
     }
 }

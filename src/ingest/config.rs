@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{ConfigErrors, Document, librdkafka_section};
+use crate::config::limits::HttpLimits;
+use crate::config::{ConfigErrors, Document, librdkafka_section, valid_topic};
 
 /// When a POST is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +49,22 @@ pub struct IngestConfig {
     /// Capacity of the request channel, in requests.
     pub channel_capacity: usize,
     pub enqueue_timeout: Duration,
-    /// Limit on the decompressed body, in bytes.
-    pub max_body_bytes: usize,
+    /// The listener's limits; `max_body_bytes` holds on the wire and after
+    /// gzip.
+    pub limits: HttpLimits,
     pub max_record_bytes: usize,
+    /// Records in one request (array elements or NDJSON lines).
+    pub max_records: usize,
+    /// Nesting of a record's JSON (objects and arrays); at most 128 so that
+    /// every role can parse what ingest accepted (serde_json's own limit).
+    pub max_json_depth: usize,
     /// JSON field whose value keys the record when no `X-Kafka-Key` is sent.
     pub key_field: Option<String>,
     /// 0 disables idempotency keys.
     pub idempotency_window: Duration,
     pub idempotency_max_keys: usize,
+    /// Bytes of remembered keys and answers, at most.
+    pub idempotency_max_bytes: usize,
     pub create_topics: bool,
     pub topic_partitions: i32,
     pub topic_replication_factor: i32,
@@ -83,11 +92,15 @@ impl IngestConfig {
         );
         let channel_capacity = r.int("channel_capacity", 1024usize, 1..=1_000_000);
         let enqueue_timeout_ms = r.int("enqueue_timeout_ms", 500u64, 0..=600_000);
-        let max_body_bytes = r.int("max_body_bytes", 10 * 1024 * 1024usize, 1..=1 << 30);
+        let limits = HttpLimits::read(&mut r, HttpLimits::ingest());
+        let max_body_bytes = limits.max_body_bytes;
         let max_record_bytes = r.int("max_record_bytes", 1_000_000usize, 1..=1 << 30);
+        let max_records = r.int("max_records", 10_000usize, 1..=10_000_000);
+        let max_json_depth = r.int("max_json_depth", 64usize, 1..=128);
         let key_field = r.string("key_field", "");
         let idempotency_window_s = r.int("idempotency_window_s", 300u64, 0..=86_400);
         let idempotency_max_keys = r.int("idempotency_max_keys", 100_000usize, 1..=10_000_000);
+        let idempotency_max_bytes = r.int("idempotency_max_bytes", 64usize << 20, 1024..=1 << 40);
         let create_topics = r.bool("create_topics", true);
         let topic_partitions = r.int("topic_partitions", 4i32, 1..=10_000);
         let topic_replication_factor = r.int("topic_replication_factor", 1i32, 1..=32);
@@ -183,11 +196,14 @@ impl IngestConfig {
             ack,
             channel_capacity,
             enqueue_timeout: Duration::from_millis(enqueue_timeout_ms),
-            max_body_bytes,
+            limits,
+            max_records,
+            max_json_depth,
             max_record_bytes,
             key_field: (!key_field.is_empty()).then_some(key_field),
             idempotency_window: Duration::from_secs(idempotency_window_s),
             idempotency_max_keys,
+            idempotency_max_bytes,
             create_topics,
             topic_partitions,
             topic_replication_factor,
@@ -203,16 +219,6 @@ impl IngestConfig {
         t.dedup();
         t
     }
-}
-
-/// Kafka's own rule for topic names.
-pub fn valid_topic(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 249
-        && t != "."
-        && t != ".."
-        && t.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]

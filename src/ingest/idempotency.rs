@@ -46,16 +46,21 @@ pub enum Begin<W> {
 pub struct Window<W> {
     ttl: Duration,
     max_keys: usize,
+    /// Bytes of the remembered keys and answers; the oldest go first past it.
+    max_bytes: usize,
+    bytes: usize,
     entries: HashMap<String, Entry<W>>,
     /// Keys of finished entries in finishing order, for expiry.
     order: VecDeque<(Instant, String)>,
 }
 
 impl<W> Window<W> {
-    pub fn new(ttl: Duration, max_keys: usize) -> Self {
+    pub fn new(ttl: Duration, max_keys: usize, max_bytes: usize) -> Self {
         Window {
             ttl,
             max_keys,
+            max_bytes,
+            bytes: 0,
             entries: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -101,6 +106,7 @@ impl<W> Window<W> {
         let waiters = match self.entries.remove(key) {
             Some(Entry::InFlight { body_hash, waiters }) => {
                 if answer.status < 500 {
+                    self.bytes += cost(key, answer);
                     self.entries.insert(
                         key.to_string(),
                         Entry::Done {
@@ -125,20 +131,31 @@ impl<W> Window<W> {
 
     fn expire(&mut self, now: Instant) {
         while let Some((at, key)) = self.order.front() {
-            let too_many = self.order.len() > self.max_keys;
+            let too_many = self.order.len() > self.max_keys || self.bytes > self.max_bytes;
             if !too_many && now.duration_since(*at) < self.ttl {
                 break;
             }
             // An entry re-finished later has a newer `at`; only drop the one
             // this queue slot describes.
-            if let Some(Entry::Done { at: entry_at, .. }) = self.entries.get(key)
+            if let Some(Entry::Done {
+                at: entry_at,
+                answer,
+                ..
+            }) = self.entries.get(key)
                 && entry_at == at
             {
+                self.bytes -= cost(key, answer);
                 self.entries.remove(key);
             }
             self.order.pop_front();
         }
     }
+}
+
+/// What a remembered answer costs in memory, in bytes (with the map's
+/// bookkeeping).
+fn cost(key: &str, answer: &Answer) -> usize {
+    key.len() + answer.body.len() + 96
 }
 
 #[cfg(test)]
@@ -155,7 +172,7 @@ mod tests {
     #[test]
     fn repeat_within_window_replays_the_first_answer() {
         let t0 = Instant::now();
-        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100, 1 << 20);
         assert!(matches!(w.begin("k", 1, 0, t0), Begin::New(_)));
         assert!(w.finish("k", &ok("first"), t0).is_empty());
         match w.begin("k", 1, 0, t0 + Duration::from_secs(59)) {
@@ -167,7 +184,7 @@ mod tests {
     #[test]
     fn key_expires_after_the_window() {
         let t0 = Instant::now();
-        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100, 1 << 20);
         w.begin("k", 1, 0, t0);
         w.finish("k", &ok("first"), t0);
         assert!(matches!(
@@ -179,7 +196,7 @@ mod tests {
     #[test]
     fn concurrent_repeat_waits_for_the_first() {
         let t0 = Instant::now();
-        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100, 1 << 20);
         w.begin("k", 1, 0, t0);
         assert!(matches!(w.begin("k", 1, 7, t0), Begin::Parked));
         assert!(matches!(w.begin("k", 1, 8, t0), Begin::Parked));
@@ -189,7 +206,7 @@ mod tests {
     #[test]
     fn different_body_under_same_key_is_a_mismatch() {
         let t0 = Instant::now();
-        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100, 1 << 20);
         w.begin("k", 1, 0, t0);
         assert!(matches!(w.begin("k", 2, 9, t0), Begin::Mismatch(9)));
     }
@@ -197,7 +214,7 @@ mod tests {
     #[test]
     fn server_errors_are_forgotten_so_retries_produce() {
         let t0 = Instant::now();
-        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100);
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100, 1 << 20);
         w.begin("k", 1, 0, t0);
         w.finish(
             "k",
@@ -213,10 +230,25 @@ mod tests {
     #[test]
     fn oldest_keys_are_evicted_past_max_keys() {
         let t0 = Instant::now();
-        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 2);
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 2, 1 << 20);
         for k in ["a", "b", "c"] {
             w.begin(k, 1, 0, t0);
             w.finish(k, &ok(k), t0);
+        }
+        assert_eq!(w.len(), 2);
+        assert!(matches!(w.begin("a", 1, 0, t0), Begin::New(_)));
+        assert!(matches!(w.begin("c", 1, 0, t0), Begin::Replay(..)));
+    }
+
+    #[test]
+    fn oldest_answers_are_evicted_past_max_bytes() {
+        let t0 = Instant::now();
+        // Room for two answers of 1000 bytes, not three.
+        let mut w: Window<u32> = Window::new(Duration::from_secs(60), 100, 2300);
+        let big = "x".repeat(1000);
+        for k in ["a", "b", "c"] {
+            w.begin(k, 1, 0, t0);
+            w.finish(k, &ok(&big), t0);
         }
         assert_eq!(w.len(), 2);
         assert!(matches!(w.begin("a", 1, 0, t0), Begin::New(_)));

@@ -20,6 +20,7 @@ pub mod body;
 pub mod config;
 pub mod idempotency;
 pub mod produce;
+mod scan;
 mod server;
 mod telemetry;
 
@@ -62,9 +63,13 @@ pub(crate) struct Shared {
     pub routes: Vec<RouteState>,
     /// `/api/<stream>/v1/` and `/api/<stream>/v1` → route index.
     pub paths: HashMap<String, usize>,
-    pub idempotency: Mutex<Window<tiny_http::Request>>,
+    pub idempotency: Arc<Mutex<Window<tiny_http::Request>>>,
     pub probe: Arc<Probe>,
     pub metrics: IngestMetrics,
+    /// The listener's own figures (refusals, connections).
+    pub server_stats: Arc<crate::http::ServerStats>,
+    /// Request bodies held in memory (`max_buffered_body_bytes`).
+    pub budget: Arc<tiny_http::Budget>,
 }
 
 /// A running ingest role.
@@ -94,7 +99,7 @@ pub fn spawn(
         base: Context {
             name: "ingest",
             stats: kafka_stats.clone(),
-            fatal,
+            fatal: fatal.clone(),
         },
         done: done_tx,
     };
@@ -125,10 +130,8 @@ pub fn spawn(
     }
 
     let addr = listener.local_addr()?;
-    let server = Arc::new(
-        tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?,
-    );
+    let server_stats = Arc::new(crate::http::ServerStats::default());
+    let server = server_stats.start("ingest", listener, &config.limits)?;
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<produce::Job>(config.channel_capacity);
 
     let mut paths = HashMap::new();
@@ -147,20 +150,23 @@ pub fn spawn(
         .collect();
     let shared = Arc::new(Shared {
         metrics: IngestMetrics::new(routes.len()),
-        idempotency: Mutex::new(Window::new(
+        idempotency: Arc::new(Mutex::new(Window::new(
             config.idempotency_window,
             config.idempotency_max_keys,
-        )),
+            config.idempotency_max_bytes,
+        ))),
         routes,
         paths,
         probe: probe.clone(),
+        budget: server.budget(),
+        server_stats,
         config: config.clone(),
     });
     let stopper = Stopper::new();
 
     let responders = {
         let shared = shared.clone();
-        WorkerPool::spawn("ingest-resp", 2, move |_, g| {
+        WorkerPool::spawn("ingest-resp", 2, &fatal, move |_, g| {
             while let Ok(p) = done_rx.recv() {
                 let _t = g.task();
                 shared.respond(&p);
@@ -170,7 +176,7 @@ pub fn spawn(
     let workers = {
         let (shared, producer, jobs_rx) = (shared.clone(), producer.clone(), jobs_rx.clone());
         let queue_wait = delivery_timeout(&config.producer);
-        WorkerPool::spawn("ingest-w", config.workers, move |_, g| {
+        WorkerPool::spawn("ingest-w", config.workers, &fatal, move |_, g| {
             while let Ok(job) = jobs_rx.recv() {
                 let _t = g.task();
                 produce::produce(&producer, job, queue_wait, || {
@@ -181,7 +187,7 @@ pub fn spawn(
     };
     let http = {
         let (shared, token) = (shared.clone(), stopper.token());
-        WorkerPool::spawn("ingest-http", config.http_threads, move |_, g| {
+        WorkerPool::spawn("ingest-http", config.http_threads, &fatal, move |_, g| {
             let jobs = jobs_tx.clone();
             crate::http::serve(
                 &server,
@@ -196,7 +202,7 @@ pub fn spawn(
     };
     let probe_thread = {
         let (producer, probe) = (producer.clone(), probe.clone());
-        probe::every_second("ingest-probe", stopper.token(), move || {
+        probe::every_second("ingest-probe", stopper.token(), fatal.clone(), move || {
             probe.check(producer.client(), &admin_config, &plan, PROBE_TIMEOUT)
         })?
     };
@@ -262,7 +268,7 @@ impl Shared {
             return;
         };
         let (status, body) = produce::answer(&p.topic, &outcomes);
-        self.finish_idempotent(p.idempotency_key.as_deref(), status, &body);
+        self.finish_idempotent(p.idempotency.as_ref(), status, &body);
         let mut reply = json_reply(status, &body);
         if status == 503 {
             reply = with_retry_after(reply, 1);

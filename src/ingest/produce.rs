@@ -45,25 +45,26 @@ pub struct Pending {
     pub topic: Arc<str>,
     /// The request to answer; `None` in `queued` mode (already answered).
     pub reply: Mutex<Option<tiny_http::Request>>,
-    pub idempotency_key: Option<String>,
+    /// The idempotency key this request holds, if any.
+    pub(crate) idempotency: Option<super::server::Ticket>,
     pub started: Instant,
     remaining: AtomicUsize,
     outcomes: Mutex<Vec<Outcome>>,
 }
 
 impl Pending {
-    pub fn new(
+    pub(crate) fn new(
         route: usize,
         topic: Arc<str>,
         records: usize,
         reply: Option<tiny_http::Request>,
-        idempotency_key: Option<String>,
+        idempotency: Option<super::server::Ticket>,
     ) -> Pending {
         Pending {
             route,
             topic,
             reply: Mutex::new(reply),
-            idempotency_key,
+            idempotency,
             started: Instant::now(),
             remaining: AtomicUsize::new(records),
             outcomes: Mutex::new(vec![Outcome::Waiting; records]),
@@ -95,6 +96,10 @@ pub struct Job {
     /// From `X-Kafka-Key`; wins over the key of `key_field`.
     pub key: Option<String>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Bytes the decoded body holds beyond the wire body, reserved from the
+    /// server's `max_buffered_body_bytes` until the job is handed to
+    /// librdkafka (which copies the records).
+    pub reserved: Option<tiny_http::Reservation>,
 }
 
 /// The ingest producer's context: the shared client context plus the

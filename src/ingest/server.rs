@@ -6,7 +6,8 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{SendTimeoutError, Sender};
@@ -16,11 +17,51 @@ use tiny_http::{Method, Request};
 use super::Shared;
 use super::body::{self, BodyError};
 use super::config::AckMode;
-use super::idempotency::{Answer, Begin};
+use super::idempotency::{Answer, Begin, Window};
 use super::produce::{Job, Pending};
 use crate::http::{self, error_reply, header_value, json_reply, with_header, with_retry_after};
 
 const HEADER_PREFIX: &str = "x-kafka-header-";
+/// Record headers of this prefix are kbridge's own (retry and dead-letter
+/// bookkeeping); clients cannot set them.
+const RESERVED_PREFIX: &str = "kbridge-";
+/// Longest `Idempotency-Key` accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The first request of an idempotency key, until its answer is recorded.
+/// Dropped unanswered (a panic on the way), it releases the key with a 500
+/// for the requests that wait on it, so none waits forever.
+pub(crate) struct Ticket {
+    window: Arc<Mutex<Window<Request>>>,
+    key: String,
+    done: AtomicBool,
+}
+
+impl Ticket {
+    /// Records the answer once; returns the requests that waited for it.
+    fn finish(&self, answer: &Answer) -> Vec<Request> {
+        if self.done.swap(true, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        match self.window.lock() {
+            Ok(mut w) => w.finish(&self.key, answer, Instant::now()),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let body = json!({ "status": 500, "error": "the first request with this Idempotency-Key failed inside kbridge; retry" });
+        let answer = Answer {
+            status: 500,
+            body: Arc::from(body.to_string()),
+        };
+        for w in self.finish(&answer) {
+            http::send(w, json_reply(500, &body));
+        }
+    }
+}
 
 /// Answers one request (every branch ends in a response).
 pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
@@ -40,18 +81,29 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
     let parsed = match parse(shared, &mut req, &query, route) {
         Ok(p) => p,
         Err((status, msg, extra)) => {
-            // The rest of an unread body would be taken for the next request.
-            let r = with_header(error_reply(status, &msg, extra), "Connection", "close");
+            // The server read the whole body before this handler saw it, so
+            // the connection's framing is intact: it stays open.
+            let mut r = error_reply(status, &msg, extra);
+            if status == 503 {
+                r = with_retry_after(r, 1);
+            }
             return shared.reply(req, Some(route), started, r);
         }
     };
     let topic = shared.routes[route].topic.clone();
     let records = parsed.spans.len();
 
-    let mut idempotency_key = None;
+    let mut ticket = None;
     if let Some(key) = header_value(&req, "Idempotency-Key").map(str::to_string)
         && !shared.config.idempotency_window.is_zero()
     {
+        if key.len() > MAX_IDEMPOTENCY_KEY || key.is_empty() {
+            let msg = format!(
+                "Idempotency-Key: expected 1 to {MAX_IDEMPOTENCY_KEY} bytes, got {}",
+                key.len()
+            );
+            return shared.reply(req, Some(route), started, error_reply(400, &msg, json!({})));
+        }
         let hash = body_hash(route, &parsed);
         let begun = match shared.idempotency.lock() {
             Ok(mut w) => w.begin(&key, hash, req, Instant::now()),
@@ -78,17 +130,22 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
                 return shared.reply(r, Some(route), started, error_reply(422, &msg, json!({})));
             }
         };
-        idempotency_key = Some(key);
+        ticket = Some(Ticket {
+            window: shared.idempotency.clone(),
+            key,
+            done: AtomicBool::new(false),
+        });
     }
 
     let queued = shared.config.ack == AckMode::Queued;
-    let pending = Arc::new(Pending::new(
-        route,
-        topic.clone(),
-        records,
-        None,
-        idempotency_key.clone(),
-    ));
+    // ack = kafka: the ticket travels with the request and is settled by
+    // the responder; ack = queued: here.
+    let (kept, travels) = if queued {
+        (ticket, None)
+    } else {
+        (None, ticket)
+    };
+    let pending = Arc::new(Pending::new(route, topic.clone(), records, None, travels));
     // ack = kafka: the request travels with the job and is answered by a
     // responder; ack = queued: answered here.
     let mut here = Some(req);
@@ -102,6 +159,7 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
         partition: parsed.partition,
         key: parsed.key,
         headers: parsed.headers,
+        reserved: parsed.reserved,
     };
     let bytes = job.spans.iter().map(|s| s.range.len() as u64).sum();
     match jobs.send_timeout(job, shared.config.enqueue_timeout) {
@@ -110,7 +168,7 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             shared.metrics.bytes_in.add(bytes);
             if queued {
                 let (status, body) = (202, json!({ "topic": &*topic, "queued": records }));
-                shared.finish_idempotent(idempotency_key.as_deref(), status, &body);
+                shared.finish_idempotent(kept.as_ref(), status, &body);
                 if let Some(req) = here {
                     shared.reply(req, Some(route), started, json_reply(status, &body));
                 }
@@ -123,7 +181,11 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
                 "status": 503,
                 "error": format!("ingest is saturated: the request channel stayed full for {} ms; nothing of this request is stored", shared.config.enqueue_timeout.as_millis()),
             });
-            shared.finish_idempotent(idempotency_key.as_deref(), 503, &body);
+            shared.finish_idempotent(
+                kept.as_ref().or(job.pending.idempotency.as_ref()),
+                503,
+                &body,
+            );
             if let Some(req) = req {
                 shared.reply(
                     req,
@@ -143,6 +205,7 @@ struct Parsed {
     partition: Option<i32>,
     key: Option<String>,
     headers: Vec<(String, Vec<u8>)>,
+    reserved: Option<tiny_http::Reservation>,
 }
 
 type Reject = (u16, String, serde_json::Value);
@@ -172,8 +235,20 @@ fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Resul
                 .then(|| (suffix.to_string(), h.value.as_str().as_bytes().to_vec()))
         })
         .collect();
+    if let Some((name, _)) = headers.iter().find(|(n, _)| {
+        n.len() >= RESERVED_PREFIX.len()
+            && n[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+    }) {
+        return Err((
+            400,
+            format!(
+                "header X-Kafka-Header-{name}: record headers named {RESERVED_PREFIX}* are kbridge's own"
+            ),
+            json!({}),
+        ));
+    }
 
-    let max = shared.config.max_body_bytes;
+    let max = shared.config.limits.max_body_bytes;
     let mut wire = Vec::with_capacity(req.body_length().unwrap_or(0).min(max));
     req.as_reader()
         .take(max as u64 + 1)
@@ -182,20 +257,38 @@ fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Resul
     if wire.len() > max {
         return Err(body_err(BodyError::TooLarge { max }));
     }
+    let wire_len = wire.len();
     let decoded = body::decode(encoding.as_deref(), wire, max).map_err(body_err)?;
-    let (_, spans) = body::split(
-        &decoded,
-        format,
-        shared.config.key_field.as_deref(),
-        shared.config.max_record_bytes,
-    )
-    .map_err(body_err)?;
+    // What gzip added is held in memory too: it counts against the same
+    // budget as the bodies on the wire.
+    let reserved = match decoded.len().checked_sub(wire_len) {
+        Some(extra) if extra > 0 => Some(shared.budget.reserve(extra).ok_or_else(|| {
+            (
+                503,
+                format!(
+                    "ingest holds {} of its {} bytes of request bodies ([ingest] max_buffered_body_bytes); retry shortly",
+                    shared.budget.used(),
+                    shared.budget.max()
+                ),
+                json!({}),
+            )
+        })?),
+        _ => None,
+    };
+    let limits = body::RecordLimits {
+        max_bytes: shared.config.max_record_bytes,
+        max_records: shared.config.max_records,
+        max_depth: shared.config.max_json_depth,
+    };
+    let (_, spans) = body::split(&decoded, format, shared.config.key_field.as_deref(), limits)
+        .map_err(body_err)?;
     Ok(Parsed {
         body: decoded,
         spans,
         partition,
         key,
         headers,
+        reserved,
     })
 }
 
@@ -269,19 +362,16 @@ impl Shared {
     /// requests that waited for it.
     pub(super) fn finish_idempotent(
         &self,
-        key: Option<&str>,
+        ticket: Option<&Ticket>,
         status: u16,
         body: &serde_json::Value,
     ) {
-        let Some(key) = key else { return };
+        let Some(ticket) = ticket else { return };
         let answer = Answer {
             status,
             body: Arc::from(body.to_string()),
         };
-        let waiters = match self.idempotency.lock() {
-            Ok(mut w) => w.finish(key, &answer, Instant::now()),
-            Err(_) => return,
-        };
+        let waiters = ticket.finish(&answer);
         for w in waiters {
             let reply = with_header(
                 http::body(status, "application/json", answer.body.as_bytes().to_vec()),

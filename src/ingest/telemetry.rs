@@ -166,6 +166,7 @@ impl Telemetry for IngestTelemetry {
     fn prometheus(&self, out: &mut String) {
         let m = &self.shared.metrics;
         let mut p = Prom::new(out);
+        self.shared.server_stats.render(&mut p, "ingest");
         let name = "kbridge_ingest_responses_total";
         p.describe(name, "counter", "HTTP responses by route and status.");
         for (i, row) in m.responses.iter().enumerate() {

@@ -15,15 +15,19 @@ use rdkafka::client::{Client, ClientContext};
 use super::ensure_topics;
 use crate::shutdown::StopToken;
 
-/// Runs `round` once a second on thread `name` until `token` stops.
+/// Runs `round` once a second on thread `name` until `token` stops; a
+/// panic in it is fatal to the process.
 pub fn every_second(
     name: &str,
     token: StopToken,
+    fatal: crossbeam_channel::Sender<String>,
     mut round: impl FnMut() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let watch = crate::panics::Watch::new(name, fatal);
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
+            let _watch = watch;
             while !token.wait(Duration::from_secs(1)) {
                 round();
             }

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod murmur2;
 pub mod process;
+pub mod raw;
 pub mod sink;
 
 use std::collections::HashMap;
@@ -297,6 +298,31 @@ fn read_topic_then(
     }
     out.sort_by_key(|r| (r.partition, r.offset));
     out
+}
+
+/// Reads every record `topic` holds now: up to each partition's high
+/// watermark as of the call (however many that is).
+pub fn read_all(brokers: &str, topic: &str) -> Vec<Rec> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let total: i64 = md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (low, high) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum();
+    let recs = read_topic(brokers, topic, total as usize, Duration::from_secs(60));
+    assert_eq!(recs.len() as i64, total, "{topic}: read all it holds");
+    recs
 }
 
 /// Reads `n` records, then reads 2 s longer to show there are no more.

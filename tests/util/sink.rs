@@ -67,6 +67,10 @@ impl Reply {
         self.headers.push((k.into(), v.into()));
         self
     }
+    pub fn body(mut self, b: &str) -> Reply {
+        self.body = b.into();
+        self
+    }
 }
 
 /// `(call, how many earlier calls carried the same first id)` → reply.

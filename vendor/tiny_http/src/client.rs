@@ -1,309 +1,743 @@
+//! kbridge patch: one client connection, served by one thread from first
+//! byte to close. The thread reads a request head within its limits and
+//! deadline, checks the framing (`Content-Length`, `Transfer-Encoding`),
+//! reads the whole body into memory within the body limits, the server's
+//! byte budget and a deadline, hands the request to the handlers, waits for
+//! the response and writes it in one go, then reads the next request.
+//! Handlers never touch the socket, so no client, however slow, can hold a
+//! handler thread; a request the server refuses gets its 4xx/5xx and the
+//! connection closes, so no unread byte is ever taken for a request.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use ascii::AsciiString;
 
-use std::io::Error as IoError;
-use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
-
-use std::net::SocketAddr;
-use std::str::FromStr;
-
-use crate::common::{HTTPVersion, Method};
+use crate::common::{HTTPVersion, Header, Method};
+use crate::limits::{Budget, Limits, Reservation, ServerEvent};
+use crate::request::ResponseSink;
 use crate::util::RefinedTcpStream;
-use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
-/// A ClientConnection is an object that will store a socket to a client
-/// and return Request objects.
-pub struct ClientConnection {
-    // address of the client
-    remote_addr: IoResult<Option<SocketAddr>>,
-
-    // sequence of Readers to the stream, so that the data is not read in
-    //  the wrong order
-    source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
-
-    // sequence of Writers to the stream, to avoid writing response #2 before
-    //  response #1
-    sink: SequentialWriterBuilder<BufWriter<RefinedTcpStream>>,
-
-    // Reader to read the next header from
-    next_header_source: SequentialReader<BufReader<RefinedTcpStream>>,
-
-    // set to true if we know that the previous request is the last one
-    no_more_requests: bool,
-
-    // true if the connection goes through SSL
-    secure: bool,
+/// What a request may pass on to the next stage.
+pub(crate) struct Ctx {
+    pub limits: Arc<Limits>,
+    pub budget: Arc<Budget>,
+    /// Set when the server is dropped: no new request is read.
+    pub closing: Arc<AtomicBool>,
 }
 
-/// Error that can happen when reading a request.
-#[derive(Debug)]
-enum ReadError {
-    WrongRequestLine,
-    WrongHeader(HTTPVersion),
-    /// the client sent an unrecognized `Expect` header
-    ExpectationFailed(HTTPVersion),
-    ReadIoError(IoError),
+/// Reads from the socket, failing with `TimedOut` once the deadline passed;
+/// the socket's own timeout is kept near the time left, so no single read
+/// waits much beyond it.
+struct DeadlineReader {
+    inner: RefinedTcpStream,
+    deadline: Instant,
+    /// The socket read timeout last set.
+    set: Option<Duration>,
 }
 
-impl ClientConnection {
-    /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
-    pub fn new(
-        write_socket: RefinedTcpStream,
-        mut read_socket: RefinedTcpStream,
-    ) -> ClientConnection {
-        let remote_addr = read_socket.peer_addr();
-        let secure = read_socket.secure();
+impl DeadlineReader {
+    fn until(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+}
 
-        let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
-        let first_header = source.next().unwrap();
-
-        ClientConnection {
-            source,
-            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
-            remote_addr,
-            next_header_source: first_header,
-            no_more_requests: false,
-            secure,
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        // Re-arm when the socket would wait well past the deadline or cut
+        // well before it: a few system calls per phase, not one per read.
+        let slack = Duration::from_millis(20).max(left / 8);
+        if self
+            .set
+            .is_none_or(|s| s > left + slack || s + slack < left)
+        {
+            self.inner.set_read_timeout(Some(left))?;
+            self.set = Some(left);
+        }
+        match self.inner.read(buf) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ErrorKind::TimedOut.into()),
+            r => r,
         }
     }
+}
 
-    /// true if the connection is HTTPS
-    pub fn secure(&self) -> bool {
-        self.secure
+/// Why no request could be taken from the connection.
+enum Fail {
+    /// The client left or went quiet between requests: close silently.
+    Gone,
+    /// Answer `status` with `reason`, then close.
+    Refuse(u16, String),
+}
+
+fn io_fail(e: std::io::Error, what: &str) -> Fail {
+    match e.kind() {
+        ErrorKind::TimedOut => Fail::Refuse(408, format!("{what} not received in time")),
+        ErrorKind::InvalidData => Fail::Refuse(400, format!("{what}: {e}")),
+        _ => Fail::Gone,
     }
+}
 
-    /// Reads the next line from self.next_header_source.
-    ///
-    /// Reads until `CRLF` is reached. The next read will start
-    ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
+/// How the body of a request is delimited.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
 
-        loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
+struct Head {
+    method: Method,
+    path: String,
+    version: HTTPVersion,
+    headers: Vec<Header>,
+}
 
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
-            };
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+/// Serves one connection until it closes.
+pub(crate) fn serve(
+    read: RefinedTcpStream,
+    mut write: RefinedTcpStream,
+    ctx: &Ctx,
+    push: &dyn Fn(Request),
+) {
+    let limits = &ctx.limits;
+    let _ = write.set_write_timeout(Some(limits.write_timeout));
+    let mut read = read;
+    let remote_addr = read.peer_addr().ok().flatten();
+    let secure = read.secure();
+    let mut reader = BufReader::with_capacity(
+        8 * 1024,
+        DeadlineReader {
+            inner: read,
+            deadline: Instant::now() + limits.header_timeout,
+            set: None,
+        },
+    );
+    let mut first = true;
+    loop {
+        if ctx.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        let outcome = next_request(&mut reader, ctx, first, secure, remote_addr, &mut write);
+        let (request, reply_rx, close_flag, keep_alive, _body) = match outcome {
+            Ok(r) => r,
+            Err(Fail::Gone) => return,
+            Err(Fail::Refuse(status, reason)) => {
+                refuse(&mut write, status, &reason, &limits.section);
+                limits.event(ServerEvent::Rejected { status, reason });
+                linger(&mut reader);
+                return;
             }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
-        }
-    }
-
-    /// Reads a request from the stream.
-    /// Blocks until the header has been read.
-    fn read(&mut self) -> Result<Request, ReadError> {
-        let (method, path, version, headers) = {
-            // reading the request line
-            let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
-
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
-            };
-
-            // getting all headers
-            let headers = {
-                let mut headers = Vec::new();
-                loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
-
-                    if line.is_empty() {
-                        break;
-                    };
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
-                        Ok(h) => h,
-                        _ => return Err(ReadError::WrongHeader(version)),
-                    });
-                }
-
-                headers
-            };
-
-            (method, path, version, headers)
         };
-
-        // building the writer for the request
-        let writer = self.sink.next().unwrap();
-
-        // follow-up for next potential request
-        let mut data_source = self.source.next().unwrap();
-        std::mem::swap(&mut self.next_header_source, &mut data_source);
-
-        // building the next reader
-        let request = crate::request::new_request(
-            self.secure,
-            method,
-            path,
-            version.clone(),
-            headers,
-            *self.remote_addr.as_ref().unwrap(),
-            data_source,
-            writer,
-        )
-        .map_err(|e| {
-            use crate::request;
-            match e {
-                request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
-                request::RequestCreationError::ExpectationFailed => {
-                    ReadError::ExpectationFailed(version)
-                }
-            }
-        })?;
-
-        // return the request
-        Ok(request)
+        push(request);
+        // The body's reservation (`_body`) is held until the answer is out.
+        let Ok(bytes) = reply_rx.recv() else { return };
+        if write.write_all(&bytes).and_then(|_| write.flush()).is_err() {
+            return;
+        }
+        if !keep_alive || close_flag.load(Ordering::Relaxed) {
+            linger(&mut reader);
+            return;
+        }
+        first = false;
     }
 }
 
-impl Iterator for ClientConnection {
-    type Item = Request;
+type Next = (
+    Request,
+    mpsc::Receiver<Vec<u8>>,
+    Arc<AtomicBool>,
+    bool,
+    Option<Reservation>,
+);
 
-    /// Blocks until the next Request is available.
-    /// Returns None when no new Requests will come from the client.
-    fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
-        // the client sent a "connection: close" header in this previous request
-        //  or is using HTTP 1.0, meaning that no new request will come
-        if self.no_more_requests {
-            return None;
-        }
-
-        loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+fn next_request(
+    reader: &mut BufReader<DeadlineReader>,
+    ctx: &Ctx,
+    first: bool,
+    secure: bool,
+    remote_addr: Option<SocketAddr>,
+    write: &mut RefinedTcpStream,
+) -> Result<Next, Fail> {
+    let limits = &ctx.limits;
+    // A new connection must send its head within header_timeout; a kept
+    // alive one may stay quiet for idle_timeout before its next request.
+    if !first {
+        reader.get_mut().until(Instant::now() + limits.idle_timeout);
+    }
+    match reader.fill_buf() {
+        Ok([]) | Err(_) => return Err(Fail::Gone),
+        Ok(_) => {}
+    }
+    if !first {
+        reader
+            .get_mut()
+            .until(Instant::now() + limits.header_timeout);
+    }
+    let head = read_head(reader, limits)?;
+    let framing = framing(&head, limits)?;
+    let keep_alive = keep_alive(&head);
+    if framing != Framing::None {
+        match header(&head.headers, "Expect") {
+            None => {}
+            Some(v) if v.eq_ignore_ascii_case("100-continue") => {
+                let _ = write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
-
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
-
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
-
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
-
-            // returning the request
-            return Some(rq);
+            Some(v) => {
+                return Err(Fail::Refuse(
+                    417,
+                    format!("Expect: {v} is not supported (only 100-continue)"),
+                ))
+            }
         }
     }
+    reader.get_mut().until(Instant::now() + limits.body_timeout);
+    let (body, reservation) = read_body(reader, &framing, ctx)?;
+    // The next head's deadline runs from the end of this request.
+    reader
+        .get_mut()
+        .until(Instant::now() + limits.header_timeout);
+
+    let (tx, rx) = mpsc::sync_channel(1);
+    let close_flag = Arc::new(AtomicBool::new(false));
+    let request = crate::request::buffered_request(
+        secure,
+        head.method,
+        head.path,
+        head.version,
+        head.headers,
+        remote_addr,
+        body,
+        ResponseSink::new(tx),
+        close_flag.clone(),
+        keep_alive,
+    );
+    Ok((request, rx, close_flag, keep_alive, reservation))
 }
 
-/// Parses a "HTTP/1.1" string.
-fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
+/// Reads one line ending in CRLF, of at most `max` bytes without the CRLF.
+/// `Ok(None)`: the line was longer.
+fn read_line(
+    reader: &mut BufReader<DeadlineReader>,
+    max: usize,
+    line: &mut Vec<u8>,
+) -> Result<Option<()>, std::io::Error> {
+    line.clear();
+    reader
+        .by_ref()
+        .take(max as u64 + 2)
+        .read_until(b'\n', line)?;
+    if !line.ends_with(b"\n") {
+        if line.len() >= max + 2 {
+            return Ok(None);
+        }
+        return Err(ErrorKind::UnexpectedEof.into());
+    }
+    if !line.ends_with(b"\r\n") {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "line not ended by CRLF",
+        ));
+    }
+    line.truncate(line.len() - 2);
+    Ok(Some(()))
+}
+
+/// `tchar` of RFC 9110: what method and header names are made of.
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+}
+
+fn read_head(reader: &mut BufReader<DeadlineReader>, limits: &Limits) -> Result<Head, Fail> {
+    let mut line = Vec::with_capacity(256);
+    // Empty lines before a request line are skipped (RFC 9112 2.2).
+    let mut empty = 0;
+    loop {
+        match read_line(reader, limits.max_request_line_bytes, &mut line) {
+            Ok(Some(())) if line.is_empty() && empty < 4 => empty += 1,
+            Ok(Some(())) => break,
+            Ok(None) => {
+                return Err(Fail::Refuse(
+                    414,
+                    format!(
+                        "request line above {} bytes (max_request_line_bytes)",
+                        limits.max_request_line_bytes
+                    ),
+                ))
+            }
+            Err(e) => return Err(io_fail(e, "request line")),
+        }
+    }
+    let (method, path, version) = request_line(&line)?;
+
+    let mut headers = Vec::new();
+    let mut left = limits.max_header_bytes;
+    loop {
+        let too_big = || {
+            Fail::Refuse(
+                431,
+                format!(
+                    "request headers above {} bytes (max_header_bytes)",
+                    limits.max_header_bytes
+                ),
+            )
+        };
+        match read_line(reader, left, &mut line) {
+            Ok(Some(())) => {}
+            Ok(None) => return Err(too_big()),
+            Err(e) => return Err(io_fail(e, "request headers")),
+        }
+        if line.is_empty() {
+            break;
+        }
+        left = left.checked_sub(line.len() + 2).ok_or_else(too_big)?;
+        if headers.len() == limits.max_headers {
+            return Err(Fail::Refuse(
+                431,
+                format!(
+                    "more than {} request headers (max_headers)",
+                    limits.max_headers
+                ),
+            ));
+        }
+        headers.push(header_line(&line)?);
+    }
+    Ok(Head {
+        method,
+        path,
+        version,
+        headers,
+    })
+}
+
+fn request_line(line: &[u8]) -> Result<(Method, String, HTTPVersion), Fail> {
+    let bad = |why: &str| Fail::Refuse(400, format!("malformed request line: {why}"));
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad(
+            "expected METHOD TARGET HTTP/1.1 separated by single spaces",
+        ));
     };
-
-    Ok(HTTPVersion(major, minor))
+    if !is_token(method) {
+        return Err(bad("the method is not a token"));
+    }
+    if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return Err(bad("the target must be visible ASCII without spaces"));
+    }
+    let version = match version {
+        b"HTTP/1.1" => HTTPVersion(1, 1),
+        b"HTTP/1.0" => HTTPVersion(1, 0),
+        v if v.starts_with(b"HTTP/") => {
+            return Err(Fail::Refuse(
+                505,
+                "only HTTP/1.0 and HTTP/1.1 are supported".into(),
+            ))
+        }
+        _ => return Err(bad("unknown protocol version")),
+    };
+    // Both checked as ASCII above.
+    let method: Method = std::str::from_utf8(method)
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| bad("the method is not ASCII"))?;
+    let path = String::from_utf8_lossy(target).into_owned();
+    Ok((method, path, version))
 }
 
-/// Parses the request line of the request.
-/// eg. GET / HTTP/1.1
-fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
-    let mut parts = line.split(' ');
+fn header_line(line: &[u8]) -> Result<Header, Fail> {
+    let bad = |why: &str| Fail::Refuse(400, format!("malformed header line: {why}"));
+    let colon = line
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or_else(|| bad("no colon"))?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if !is_token(name) {
+        // Also a space before the colon, or a folded line (RFC 9112 5).
+        return Err(bad("the name is not a token"));
+    }
+    let value = value
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .map_or(&[][..], |s| &value[s..]);
+    let end = value
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(0, |e| e + 1);
+    let value = &value[..end];
+    if !value
+        .iter()
+        .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+    {
+        return Err(bad(&format!(
+            "the value of {} holds a control or non-ASCII byte",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    let name = AsciiString::from_ascii(name.to_vec()).map_err(|_| bad("not ASCII"))?;
+    let value = AsciiString::from_ascii(value.to_vec()).map_err(|_| bad("not ASCII"))?;
+    Ok(Header {
+        field: name.as_str().parse().map_err(|_| bad("bad name"))?,
+        value,
+    })
+}
 
-    let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
-    let version = parts.next().and_then(|w| parse_http_version(w).ok());
+fn header<'a>(headers: &'a [Header], name: &'static str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
 
-    method
-        .and_then(|method| Some((method, path?, version?)))
-        .ok_or(ReadError::WrongRequestLine)
+/// Tokens of every `Connection` header, lower case.
+fn connection_has(head: &Head, token: &str) -> bool {
+    head.headers
+        .iter()
+        .filter(|h| h.field.equiv("Connection"))
+        .flat_map(|h| h.value.as_str().split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn keep_alive(head: &Head) -> bool {
+    if connection_has(head, "close") {
+        return false;
+    }
+    head.version >= HTTPVersion(1, 1) || connection_has(head, "keep-alive")
+}
+
+/// The body's framing, refusing what a proxy in front could read otherwise
+/// (request smuggling): both `Content-Length` and `Transfer-Encoding`,
+/// differing or malformed lengths, codings other than `chunked`.
+fn framing(head: &Head, limits: &Limits) -> Result<Framing, Fail> {
+    let te: Vec<&str> = head
+        .headers
+        .iter()
+        .filter(|h| h.field.equiv("Transfer-Encoding"))
+        .map(|h| h.value.as_str())
+        .collect();
+    let cl: Vec<&str> = head
+        .headers
+        .iter()
+        .filter(|h| h.field.equiv("Content-Length"))
+        .map(|h| h.value.as_str())
+        .collect();
+    if !te.is_empty() {
+        if !cl.is_empty() {
+            return Err(Fail::Refuse(
+                400,
+                "both Content-Length and Transfer-Encoding sent".into(),
+            ));
+        }
+        if head.version < HTTPVersion(1, 1) {
+            return Err(Fail::Refuse(
+                400,
+                "Transfer-Encoding in an HTTP/1.0 request".into(),
+            ));
+        }
+        let joined = te.join(",");
+        if !joined.trim().eq_ignore_ascii_case("chunked") {
+            return Err(Fail::Refuse(
+                501,
+                format!("Transfer-Encoding {joined:?} is not supported (only chunked)"),
+            ));
+        }
+        return Ok(Framing::Chunked);
+    }
+    let Some(first) = cl.first() else {
+        return Ok(Framing::None);
+    };
+    let valid = |v: &str| !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit());
+    if !cl.iter().all(|v| valid(v)) || cl.iter().any(|v| v != first) {
+        return Err(Fail::Refuse(
+            400,
+            format!("invalid Content-Length {:?}", cl.join(", ")),
+        ));
+    }
+    let n: u64 = first
+        .parse()
+        .map_err(|_| Fail::Refuse(400, format!("invalid Content-Length {first:?}")))?;
+    if n > limits.max_body_bytes as u64 {
+        return Err(too_large(limits));
+    }
+    Ok(match n {
+        0 => Framing::None,
+        n => Framing::Length(n as usize),
+    })
+}
+
+fn too_large(limits: &Limits) -> Fail {
+    Fail::Refuse(
+        413,
+        format!(
+            "request body above {} bytes (max_body_bytes)",
+            limits.max_body_bytes
+        ),
+    )
+}
+
+fn busy(budget: &Budget) -> Fail {
+    Fail::Refuse(
+        503,
+        format!(
+            "the server holds {} of its {} bytes of request bodies (max_buffered_body_bytes); retry shortly",
+            budget.used(),
+            budget.max()
+        ),
+    )
+}
+
+fn read_body(
+    reader: &mut BufReader<DeadlineReader>,
+    framing: &Framing,
+    ctx: &Ctx,
+) -> Result<(Vec<u8>, Option<Reservation>), Fail> {
+    let limits = &ctx.limits;
+    match *framing {
+        Framing::None => Ok((Vec::new(), None)),
+        Framing::Length(n) => {
+            let reservation = ctx.budget.reserve(n).ok_or_else(|| busy(&ctx.budget))?;
+            let mut body = Vec::with_capacity(n);
+            reader
+                .by_ref()
+                .take(n as u64)
+                .read_to_end(&mut body)
+                .map_err(|e| io_fail(e, "request body"))?;
+            if body.len() < n {
+                return Err(Fail::Gone);
+            }
+            Ok((body, Some(reservation)))
+        }
+        Framing::Chunked => {
+            let mut reservation = ctx.budget.reserve(0).ok_or_else(|| busy(&ctx.budget))?;
+            let mut body = Vec::new();
+            let mut line = Vec::new();
+            loop {
+                let bad = |why: &str| Fail::Refuse(400, format!("malformed chunked body: {why}"));
+                match read_line(reader, 1024, &mut line) {
+                    Ok(Some(())) => {}
+                    Ok(None) => return Err(bad("chunk size line above 1024 bytes")),
+                    Err(e) => return Err(io_fail(e, "request body")),
+                }
+                let size = line.split(|b| *b == b';').next().unwrap_or(&[]);
+                let size = std::str::from_utf8(size)
+                    .ok()
+                    .map(|s| s.trim_matches([' ', '\t']))
+                    .filter(|s| !s.is_empty() && s.len() <= 16)
+                    .and_then(|s| usize::from_str_radix(s, 16).ok())
+                    .ok_or_else(|| bad("invalid chunk size"))?;
+                if size == 0 {
+                    // Trailer fields are read and dropped, within the
+                    // header limits.
+                    let mut left = limits.max_header_bytes;
+                    loop {
+                        match read_line(reader, left, &mut line) {
+                            Ok(Some(())) if line.is_empty() => break,
+                            Ok(Some(())) => left = left.saturating_sub(line.len() + 2),
+                            Ok(None) => return Err(bad("trailer above max_header_bytes")),
+                            Err(e) => return Err(io_fail(e, "request body")),
+                        }
+                    }
+                    return Ok((body, Some(reservation)));
+                }
+                if body.len() + size > limits.max_body_bytes {
+                    return Err(too_large(limits));
+                }
+                if !reservation.grow(size) {
+                    return Err(busy(&ctx.budget));
+                }
+                let start = body.len();
+                reader
+                    .by_ref()
+                    .take(size as u64)
+                    .read_to_end(&mut body)
+                    .map_err(|e| io_fail(e, "request body"))?;
+                if body.len() - start < size {
+                    return Err(Fail::Gone);
+                }
+                match read_line(reader, 0, &mut line) {
+                    Ok(Some(())) => {}
+                    Ok(None) => return Err(bad("chunk data longer than its size")),
+                    Err(e) => return Err(io_fail(e, "request body")),
+                }
+            }
+        }
+    }
+}
+
+/// Writes the server's own refusal: JSON saying what and where, then the
+/// connection is closed.
+fn refuse(write: &mut RefinedTcpStream, status: u16, reason: &str, section: &str) {
+    let phrase = crate::common::StatusCode(status).default_reason_phrase();
+    let reason = if reason.ends_with(')') {
+        // "... (max_body_bytes)" names the key: say where it is set.
+        match reason.rfind('(') {
+            Some(i) => format!("{}([{section}] {}", &reason[..i], &reason[i + 1..]),
+            None => reason.to_string(),
+        }
+    } else {
+        reason.to_string()
+    };
+    let body = format!(
+        "{{\"status\":{status},\"error\":\"{}\"}}",
+        reason.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    let retry = if status == 503 {
+        "Retry-After: 1\r\n"
+    } else {
+        ""
+    };
+    let msg = format!(
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = write.write_all(msg.as_bytes());
+    let _ = write.flush();
+}
+
+/// Before closing after an answer, reads (and drops) what the client still
+/// sends for a moment, so its unread bytes do not reset the connection
+/// before it has read the answer.
+fn linger(reader: &mut BufReader<DeadlineReader>) {
+    let _ = reader.get_mut().inner.shutdown_write();
+    reader
+        .get_mut()
+        .until(Instant::now() + Duration::from_millis(500));
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < 256 * 1024 {
+        match reader.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
 }
 
 #[cfg(test)]
-mod test {
+mod tests {
+    use super::*;
+
+    fn head(lines: &[&str]) -> Head {
+        Head {
+            method: Method::Post,
+            path: "/".into(),
+            version: HTTPVersion(1, 1),
+            headers: lines
+                .iter()
+                .map(|l| header_line(l.as_bytes()).ok().unwrap())
+                .collect(),
+        }
+    }
+
+    fn status(r: Result<Framing, Fail>) -> u16 {
+        match r {
+            Err(Fail::Refuse(s, _)) => s,
+            Err(Fail::Gone) => 0,
+            Ok(_) => 200,
+        }
+    }
+
     #[test]
-    fn test_parse_request_line() {
-        let (method, path, ver) = super::parse_request_line("GET /hello HTTP/1.1").unwrap();
+    fn framing_refuses_what_a_proxy_could_read_otherwise() {
+        let l = Limits::default();
+        assert_eq!(
+            framing(&head(&["Content-Length: 5"]), &l).ok(),
+            Some(Framing::Length(5))
+        );
+        assert_eq!(
+            framing(&head(&["Transfer-Encoding: chunked"]), &l).ok(),
+            Some(Framing::Chunked)
+        );
+        assert_eq!(framing(&head(&[]), &l).ok(), Some(Framing::None));
+        assert_eq!(
+            status(framing(
+                &head(&["Content-Length: 5", "Transfer-Encoding: chunked"]),
+                &l
+            )),
+            400
+        );
+        assert_eq!(
+            status(framing(
+                &head(&["Content-Length: 5", "Content-Length: 6"]),
+                &l
+            )),
+            400
+        );
+        assert_eq!(status(framing(&head(&["Content-Length: -1"]), &l)), 400);
+        assert_eq!(status(framing(&head(&["Content-Length: 1e3"]), &l)), 400);
+        assert_eq!(
+            status(framing(
+                &head(&["Content-Length: 99999999999999999999"]),
+                &l
+            )),
+            400
+        );
+        assert_eq!(
+            status(framing(&head(&["Content-Length: 1000000000000000"]), &l)),
+            413
+        );
+        assert_eq!(
+            status(framing(&head(&["Transfer-Encoding: gzip, chunked"]), &l)),
+            501
+        );
+        assert_eq!(
+            framing(&head(&["Content-Length: 7", "Content-Length: 7"]), &l).ok(),
+            Some(Framing::Length(7))
+        );
+    }
 
-        assert!(method == crate::Method::Get);
-        assert!(path == "/hello");
-        assert!(ver == crate::common::HTTPVersion(1, 1));
+    #[test]
+    fn header_lines_are_strict() {
+        assert!(header_line(b"X-A:  v v \t").is_ok());
+        assert_eq!(
+            header_line(b"X-A:  v v \t").ok().unwrap().value.as_str(),
+            "v v"
+        );
+        for bad in [
+            &b"X-A : v"[..],
+            b" folded",
+            b"no colon",
+            b"X-A: \x01",
+            b"X-A: \xc3\xa9",
+            b": v",
+        ] {
+            assert!(
+                header_line(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
-        assert!(super::parse_request_line("GET /hello").is_err());
-        assert!(super::parse_request_line("qsd qsd qsd").is_err());
+    #[test]
+    fn request_lines_are_strict() {
+        assert!(request_line(b"POST /api/x/v1/?partition=1 HTTP/1.1").is_ok());
+        for bad in [
+            &b"POST  /x HTTP/1.1"[..],
+            b"POST /x",
+            b"PO ST /x HTTP/1.1",
+            b"POST /x HTTP/1.1 x",
+            b"POST /\x7f HTTP/1.1",
+        ] {
+            assert!(
+                request_line(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            request_line(b"GET / HTTP/2.0"),
+            Err(Fail::Refuse(505, _))
+        ));
     }
 }

@@ -95,6 +95,39 @@ impl Connection {
         }
     }
 
+    // kbridge patch: socket options for the limits of `client.rs`.
+    pub(crate) fn set_read_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(t),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    pub(crate) fn set_write_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_write_timeout(t),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+
+    pub(crate) fn set_nodelay(&self) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nodelay(true),
+            #[cfg(unix)]
+            Self::Unix(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn set_nonblocking(&self) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nonblocking(true),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_nonblocking(true),
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

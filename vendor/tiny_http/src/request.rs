@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::Arc;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -74,6 +76,82 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // kbridge patch: set when the response asks for `Connection: close`;
+    // read by the connection's thread once the response is written.
+    close_after: Option<Arc<AtomicBool>>,
+
+    // kbridge patch: the connection stays open after this exchange (an
+    // HTTP/1.0 client that asked for it is told `Connection: keep-alive`).
+    keep_alive: bool,
+}
+
+/// kbridge patch: the response of a buffered request is written into memory
+/// and handed, whole, to the connection's thread, which writes it in one
+/// go (one system call, no delayed-ACK stall between headers and body).
+pub(crate) struct ResponseSink {
+    buf: Vec<u8>,
+    tx: Option<SyncSender<Vec<u8>>>,
+}
+
+impl ResponseSink {
+    pub(crate) fn new(tx: SyncSender<Vec<u8>>) -> ResponseSink {
+        ResponseSink {
+            buf: Vec::with_capacity(512),
+            tx: Some(tx),
+        }
+    }
+}
+
+impl Write for ResponseSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ResponseSink {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// kbridge patch: a request whose body was read whole by the connection's
+/// thread (see `client.rs`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn buffered_request(
+    secure: bool,
+    method: Method,
+    path: String,
+    version: HTTPVersion,
+    headers: Vec<Header>,
+    remote_addr: Option<SocketAddr>,
+    body: Vec<u8>,
+    writer: ResponseSink,
+    close_after: Arc<AtomicBool>,
+    keep_alive: bool,
+) -> Request {
+    let body_length = Some(body.len());
+    Request {
+        data_reader: Some(Box::new(Cursor::new(body))),
+        response_writer: Some(Box::new(writer)),
+        remote_addr,
+        secure,
+        method,
+        path,
+        http_version: version,
+        headers,
+        body_length,
+        must_send_continue: false,
+        notify_when_responded: None,
+        close_after: Some(close_after),
+        keep_alive,
+    }
 }
 
 struct NotifyOnDrop<R> {
@@ -237,6 +315,8 @@ where
         headers,
         body_length: content_length,
         must_send_continue: expects_continue,
+        close_after: None,
+        keep_alive: true,
         notify_when_responded: None,
     })
 }
@@ -440,11 +520,30 @@ impl Request {
         res
     }
 
-    fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>
+    fn respond_impl<R>(&mut self, mut response: Response<R>) -> Result<(), IoError>
     where
         R: Read,
     {
         let mut writer = self.extract_writer_impl();
+
+        if let Some(flag) = &self.close_after {
+            let close = response.headers().iter().any(|h| {
+                h.field.equiv("Connection") && h.value.as_str().eq_ignore_ascii_case("close")
+            });
+            if close {
+                flag.store(true, Ordering::Relaxed);
+            } else if self.keep_alive && self.http_version == HTTPVersion(1, 0) {
+                response.add_header(Header {
+                    field: "Connection".parse().unwrap(),
+                    value: ascii::AsciiString::from_ascii("keep-alive").unwrap(),
+                });
+            } else if !self.keep_alive {
+                response.add_header(Header {
+                    field: "Connection".parse().unwrap(),
+                    value: ascii::AsciiString::from_ascii("close").unwrap(),
+                });
+            }
+        }
 
         let do_not_send_body = self.method == Method::Head;
 

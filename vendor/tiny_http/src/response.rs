@@ -254,9 +254,18 @@ where
     {
         let header = header.into();
 
+        // kbridge patch: `Connection: close` and `keep-alive` are kept (the
+        // connection's thread closes after a `close`); other values dropped.
+        if header.field.equiv("Connection") {
+            let v = header.value.as_str();
+            if v.eq_ignore_ascii_case("close") || v.eq_ignore_ascii_case("keep-alive") {
+                self.headers.push(header);
+            }
+            return;
+        }
+
         // ignoring forbidden headers
-        if header.field.equiv("Connection")
-            || header.field.equiv("Trailer")
+        if header.field.equiv("Trailer")
             || header.field.equiv("Transfer-Encoding")
             || header.field.equiv("Upgrade")
         {

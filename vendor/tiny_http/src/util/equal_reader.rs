@@ -66,10 +66,14 @@ where
     fn drop(&mut self) {
         let mut remaining_to_read = self.size;
 
+        // kbridge patch: drain in small steps; a lying Content-Length of
+        // 10^15 used to allocate that much at once and abort the process.
+        let mut buf = [0u8; 8192];
         while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
+            let step = remaining_to_read.min(buf.len());
+            let buf = &mut buf[..step];
 
-            match self.reader.read(&mut buf) {
+            match self.reader.read(buf) {
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;

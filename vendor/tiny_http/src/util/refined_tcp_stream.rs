@@ -45,6 +45,14 @@ impl Stream {
         }
     }
 
+    fn connection(&self) -> &Connection {
+        match self {
+            Stream::Http(c) => c,
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(s) => s.get_ref(),
+        }
+    }
+
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
@@ -120,6 +128,19 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    // kbridge patch: socket options for the limits of `client.rs`.
+    pub(crate) fn set_read_timeout(&self, t: Option<std::time::Duration>) -> IoResult<()> {
+        self.stream.connection().set_read_timeout(t)
+    }
+
+    pub(crate) fn set_write_timeout(&self, t: Option<std::time::Duration>) -> IoResult<()> {
+        self.stream.connection().set_write_timeout(t)
+    }
+
+    pub(crate) fn shutdown_write(&mut self) -> IoResult<()> {
+        self.stream.shutdown(Shutdown::Write)
     }
 }
 

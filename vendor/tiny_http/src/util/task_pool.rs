@@ -10,7 +10,13 @@ use std::time::Duration;
 /// Any idle thread will automatically die after a few seconds.
 pub struct TaskPool {
     sharing: Arc<Sharing>,
+    // kbridge patch: threads are named, with a small stack (they parse
+    // heads and copy bodies; handlers run elsewhere).
+    name: String,
 }
+
+/// kbridge patch: stack of a connection thread, in bytes.
+const STACK_BYTES: usize = 256 * 1024;
 
 struct Sharing {
     // list of the tasks to be done by worker threads
@@ -48,7 +54,12 @@ impl<'a> Drop for Registration<'a> {
 
 impl TaskPool {
     pub fn new() -> TaskPool {
+        Self::with_name("http-conn")
+    }
+
+    pub fn with_name(name: &str) -> TaskPool {
         let pool = TaskPool {
+            name: name.to_string(),
             sharing: Arc::new(Sharing {
                 todo: Mutex::new(VecDeque::new()),
                 condvar: Condvar::new(),
@@ -86,50 +97,58 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
-            let sharing = sharing;
-            let _active_guard = Registration::new(&sharing.active_tasks);
+        let spawned = thread::Builder::new()
+            .name(self.name.clone())
+            .stack_size(STACK_BYTES)
+            .spawn(move || {
+                let sharing = sharing;
+                let _active_guard = Registration::new(&sharing.active_tasks);
 
-            if let Some(mut f) = initial_fn {
-                f();
-            }
+                if let Some(mut f) = initial_fn {
+                    f();
+                }
 
-            loop {
-                let mut task: Box<dyn FnMut() + Send> = {
-                    let mut todo = sharing.todo.lock().unwrap();
+                loop {
+                    let mut task: Box<dyn FnMut() + Send> = {
+                        let mut todo = sharing.todo.lock().unwrap();
 
-                    let task;
-                    loop {
-                        if let Some(poped_task) = todo.pop_front() {
-                            task = poped_task;
-                            break;
+                        let task;
+                        loop {
+                            if let Some(poped_task) = todo.pop_front() {
+                                task = poped_task;
+                                break;
+                            }
+                            let _waiting_guard = Registration::new(&sharing.waiting_tasks);
+
+                            let received =
+                                if sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS {
+                                    todo = sharing.condvar.wait(todo).unwrap();
+                                    true
+                                } else {
+                                    let (new_lock, waitres) = sharing
+                                        .condvar
+                                        .wait_timeout(todo, Duration::from_millis(5000))
+                                        .unwrap();
+                                    todo = new_lock;
+                                    !waitres.timed_out()
+                                };
+
+                            if !received && todo.is_empty() {
+                                return;
+                            }
                         }
-                        let _waiting_guard = Registration::new(&sharing.waiting_tasks);
 
-                        let received =
-                            if sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS {
-                                todo = sharing.condvar.wait(todo).unwrap();
-                                true
-                            } else {
-                                let (new_lock, waitres) = sharing
-                                    .condvar
-                                    .wait_timeout(todo, Duration::from_millis(5000))
-                                    .unwrap();
-                                todo = new_lock;
-                                !waitres.timed_out()
-                            };
+                        task
+                    };
 
-                        if !received && todo.is_empty() {
-                            return;
-                        }
-                    }
-
-                    task
-                };
-
-                task();
-            }
-        });
+                    task();
+                }
+            });
+        // Out of threads: the task (a connection) is dropped, which closes
+        // it; the server goes on.
+        if let Err(e) = spawned {
+            log::warn!("cannot start a connection thread: {}", e);
+        }
     }
 }
 
