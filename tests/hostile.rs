@@ -6,7 +6,7 @@
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::process::spawn_bin;
 use crate::util::raw::*;
