@@ -90,13 +90,14 @@ impl Load {
 /// One client's loop.
 pub fn client(load: &Load, index: usize, stats: &Mutex<ThreadStats>) {
     let p = &load.plan;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .max_idle_connections_per_host(1)
-        .no_delay(true)
-        .build()
-        .into();
+    let agent: ureq::Agent = kbridge::http_client::agent(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .max_idle_connections_per_host(1)
+            .no_delay(true)
+            .build(),
+    );
     let mut body = Vec::with_capacity(p.batch * 256);
     let mut ids: Vec<String> = Vec::with_capacity(p.batch);
     let mut id = String::with_capacity(64);

@@ -26,7 +26,7 @@ pub fn spawn(
     let watch = crate::panics::Watch::new("admin-http", fatal);
     let addr = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
-    let server = stats.start("admin", listener, limits)?;
+    let server = stats.start("admin", listener, limits, None)?;
     log::info!("admin on http://{addr} (/health, /ready, /metrics)");
     Ok(std::thread::Builder::new()
         .name("admin-http".into())

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{error, warn};
@@ -119,7 +119,9 @@ pub struct ServerStats {
     rejected: Mutex<BTreeMap<u16, u64>>,
     refused: Counter,
     accept_errors: Counter,
-    server: OnceLock<Weak<tiny_http::Server>>,
+    /// Open connections and the body budget of the server (they outlive it:
+    /// connections still answering after it stopped accepting count).
+    server: OnceLock<(tiny_http::OpenConnections, Arc<tiny_http::Budget>)>,
     last_warn_s: AtomicU64,
     unlogged: AtomicU64,
 }
@@ -132,19 +134,19 @@ impl ServerStats {
         name: &'static str,
         listener: std::net::TcpListener,
         limits: &HttpLimits,
+        inline: Option<tiny_http::InlineHandler>,
     ) -> anyhow::Result<Arc<tiny_http::Server>> {
         let addr = listener.local_addr()?;
         let stats = self.clone();
         let hook = Arc::new(move |e: &tiny_http::ServerEvent| stats.event(name, e));
-        let server = tiny_http::Server::from_listener_with_limits(
-            listener,
-            None,
-            limits.to_server(name, &format!("{name}-conn"), hook),
-        )
+        let mut l = limits.to_server(name, &format!("{name}-conn"), hook);
+        l.inline = inline;
+        let server = tiny_http::Server::from_listener_with_limits(listener, None, l)
         .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
-        let server = Arc::new(server);
-        let _ = self.server.set(Arc::downgrade(&server));
-        Ok(server)
+        let _ = self
+            .server
+            .set((server.open_connections(), server.budget()));
+        Ok(Arc::new(server))
     }
 
     fn event(&self, name: &str, e: &tiny_http::ServerEvent) {
@@ -184,20 +186,14 @@ impl ServerStats {
         }
     }
 
-    /// Open connections now (0 once the server is gone).
+    /// Open connections now.
     pub fn open_connections(&self) -> usize {
-        self.server
-            .get()
-            .and_then(Weak::upgrade)
-            .map_or(0, |s| s.num_connections())
+        self.server.get().map_or(0, |(c, _)| c.count())
     }
 
     /// Request body bytes held in memory now.
     pub fn buffered_bytes(&self) -> usize {
-        self.server
-            .get()
-            .and_then(Weak::upgrade)
-            .map_or(0, |s| s.budget().used())
+        self.server.get().map_or(0, |(_, b)| b.used())
     }
 
     /// Writes the figures labelled `server="<name>"`.

@@ -24,6 +24,7 @@ pub mod collect;
 pub mod config;
 pub mod deliver;
 pub mod http;
+pub mod http_client;
 pub mod ingest;
 pub mod kafka;
 pub mod logging;

@@ -101,8 +101,11 @@ impl WorkerPool {
 
     /// A cheap read-only view for telemetry and readiness.
     pub fn view(&self) -> PoolView {
+        let (a, p) = (self.pool.clone(), self.pool.clone());
         PoolView {
-            pool: self.pool.clone(),
+            alive: Arc::new(move || a.active_count()),
+            panicked: Arc::new(move || p.panic_count()),
+            fixed: true,
             gauges: self.gauges.clone(),
         }
     }
@@ -119,27 +122,44 @@ impl WorkerPool {
     }
 }
 
+/// Counts a pool's threads (alive, or died of a panic).
+pub type Count = Arc<dyn Fn() -> usize + Send + Sync>;
+
 /// Gauges plus liveness of one pool, shared with the stats thread and `/ready`.
 #[derive(Clone)]
 pub struct PoolView {
-    pool: threadpool::ThreadPool,
+    alive: Count,
+    panicked: Count,
+    /// A fixed pool must have all its threads; an elastic one (a thread per
+    /// connection) has as many as it needs.
+    fixed: bool,
     pub gauges: Arc<PoolGauges>,
 }
 
 impl PoolView {
-    /// Loops still running (a loop that panicked or returned is not).
+    /// A pool whose threads come and go, such as one per connection.
+    pub fn elastic(gauges: Arc<PoolGauges>, alive: Count, panicked: Count) -> PoolView {
+        PoolView {
+            alive,
+            panicked,
+            fixed: false,
+            gauges,
+        }
+    }
+
+    /// Threads running now (a loop that panicked or returned is not).
     pub fn alive(&self) -> usize {
-        self.pool.active_count()
+        (self.alive)()
     }
 
     pub fn panicked(&self) -> usize {
-        self.pool.panic_count()
+        (self.panicked)()
     }
 
-    /// `Err` naming the pool when a loop died.
+    /// `Err` naming the pool when a loop of a fixed pool died.
     pub fn check_running(&self) -> Result<(), String> {
         let (alive, size) = (self.alive(), self.gauges.size);
-        if alive == size {
+        if !self.fixed || alive == size {
             Ok(())
         } else {
             Err(format!(

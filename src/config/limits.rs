@@ -126,6 +126,7 @@ impl HttpLimits {
             write_timeout: self.write_timeout,
             thread_name: threads.into(),
             on_event: Some(on_event),
+            inline: None,
         }
     }
 }

@@ -34,13 +34,14 @@ pub fn spawn_pool(
     e: EnrichConfig,
     rx: Receiver<Work>,
 ) -> anyhow::Result<WorkerPool> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(shared.config.request_timeout))
-        .timeout_connect(Some(shared.config.connect_timeout))
-        .max_idle_connections_per_host(e.threads.max(4))
-        .build()
-        .into();
+    let agent: ureq::Agent = crate::http_client::agent(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(shared.config.request_timeout))
+            .timeout_connect(Some(shared.config.connect_timeout))
+            .max_idle_connections_per_host(e.threads.max(4))
+            .build(),
+    );
     let cache: Arc<Cache> = Arc::default();
     Ok(WorkerPool::spawn(
         "deliver-e",

@@ -95,17 +95,18 @@ pub fn spawn_pool(
     rx: Receiver<Work>,
 ) -> anyhow::Result<WorkerPool> {
     let c = &shared.config;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(c.request_timeout))
-        .timeout_connect(Some(c.connect_timeout))
-        .max_idle_connections_per_host(c.senders.max(8))
-        .max_idle_connections(c.senders.max(8) * 2)
-        // Redirects are ours to judge (see the module comment).
-        .max_redirects(0)
-        .no_delay(true)
-        .build()
-        .into();
+    let agent: ureq::Agent = crate::http_client::agent(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(c.request_timeout))
+            .timeout_connect(Some(c.connect_timeout))
+            .max_idle_connections_per_host(c.senders.max(8))
+            .max_idle_connections(c.senders.max(8) * 2)
+            // Redirects are ours to judge (see the module comment).
+            .max_redirects(0)
+            .no_delay(true)
+            .build(),
+    );
     let semaphore = Arc::new(Semaphore::new(c.max_in_flight));
     let rate = Arc::new(RateLimit::new(c.rate_limit_per_s));
     shared.metrics.set_semaphore(semaphore.clone());

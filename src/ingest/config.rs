@@ -43,8 +43,9 @@ pub struct IngestConfig {
     pub listen: SocketAddr,
     /// Producer worker threads taking from the channel.
     pub workers: usize,
-    /// Threads taking requests from the HTTP server.
-    pub http_threads: usize,
+    /// No longer used (requests are handled on their connection's thread);
+    /// accepted so that existing files still load, with a warning.
+    pub http_threads: Option<usize>,
     pub ack: AckMode,
     /// Capacity of the request channel, in requests.
     pub channel_capacity: usize,
@@ -84,7 +85,9 @@ impl IngestConfig {
         }
         let listen = r.socket_addr("listen", "0.0.0.0:8080");
         let workers = r.int("workers", 8usize, 1..=256);
-        let http_threads = r.int("http_threads", 8usize, 1..=256);
+        let http_threads = r
+            .opt_str("http_threads")
+            .map(|_| r.int("http_threads", 8usize, 1..=256));
         let ack = r.choice(
             "ack",
             AckMode::Kafka,

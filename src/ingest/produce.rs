@@ -4,14 +4,15 @@
 //! request is settled.
 //!
 //! Channel ends: workers hold the job `Receiver` (the HTTP threads hold the
-//! senders); the producer context holds the `done` sender, whose receiver is
-//! the responder pool's.
+//! senders). A request is answered from the delivery callback that settles
+//! its last record, on librdkafka's poll thread: building the answer is
+//! cheap and handing it to the connection never blocks, so a thread hop per
+//! request is saved.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -103,10 +104,21 @@ pub struct Job {
 }
 
 /// The ingest producer's context: the shared client context plus the
-/// delivery callback.
+/// delivery callback, which answers a request once all its records settled.
 pub struct IngestContext {
     pub base: Context,
-    pub done: Sender<Arc<Pending>>,
+    /// Set right after the producer is built (the role's state needs the
+    /// server, which needs nothing of the producer).
+    pub(crate) shared: std::sync::OnceLock<Arc<super::Shared>>,
+}
+
+impl IngestContext {
+    /// Every record of `pending` is settled: answer it.
+    pub(crate) fn settled(&self, pending: Arc<Pending>) {
+        if let Some(s) = self.shared.get() {
+            s.respond(&pending);
+        }
+    }
 }
 
 impl ClientContext for IngestContext {
@@ -131,9 +143,7 @@ impl ProducerContext for IngestContext {
             Err((e, _)) => failed(e),
         };
         if pending.settle(index, outcome) {
-            // The responders outlive the producer, so this only fails
-            // during teardown, when nobody is left to answer.
-            let _ = self.done.send(pending);
+            self.settled(pending);
         }
     }
 }
@@ -209,7 +219,7 @@ pub fn produce(producer: &Producer, job: Job, queue_wait: Duration, on_queue_ful
                 Err((e, back)) => {
                     let (pending, index) = *back.delivery_opaque;
                     if pending.settle(index, failed(&e)) {
-                        let _ = producer.context().done.send(pending);
+                        producer.context().settled(pending);
                     }
                     break;
                 }

@@ -125,7 +125,8 @@ pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 // kbridge patch: per-connection limits, a byte budget, server events.
-pub use limits::{Budget, EventHook, Limits, Reservation, ServerEvent};
+pub use limits::{Budget, EventHook, InlineHandler, Limits, Reservation, ServerEvent};
+// `OpenConnections` is defined below.
 
 mod client;
 mod common;
@@ -384,9 +385,12 @@ impl Server {
                             Some(_) => None,
                         };
                         if let Some((read, write)) = streams {
-                            client::serve(read, write, &ctx, &|rq: Request| {
-                                messages.push(rq.into())
-                            });
+                            match ctx.limits.inline.clone() {
+                                Some(handle) => client::serve(read, write, &ctx, &|rq: Request| handle(rq)),
+                                None => client::serve(read, write, &ctx, &|rq: Request| {
+                                    messages.push(rq.into())
+                                }),
+                            }
                         }
                         if let Ok(mut c) = connections.lock() {
                             c.remove(&id);
@@ -423,6 +427,12 @@ impl Server {
     /// Returns the number of clients currently connected to the server.
     pub fn num_connections(&self) -> usize {
         self.connections.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// kbridge patch: a count of open connections that outlives the server
+    /// (connections still answering after it was dropped count).
+    pub fn open_connections(&self) -> OpenConnections {
+        OpenConnections(self.connections.clone())
     }
 
     /// kbridge patch: the budget of request body bytes held in memory;
@@ -470,6 +480,17 @@ impl Iterator for IncomingRequests<'_> {
     type Item = Request;
     fn next(&mut self) -> Option<Request> {
         self.server.recv().ok()
+    }
+}
+
+/// kbridge patch: the open connections of a server (see
+/// [`Server::open_connections`]).
+#[derive(Clone)]
+pub struct OpenConnections(Arc<Mutex<HashMap<u64, Connection>>>);
+
+impl OpenConnections {
+    pub fn count(&self) -> usize {
+        self.0.lock().map(|c| c.len()).unwrap_or(0)
     }
 }
 

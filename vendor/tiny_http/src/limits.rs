@@ -41,7 +41,13 @@ pub struct Limits {
     pub thread_name: String,
     /// Told of refusals, closed connections and accept errors.
     pub on_event: Option<EventHook>,
+    /// When set, each request is handed to this on its connection's own
+    /// thread instead of the queue behind `recv` (one thread hop less).
+    pub inline: Option<InlineHandler>,
 }
+
+/// Handles a request on the thread that read it.
+pub type InlineHandler = Arc<dyn Fn(crate::Request) + Send + Sync>;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -59,6 +65,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             thread_name: "http-conn".into(),
             on_event: None,
+            inline: None,
         }
     }
 }
