@@ -142,7 +142,7 @@ impl ServerStats {
         let mut l = limits.to_server(name, &format!("{name}-conn"), hook);
         l.inline = inline;
         let server = tiny_http::Server::from_listener_with_limits(listener, None, l)
-        .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
         let _ = self
             .server
             .set((server.open_connections(), server.budget()));

@@ -71,6 +71,14 @@ fn load(path: &std::path::Path) -> Result<app::AppConfig, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // glibc gives each thread that allocates an arena of its own (up to 8
+    // per core); with dozens of threads the arenas' free lists fragment and
+    // hold memory. Four arenas measured 10 % less peak RSS for deliver at
+    // full speed, with no change in throughput.
+    // SAFETY: called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
     let cli = Cli::parse();
     kbridge::panics::install_hook();
     match cli.command {

@@ -38,6 +38,9 @@ pub struct ThreadState {
     assigned: usize,
     /// The group has answered this member once (an assignment, maybe empty).
     joined: bool,
+    /// Topic names shared by this member's messages (one allocation per
+    /// topic, not per message).
+    topic_names: std::collections::HashMap<String, Arc<str>>,
 }
 
 pub struct ConsumerCtx {
@@ -59,6 +62,15 @@ pub struct ConsumerView {
 }
 
 impl ThreadState {
+    fn topic_name(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.topic_names.get(topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        self.topic_names.insert(topic.to_string(), t.clone());
+        t
+    }
+
     pub fn stashed(&self) -> usize {
         self.stash.len()
     }
@@ -396,7 +408,7 @@ fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
                     ctx.commit(consumer, CommitMode::Sync, &all);
                 }
                 for w in batch {
-                    hand_on(ctx, shared, w);
+                    hand_on(consumer, ctx, shared, w, &mut last_commit);
                 }
             }
         }
@@ -411,13 +423,51 @@ fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
     consumer.unsubscribe();
 }
 
-/// Dispatches `w`, or stashes it behind earlier stashed ones (order kept).
-fn hand_on(ctx: &ConsumerCtx, shared: &Shared, w: Work) {
-    let Ok(mut st) = ctx.state.lock() else { return };
-    if !st.stash.is_empty() || shared.saturated() {
-        st.stash.push_back(w);
-    } else if let Err(w) = shared.dispatch(w) {
-        st.stash.push_back(w);
+/// How long a consumer waits for room in a full channel before it stashes
+/// the message and pauses fetching. Pausing makes librdkafka drop what it
+/// already fetched for the partition (it is fetched again on resume), so it
+/// is kept for lasting congestion: pausing at every full channel measured
+/// at a quarter of the sink's rate.
+const WAIT_FOR_ROOM: Duration = Duration::from_secs(1);
+
+/// Dispatches `w`, waiting up to [`WAIT_FOR_ROOM`] for room (done reports
+/// and commits keep flowing meanwhile), or stashes it behind earlier
+/// stashed ones (order kept).
+fn hand_on(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    ctx: &ConsumerCtx,
+    shared: &Shared,
+    w: Work,
+    last_commit: &mut Instant,
+) {
+    let stash = |w: Work| {
+        if let Ok(mut st) = ctx.state.lock() {
+            st.stash.push_back(w);
+        }
+    };
+    let queued = ctx
+        .state
+        .lock()
+        .map(|st| !st.stash.is_empty())
+        .unwrap_or(true);
+    if queued || shared.saturated() {
+        return stash(w);
+    }
+    let deadline = Instant::now() + WAIT_FOR_ROOM;
+    let mut w = w;
+    loop {
+        match shared.dispatch_waiting(w, Duration::from_millis(20)) {
+            Ok(()) => return,
+            Err(back) => w = back,
+        }
+        if shared.stop.is_stopped() || Instant::now() >= deadline {
+            return stash(w);
+        }
+        ctx.drain_done(Duration::ZERO);
+        if last_commit.elapsed() >= shared.config.commit_interval {
+            ctx.commit(consumer, CommitMode::Async, &|_, _| true);
+            *last_commit = Instant::now();
+        }
     }
 }
 
@@ -465,12 +515,16 @@ fn take(ctx: &ConsumerCtx, shared: &Shared, m: &rdkafka::message::BorrowedMessag
         m.timestamp().to_millis(),
     );
     shared.metrics.consumed.inc();
-    if let Ok(mut st) = ctx.state.lock() {
-        st.offsets.polled(m.topic(), m.partition(), m.offset());
-    }
+    let topic = match ctx.state.lock() {
+        Ok(mut st) => {
+            st.offsets.polled(m.topic(), m.partition(), m.offset());
+            st.topic_name(m.topic())
+        }
+        Err(_) => Arc::from(m.topic()),
+    };
     Work {
         msg: Msg {
-            topic: Arc::from(m.topic()),
+            topic,
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),

@@ -126,6 +126,22 @@ impl Shared {
         }
     }
 
+    /// As [`Shared::dispatch`], waiting up to `wait` for room in a full
+    /// channel. A keyed message under `ordering = key` is not waited for
+    /// inside the lanes (their lock would stall the senders that release
+    /// them): it is tried, and on a full channel the caller waits a moment.
+    #[allow(clippy::result_large_err)]
+    pub fn dispatch_waiting(&self, w: Work, wait: Duration) -> Result<(), Work> {
+        if self.config.ordering == config::Ordering::Key && w.msg.key.is_some() {
+            return self
+                .dispatch(w)
+                .inspect_err(|_| std::thread::sleep(Duration::from_millis(1)));
+        }
+        self.first_stage(&w)
+            .send_timeout(w, wait)
+            .map_err(|e| e.into_inner())
+    }
+
     /// True when consumers should stop handing out messages.
     pub fn saturated(&self) -> bool {
         self.lanes.parked() >= self.config.channel_capacity

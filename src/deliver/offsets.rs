@@ -64,63 +64,81 @@ impl PartitionOffsets {
     }
 }
 
-/// Trackers of one consumer thread, by (topic, partition).
+/// Trackers of one consumer thread, by topic then partition (looked up by
+/// `&str`, so the per-message calls allocate nothing).
 #[derive(Debug, Default)]
 pub struct Offsets {
-    parts: HashMap<(String, i32), PartitionOffsets>,
+    parts: HashMap<String, HashMap<i32, PartitionOffsets>>,
 }
 
 impl Offsets {
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionOffsets> {
+        self.parts.get_mut(topic)?.get_mut(&partition)
+    }
+
     pub fn polled(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.get_mut(topic, partition) {
+            return p.polled(offset);
+        }
         self.parts
-            .entry((topic.to_string(), partition))
+            .entry(topic.to_string())
+            .or_default()
+            .entry(partition)
             .or_default()
             .polled(offset);
     }
 
     pub fn done(&mut self, topic: &str, partition: i32, offset: i64) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+        if let Some(p) = self.get_mut(topic, partition) {
             p.done(offset);
         }
     }
 
     pub fn abandon(&mut self, topic: &str, partition: i32, offset: i64) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+        if let Some(p) = self.get_mut(topic, partition) {
             p.abandon(offset);
         }
     }
 
-    /// Positions that moved since the last commit.
-    pub fn to_commit(&self) -> Vec<(String, i32, i64)> {
+    fn each(&self) -> impl Iterator<Item = (&String, i32, &PartitionOffsets)> {
         self.parts
             .iter()
-            .filter_map(|((t, p), o)| o.to_commit().map(|pos| (t.clone(), *p, pos)))
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t, *p, o)))
+    }
+
+    /// Positions that moved since the last commit.
+    pub fn to_commit(&self) -> Vec<(String, i32, i64)> {
+        self.each()
+            .filter_map(|(t, p, o)| o.to_commit().map(|pos| (t.clone(), p, pos)))
             .collect()
     }
 
     pub fn committed(&mut self, topic: &str, partition: i32, position: i64) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+        if let Some(p) = self.get_mut(topic, partition) {
             p.committed(position);
         }
     }
 
     pub fn in_flight(&self, filter: impl Fn(&str, i32) -> bool) -> usize {
-        self.parts
-            .iter()
-            .filter(|((t, p), _)| filter(t, *p))
-            .map(|(_, o)| o.in_flight())
+        self.each()
+            .filter(|(t, p, _)| filter(t, *p))
+            .map(|(_, _, o)| o.in_flight())
             .sum()
     }
 
     /// Forgets a revoked partition.
     pub fn remove(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_string(), partition));
+        if let Some(ps) = self.parts.get_mut(topic) {
+            ps.remove(&partition);
+            if ps.is_empty() {
+                self.parts.remove(topic);
+            }
+        }
     }
 
     pub fn positions(&self) -> Vec<((String, i32), Option<i64>, usize)> {
-        self.parts
-            .iter()
-            .map(|(k, o)| (k.clone(), o.position(), o.in_flight()))
+        self.each()
+            .map(|(t, p, o)| ((t.clone(), p), o.position(), o.in_flight()))
             .collect()
     }
 }

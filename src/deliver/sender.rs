@@ -156,10 +156,19 @@ fn gather(shared: &Shared, rx: &Receiver<Work>, first: Work, dlq: &DeadLetters) 
     let mut batch = vec![first];
     let deadline = Instant::now() + shared.config.batch_linger;
     while batch.len() < n {
-        match rx.recv_deadline(deadline) {
+        // What is queued already is taken without waiting (and without a
+        // clock read per message); only an empty channel is waited on.
+        let next = match rx.try_recv() {
+            Ok(w) => Ok(w),
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                rx.recv_deadline(deadline).map_err(|_| ())
+            }
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
+        };
+        match next {
             Ok(w) if w.parking.is_some() => dlq.park(w),
             Ok(w) => batch.push(w),
-            Err(_) => break,
+            Err(()) => break,
         }
     }
     batch

@@ -45,7 +45,7 @@ use produce::{IngestContext, Pending, Producer};
 use telemetry::IngestMetrics;
 
 use crate::config::KafkaConfig;
-use crate::http::{json_reply, with_retry_after};
+use crate::http::with_retry_after;
 use crate::kafka::probe::{self, Probe, Replication, TopicPlan};
 use crate::kafka::{Context, KafkaStats, client_config};
 use crate::pool::WorkerPool;
@@ -294,7 +294,7 @@ impl Shared {
         };
         let (status, body) = produce::answer(&p.topic, &outcomes);
         self.finish_idempotent(p.idempotency.as_ref(), status, &body);
-        let mut reply = json_reply(status, &body);
+        let mut reply = crate::http::body(status, "application/json", body.into_bytes());
         if status == 503 {
             reply = with_retry_after(reply, 1);
         }

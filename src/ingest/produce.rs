@@ -229,8 +229,32 @@ pub fn produce(producer: &Producer, job: Job, queue_wait: Duration, on_queue_ful
 }
 
 /// Status and JSON body for a settled request, in the shape of the
-/// Confluent REST Proxy: one entry per record, in request order.
-pub fn answer(topic: &str, outcomes: &[Outcome]) -> (u16, serde_json::Value) {
+/// Confluent REST Proxy: one entry per record, in request order. The common
+/// answer (every record acknowledged) is written directly: building a
+/// `serde_json::Value` per record showed in profiles of 100-record batches.
+pub fn answer(topic: &str, outcomes: &[Outcome]) -> (u16, String) {
+    use std::fmt::Write as _;
+    if outcomes.iter().all(|o| matches!(o, Outcome::Acked { .. })) {
+        let mut s = String::with_capacity(32 + topic.len() + outcomes.len() * 44);
+        let _ = write!(s, "{{\"topic\":{},\"offsets\":[", json!(topic));
+        for (i, o) in outcomes.iter().enumerate() {
+            if let Outcome::Acked { partition, offset } = o {
+                let sep = if i > 0 { "," } else { "" };
+                let _ = write!(
+                    s,
+                    "{sep}{{\"partition\":{partition},\"offset\":{offset},\"status\":200}}"
+                );
+            }
+        }
+        s.push_str("]}");
+        return (200, s);
+    }
+    let (status, body) = answer_value(topic, outcomes);
+    (status, body.to_string())
+}
+
+/// The answer of a request with failed records, as a JSON value.
+fn answer_value(topic: &str, outcomes: &[Outcome]) -> (u16, serde_json::Value) {
     let mut ok = 0usize;
     let mut any_permanent = false;
     let offsets: Vec<serde_json::Value> = outcomes
@@ -281,6 +305,11 @@ mod tests {
         }
     }
 
+    fn answer(topic: &str, outcomes: &[Outcome]) -> (u16, serde_json::Value) {
+        let (s, b) = super::answer(topic, outcomes);
+        (s, serde_json::from_str(&b).expect("answers are JSON"))
+    }
+
     #[test]
     fn all_acked_is_200_with_offsets_in_order() {
         let (s, b) = answer(
@@ -297,8 +326,10 @@ mod tests {
             ],
         );
         assert_eq!(s, 200);
+        assert_eq!(b["topic"], "t");
         assert_eq!(b["offsets"][0]["partition"], 1);
         assert_eq!(b["offsets"][1]["offset"], 3);
+        assert_eq!(b["offsets"][1]["status"], 200);
     }
 
     #[test]

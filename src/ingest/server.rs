@@ -168,7 +168,7 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             shared.metrics.bytes_in.add(bytes);
             if queued {
                 let (status, body) = (202, json!({ "topic": &*topic, "queued": records }));
-                shared.finish_idempotent(kept.as_ref(), status, &body);
+                shared.finish_idempotent(kept.as_ref(), status, &body.to_string());
                 if let Some(req) = here {
                     shared.reply(req, Some(route), started, json_reply(status, &body));
                 }
@@ -184,7 +184,7 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             shared.finish_idempotent(
                 kept.as_ref().or(job.pending.idempotency.as_ref()),
                 503,
-                &body,
+                &body.to_string(),
             );
             if let Some(req) = req {
                 shared.reply(
@@ -360,16 +360,11 @@ impl Shared {
 
     /// Records the first answer of an idempotency key and answers the
     /// requests that waited for it.
-    pub(super) fn finish_idempotent(
-        &self,
-        ticket: Option<&Ticket>,
-        status: u16,
-        body: &serde_json::Value,
-    ) {
+    pub(super) fn finish_idempotent(&self, ticket: Option<&Ticket>, status: u16, body: &str) {
         let Some(ticket) = ticket else { return };
         let answer = Answer {
             status,
-            body: Arc::from(body.to_string()),
+            body: Arc::from(body),
         };
         let waiters = ticket.finish(&answer);
         for w in waiters {

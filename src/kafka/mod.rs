@@ -26,6 +26,17 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
     ("auto.offset.reset", "earliest"),
+    // What librdkafka fetches ahead, per consumer (one per thread): 2 MiB
+    // instead of 64, in fetches of 256 KiB per partition instead of 1 MiB
+    // (a gzip batch is held decompressed, about 12× bigger), keeps the
+    // role's memory bounded — a 10-thread deliver could otherwise hold
+    // 640 MiB. With queues this small, the next fetch must not wait the
+    // default second once they fill: 10 ms. Measured with batches of 100:
+    // 386,000 against 100,000 messages/s at librdkafka's defaults, peak RSS
+    // 31 against 69 MiB.
+    ("queued.max.messages.kbytes", "2048"),
+    ("max.partition.fetch.bytes", "262144"),
+    ("fetch.queue.backoff.ms", "10"),
     // KIP-848 (Kafka 4): the broker assigns incrementally, a member starts
     // consuming as soon as it joins (no group-wide stop, no
     // group.initial.rebalance.delay.ms), and partitions of every topic

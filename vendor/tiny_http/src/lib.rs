@@ -386,7 +386,9 @@ impl Server {
                         };
                         if let Some((read, write)) = streams {
                             match ctx.limits.inline.clone() {
-                                Some(handle) => client::serve(read, write, &ctx, &|rq: Request| handle(rq)),
+                                Some(handle) => {
+                                    client::serve(read, write, &ctx, &|rq: Request| handle(rq))
+                                }
                                 None => client::serve(read, write, &ctx, &|rq: Request| {
                                     messages.push(rq.into())
                                 }),
