@@ -35,17 +35,49 @@ pub fn spawn(
             http::serve(
                 &server,
                 &stop,
-                |req| {
-                    let reply = if *req.method() != Method::Get && *req.method() != Method::Head {
-                        http::with_header(error_reply(405, "use GET", json!({})), "Allow", "GET")
-                    } else {
-                        route(http::split_url(req.url()).0, &roles, &stats, &stop)
+                |mut req| {
+                    let path = http::split_url(req.url()).0.to_string();
+                    let reply = match (req.method(), path.as_str()) {
+                        (Method::Put, "/log-level") => put_log_level(&mut req),
+                        (Method::Get | Method::Head, "/log-level") => {
+                            json_reply(200, &json!({ "level": crate::logging::current() }))
+                        }
+                        (Method::Get | Method::Head, _) => route(&path, &roles, &stats, &stop),
+                        _ => http::with_header(
+                            error_reply(405, "use GET (or PUT /log-level)", json!({})),
+                            "Allow",
+                            "GET, PUT",
+                        ),
                     };
                     http::send(req, reply);
                 },
                 || {},
             );
         })?)
+}
+
+/// `PUT /log-level` with a body such as `debug` or
+/// `info,kbridge::deliver=debug`: from the machine itself only, whatever
+/// address the admin server listens on.
+fn put_log_level(req: &mut tiny_http::Request) -> http::Reply {
+    let local = req.remote_addr().is_none_or(|a| a.ip().is_loopback());
+    if !local {
+        let msg = "PUT /log-level is accepted from loopback only";
+        return error_reply(403, msg, json!({}));
+    }
+    let mut body = String::new();
+    if std::io::Read::read_to_string(req.as_reader(), &mut body).is_err() {
+        return error_reply(400, "the body must be UTF-8 text such as debug", json!({}));
+    }
+    let who = format!(
+        "PUT /log-level from {}",
+        req.remote_addr()
+            .map_or("a local socket".into(), |a| a.to_string())
+    );
+    match crate::logging::set(body.trim(), &who) {
+        Ok(level) => json_reply(200, &json!({ "level": level })),
+        Err(e) => error_reply(400, &format!("log level {:?}: {e}", body.trim()), json!({})),
+    }
 }
 
 fn route(
@@ -95,7 +127,7 @@ fn route(
         }
         "/" => json_reply(
             200,
-            &json!({ "endpoints": ["/health", "/ready", "/metrics"] }),
+            &json!({ "endpoints": ["/health", "/ready", "/metrics", "/log-level"] }),
         ),
         other => error_reply(
             404,

@@ -183,6 +183,40 @@ fn raise_open_files_limit(config: &AppConfig) {
     }
 }
 
+/// Logs every 5 s which roles still drain; past `limit`, says so as ERROR
+/// and exits with code 1 (systemd's TimeoutStopSec is longer still).
+fn watch_the_drain(
+    running: Arc<std::sync::Mutex<Vec<&'static str>>>,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let start = std::time::Instant::now();
+    std::thread::Builder::new()
+        .name("drain-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5).min(limit));
+                let left = running.lock().map(|r| r.clone()).unwrap_or_default();
+                if left.is_empty() {
+                    return;
+                }
+                if start.elapsed() >= limit {
+                    error!(
+                        "still draining after {} s: {}; exiting now",
+                        start.elapsed().as_secs(),
+                        left.join(", ")
+                    );
+                    std::process::exit(1);
+                }
+                info!(
+                    "draining for {} s: {} still running",
+                    start.elapsed().as_secs(),
+                    left.join(", ")
+                );
+            }
+        })
+        .map(|_| ())
+}
+
 /// Runs until stopped; returns the process exit code.
 pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     raise_open_files_limit(&config);
@@ -190,14 +224,25 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     let signals = shutdown::signals()?;
     let process = Stopper::new();
 
-    // Build everything first: sockets, clients, topics; then threads.
+    // Build everything first: the listeners are bound and the record
+    // directory checked before any role starts a thread, so a port taken or
+    // a directory that cannot be written fails the start cleanly.
+    let admin_listener = TcpListener::bind(config.common.admin.listen)
+        .with_context(|| format!("[admin] listen: cannot bind {}", config.common.admin.listen))?;
+    let ingest_listener = match (&config.ingest, roles.contains(&Role::Ingest)) {
+        (Some(ic), true) => Some(
+            TcpListener::bind(ic.listen)
+                .with_context(|| format!("[ingest] listen: cannot bind {}", ic.listen))?,
+        ),
+        _ => None,
+    };
+    if let (Some(cc), true) = (&config.collect, roles.contains(&Role::Collect)) {
+        collect::check_directory(&cc.record_directory)?;
+    }
+
     let mut ingest_handle = None;
     let mut telemetry: Vec<Arc<dyn Telemetry>> = Vec::new();
-    if roles.contains(&Role::Ingest)
-        && let Some(ic) = &config.ingest
-    {
-        let listener = TcpListener::bind(ic.listen)
-            .with_context(|| format!("[ingest] listen: cannot bind {}", ic.listen))?;
+    if let (Some(ic), Some(listener)) = (&config.ingest, ingest_listener) {
         let h = ingest::spawn(ic.clone(), &config.common.kafka, listener, fatal_tx.clone())?;
         telemetry.push(h.telemetry());
         ingest_handle = Some(h);
@@ -224,8 +269,6 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
         telemetry.push(h.telemetry());
         collect_handle = Some(h);
     }
-    let admin_listener = TcpListener::bind(config.common.admin.listen)
-        .with_context(|| format!("[admin] listen: cannot bind {}", config.common.admin.listen))?;
     let admin = crate::admin::spawn(
         admin_listener,
         &config.common.admin.limits,
@@ -266,30 +309,48 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
                 std::process::exit(130);
             }
         })?;
-    // Reverse order of start: roles drain, then stats and admin go.
+    // Every role starts draining at once, under one deadline; they are
+    // joined in reverse order of start, then stats and admin go. A line
+    // every 5 s names what still runs.
+    let drain = [
+        config.ingest.as_ref().map(|c| c.shutdown_timeout),
+        config.deliver.as_ref().map(|c| c.shutdown_timeout),
+        config.collect.as_ref().map(|c| c.shutdown_timeout),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or_default();
+    let running: Arc<std::sync::Mutex<Vec<&'static str>>> = Arc::default();
     if let Some(h) = &ingest_handle {
         h.begin_stop();
+        running.lock().map(|mut r| r.push("ingest")).ok();
     }
     if let Some(h) = &deliver_handle {
         h.begin_stop();
+        running.lock().map(|mut r| r.push("deliver")).ok();
     }
     if let Some(h) = &collect_handle {
         h.begin_stop();
+        running.lock().map(|mut r| r.push("collect")).ok();
     }
-    if let Some(h) = collect_handle
-        && !h.stop()
-    {
-        code = code.max(1);
+    watch_the_drain(running.clone(), drain + Duration::from_secs(5))?;
+    let done = |name: &str| {
+        if let Ok(mut r) = running.lock() {
+            r.retain(|n| *n != name);
+        }
+    };
+    if let Some(h) = collect_handle {
+        code = code.max(i32::from(!h.stop()));
+        done("collect");
     }
-    if let Some(h) = deliver_handle
-        && !h.stop()
-    {
-        code = code.max(1);
+    if let Some(h) = deliver_handle {
+        code = code.max(i32::from(!h.stop()));
+        done("deliver");
     }
-    if let Some(h) = ingest_handle
-        && !h.stop()
-    {
-        code = code.max(1);
+    if let Some(h) = ingest_handle {
+        code = code.max(i32::from(!h.stop()));
+        done("ingest");
     }
     process.stop();
     let _ = stats.join();

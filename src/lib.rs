@@ -27,6 +27,7 @@ pub mod http;
 pub mod http_client;
 pub mod ingest;
 pub mod kafka;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod panics;

@@ -30,7 +30,7 @@ enum Command {
         role: Vec<Role>,
         /// Overrides [log] level.
         #[arg(long, value_name = "LEVEL")]
-        log_level: Option<log::LevelFilter>,
+        log_level: Option<String>,
     },
     /// Re-queue messages parked in a dead-letter topic (exit 0 done, 1 failed).
     Replay {
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let _ = kbridge::logging::init(c.common.log.level, None);
+            let _ = kbridge::logging::init(&c.common.log.level, None);
             match kbridge::deliver::replay::replay(&c.common.kafka, &from, &to, max) {
                 Ok(n) => {
                     println!("replayed {n} messages from {from} to {to}");
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
                 }
             };
             if let Err(e) = kbridge::logging::init(
-                log_level.unwrap_or(c.common.log.level),
+                log_level.as_deref().unwrap_or(&c.common.log.level),
                 c.common.log.file.as_deref(),
             ) {
                 eprintln!("kbridge: {e:#}");
@@ -140,8 +140,8 @@ fn main() -> ExitCode {
             match app::run(c, &roles) {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {
-                    log::error!("{e:#}");
-                    eprintln!("kbridge: {e:#}");
+                    // One line, through the logger (stderr and the file).
+                    log::error!("cannot start: {e:#}");
                     ExitCode::from(1)
                 }
             }

@@ -1,7 +1,9 @@
 //! Stop tokens and the signal thread. A [`Stopper`] fires once; every
 //! [`StopToken`] clone sees it, either by polling `is_stopped` or by waiting
 //! on it in place of a sleep. SIGTERM/SIGINT arrive on a channel that the app
-//! `select!`s on; a second signal means "exit now".
+//! `select!`s on; a second signal means "exit now". The signal thread itself
+//! handles SIGUSR1 / SIGUSR2 (log one step more / less verbose) and SIGHUP
+//! (reopen the log file, run the reload hooks).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,17 +77,48 @@ impl StopToken {
     }
 }
 
-/// Starts the signal thread; each SIGTERM/SIGINT/SIGHUP... arrives as its number.
+/// What SIGHUP runs besides reopening the log file (token files, …).
+pub type ReloadHook = Box<dyn Fn() + Send + Sync>;
+
+static RELOAD: Mutex<Vec<ReloadHook>> = Mutex::new(Vec::new());
+
+/// Runs `hook` on every SIGHUP.
+pub fn on_reload(hook: ReloadHook) {
+    if let Ok(mut h) = RELOAD.lock() {
+        h.push(hook);
+    }
+}
+
+/// Starts the signal thread; SIGTERM and SIGINT arrive as their numbers.
 pub fn signals() -> anyhow::Result<Receiver<i32>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])?;
     let (tx, rx) = crossbeam_channel::bounded(4);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for s in signals.forever() {
-                if tx.send(s).is_err() {
-                    break;
+                match s {
+                    SIGUSR1 => {
+                        crate::logging::step(1, "SIGUSR1");
+                    }
+                    SIGUSR2 => {
+                        crate::logging::step(-1, "SIGUSR2");
+                    }
+                    SIGHUP => {
+                        crate::logging::reopen();
+                        if let Ok(hooks) = RELOAD.lock() {
+                            for h in hooks.iter() {
+                                h();
+                            }
+                        }
+                    }
+                    _ => {
+                        if tx.send(s).is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         })?;

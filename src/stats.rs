@@ -22,6 +22,11 @@ pub trait Telemetry: Send + Sync {
     fn prometheus(&self, out: &mut String);
     /// `Err` with the reason when the role cannot do its work now.
     fn readiness(&self) -> Result<(), String>;
+    /// The loops that made no progress for `limit` (the watchdog stops
+    /// pinging while any does).
+    fn stalled(&self, _limit: Duration) -> Option<String> {
+        None
+    }
 }
 
 /// Per-second rates of `N` counters, from one reading to the next.
@@ -66,8 +71,9 @@ pub fn spawn(
         .spawn(move || {
             let _watch = watch;
             let mut last = Instant::now();
-            let watchdog = crate::systemd::watchdog_interval();
+            let watchdog = crate::systemd::watchdog_period();
             let mut last_ping = Instant::now();
+            let mut stalled_before = false;
             while !stop.wait(interval) {
                 let elapsed = last.elapsed();
                 last = Instant::now();
@@ -76,13 +82,32 @@ pub fn spawn(
                         info!(target: "kbridge::stats", "{} {line}", role.name());
                     }
                 }
-                // The ping proves this thread runs; Kafka being away is not a
-                // reason to be restarted, so readiness does not gate it.
-                if let Some(w) = watchdog
-                    && last_ping.elapsed() >= w
-                {
-                    crate::systemd::watchdog();
-                    last_ping = Instant::now();
+                // A ping says every role's loops still turn: a thread stuck
+                // for a whole watchdog period stops the pings and systemd
+                // restarts the unit. Kafka being away is not a reason to be
+                // restarted, so readiness does not gate it.
+                if let Some(period) = watchdog {
+                    let stalled: Vec<String> = roles
+                        .iter()
+                        .filter_map(|r| r.stalled(period).map(|s| format!("{}: {s}", r.name())))
+                        .collect();
+                    if stalled.is_empty() {
+                        if stalled_before {
+                            info!(target: "kbridge::stats", "every loop turns again; watchdog pings resume");
+                            stalled_before = false;
+                        }
+                        if last_ping.elapsed() >= period / 2 {
+                            crate::systemd::watchdog();
+                            last_ping = Instant::now();
+                        }
+                    } else if !stalled_before {
+                        log::error!(
+                            target: "kbridge::stats",
+                            "{}; watchdog pings stop (systemd restarts the unit after WatchdogSec)",
+                            stalled.join("; ")
+                        );
+                        stalled_before = true;
+                    }
                 }
             }
         })

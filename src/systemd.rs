@@ -21,7 +21,7 @@ pub fn watchdog() {
     let _ = sd_notify::notify(&[NotifyState::Watchdog]);
 }
 
-/// Half the watchdog period systemd asked for, when it asked.
-pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|d| d / 2)
+/// The watchdog period systemd asked for (`WatchdogSec`), when it asked.
+pub fn watchdog_period() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
 }

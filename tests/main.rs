@@ -12,4 +12,5 @@ mod hostile;
 mod hostile_sink;
 mod ingest;
 mod interop;
+mod ops;
 mod util;

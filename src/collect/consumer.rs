@@ -74,6 +74,8 @@ pub struct CollectCtx {
     done_rx: Receiver<RetryDone>,
     /// The group has answered this member once (an assignment, maybe empty).
     joined: std::sync::atomic::AtomicBool,
+    /// Turns with the poll loop.
+    pub heartbeat: Arc<crate::liveness::Heartbeat>,
 }
 
 impl ClientContext for CollectCtx {
@@ -248,6 +250,7 @@ pub fn build(
         done_tx,
         done_rx,
         joined: Default::default(),
+        heartbeat: Arc::default(),
     };
     let consumer: BaseConsumer<CollectCtx> =
         crate::kafka::client_config(kafka, &props).create_with_context(ctx)?;
@@ -282,7 +285,10 @@ fn poll_loop(consumer: &BaseConsumer<CollectCtx>) {
     let shared = &ctx.shared;
     let all = |_: &str, _: i32| true;
     let mut last_commit = Instant::now();
+    let name = std::thread::current().name().unwrap_or("").to_string();
     while !shared.stop.is_stopped() {
+        ctx.heartbeat.tick();
+        crate::liveness::debug_stall(&name, &shared.stop);
         ctx.apply_done(consumer);
         housekeeping(consumer, ctx);
         if last_commit.elapsed() >= Duration::from_millis(200) {

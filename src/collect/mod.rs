@@ -227,17 +227,30 @@ pub struct Handle {
     telemetry: Arc<CollectTelemetry>,
 }
 
+/// Creates the record directory if needed and proves it writable (a file
+/// created, fsynced and removed), naming the key on failure.
+pub fn check_directory(dir: &std::path::Path) -> anyhow::Result<()> {
+    let fail = |what: &str, e: std::io::Error| {
+        anyhow::anyhow!(
+            "[collect] record_directory {}: cannot {what}: {e}",
+            dir.display()
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail("create it", e))?;
+    let probe = dir.join(format!(".kbridge-write-check-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| fail("write in it", e))?;
+    std::fs::remove_file(&probe).map_err(|e| fail("remove a file in it", e))?;
+    Ok(())
+}
+
 pub fn spawn(
     config: CollectConfig,
     kafka: &KafkaConfig,
     fatal: Sender<String>,
 ) -> anyhow::Result<Handle> {
-    std::fs::create_dir_all(&config.record_directory).map_err(|e| {
-        anyhow::anyhow!(
-            "[collect] record_directory {}: {e}",
-            config.record_directory.display()
-        )
-    })?;
+    check_directory(&config.record_directory)?;
     let stopper = Stopper::new();
     let metrics = Arc::new(CollectMetrics::default());
     let kafka_stats = Arc::new(KafkaStats::default());
@@ -339,6 +352,10 @@ pub fn spawn(
         .iter()
         .map(|c| c.context().parts.clone())
         .collect();
+    let beats: Vec<Arc<crate::liveness::Heartbeat>> = consumers
+        .iter()
+        .map(|c| c.context().heartbeat.clone())
+        .collect();
     let threads = consumers
         .into_iter()
         .enumerate()
@@ -369,6 +386,7 @@ pub fn spawn(
     let telemetry = Arc::new(CollectTelemetry {
         shared,
         last_counts: parts.iter().map(|_| Default::default()).collect(),
+        beats,
         parts,
         probe,
         threads: threads.len(),

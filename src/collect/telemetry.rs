@@ -19,6 +19,8 @@ pub struct CollectTelemetry {
     pub(super) rates: Rates<2>,
     /// Per consumer thread: last counts of open files and delayed partitions.
     pub(super) last_counts: Vec<[std::sync::atomic::AtomicUsize; 2]>,
+    /// Per consumer thread: its poll loop's heartbeat.
+    pub(super) beats: Vec<Arc<crate::liveness::Heartbeat>>,
 }
 
 impl CollectTelemetry {
@@ -46,6 +48,23 @@ impl CollectTelemetry {
 }
 
 impl Telemetry for CollectTelemetry {
+    fn stalled(&self, limit: Duration) -> Option<String> {
+        if self.shared.stop.is_stopped() {
+            return None;
+        }
+        let names: Vec<String> = (0..self.beats.len())
+            .map(|i| format!("collect-c{i}"))
+            .collect();
+        crate::liveness::stalled(
+            names
+                .iter()
+                .map(String::as_str)
+                .zip(self.beats.iter().map(|b| &**b))
+                .chain([("collect-probe", &self.probe.heartbeat)]),
+            limit,
+        )
+    }
+
     fn name(&self) -> &'static str {
         "collect"
     }

@@ -11,7 +11,6 @@ pub mod limits;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use log::LevelFilter;
 use rdkafka::ClientConfig;
 
 pub use ini::{ConfigError, ConfigErrors, Document, SectionReader};
@@ -35,7 +34,8 @@ pub struct AdminConfig {
 /// `[log]`.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    pub level: LevelFilter,
+    /// A level, or levels per component (`info,kbridge::deliver=debug`).
+    pub level: String,
     /// Empty in the file means stderr only.
     pub file: Option<PathBuf>,
 }
@@ -83,18 +83,13 @@ impl CommonConfig {
         a.finish();
 
         let mut l = doc.reader("log", errors);
-        let level = l.choice(
-            "level",
-            LevelFilter::Info,
-            &[
-                ("off", LevelFilter::Off),
-                ("error", LevelFilter::Error),
-                ("warn", LevelFilter::Warn),
-                ("info", LevelFilter::Info),
-                ("debug", LevelFilter::Debug),
-                ("trace", LevelFilter::Trace),
-            ],
-        );
+        let level = l.string("level", "info");
+        if let Err(e) = crate::logging::Spec::parse(&level) {
+            l.error(
+                "level",
+                format!("{e}; expected a level or level,component=level,… (e.g. info,kbridge::deliver=debug)"),
+            );
+        }
         let file = l.string("file", "");
         l.finish();
 
@@ -242,7 +237,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("c.ini:6 [log] level: expected one of off | error"),
+            text.contains("c.ini:6 [log] level: \"loud\" is not a level (off, error, warn, info, debug, trace)"),
             "{text}"
         );
     }

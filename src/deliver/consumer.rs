@@ -51,6 +51,8 @@ pub struct ConsumerCtx {
     done_tx: Sender<Done>,
     /// Lag and committed offset per partition, from librdkafka statistics.
     pub lag: LagRows,
+    /// Turns with the poll loop (and while it waits for room or in-flight work).
+    pub heartbeat: Arc<crate::liveness::Heartbeat>,
 }
 
 /// What telemetry reads of a consumer thread.
@@ -59,6 +61,7 @@ pub struct ConsumerView {
     pub state: Arc<Mutex<ThreadState>>,
     pub stats: Arc<KafkaStats>,
     pub lag: LagRows,
+    pub heartbeat: Arc<crate::liveness::Heartbeat>,
 }
 
 impl ThreadState {
@@ -231,6 +234,7 @@ impl ConsumerCtx {
             if open == 0 {
                 return;
             }
+            self.heartbeat.tick();
             if Instant::now() >= deadline {
                 let positions = self
                     .state
@@ -332,11 +336,13 @@ pub fn build(
         done_rx,
         done_tx,
         lag: Arc::default(),
+        heartbeat: Arc::default(),
     };
     let view = ConsumerView {
         state: ctx.state.clone(),
         stats,
         lag: ctx.lag.clone(),
+        heartbeat: ctx.heartbeat.clone(),
     };
     let consumer: BaseConsumer<ConsumerCtx> =
         client_config(kafka, &props).create_with_context(ctx)?;
@@ -365,7 +371,10 @@ fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
     let all = |_: &str, _: i32| true;
     let mut last_commit = Instant::now();
     let before = shared.config.commit == Commit::BeforeDelivery;
+    let name = std::thread::current().name().unwrap_or("").to_string();
     while !shared.stop.is_stopped() {
+        ctx.heartbeat.tick();
+        crate::liveness::debug_stall(&name, &shared.stop);
         ctx.drain_done(Duration::ZERO);
         if last_commit.elapsed() >= shared.config.commit_interval {
             ctx.commit(consumer, CommitMode::Async, &all);
@@ -463,6 +472,7 @@ fn hand_on(
         if shared.stop.is_stopped() || Instant::now() >= deadline {
             return stash(w);
         }
+        ctx.heartbeat.tick();
         ctx.drain_done(Duration::ZERO);
         if last_commit.elapsed() >= shared.config.commit_interval {
             ctx.commit(consumer, CommitMode::Async, &|_, _| true);

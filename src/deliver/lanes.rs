@@ -112,6 +112,7 @@ pub fn spawn_requeue(
             let mut seq = 0u64;
             let m = &shared.metrics;
             loop {
+                shared.requeue_beat.tick();
                 if shared.stop.is_stopped() {
                     // Abandon: these offsets stay uncommitted and are redelivered.
                     m.requeued.set(0);

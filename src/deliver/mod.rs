@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub stop: StopToken,
     /// A thread of this role that dies stops the process through this.
     pub fatal: Sender<String>,
+    /// Turns with the requeue thread's loop.
+    pub requeue_beat: crate::liveness::Heartbeat,
 }
 
 impl Shared {
@@ -225,6 +227,7 @@ pub fn spawn(
         aggregates,
         stop: stopper.token(),
         fatal: fatal.clone(),
+        requeue_beat: Default::default(),
         config: config.clone(),
     });
     let kafka_stats = Arc::new(KafkaStats::default());

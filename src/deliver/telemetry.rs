@@ -164,6 +164,26 @@ impl Telemetry for DeliverTelemetry {
         "deliver"
     }
 
+    fn stalled(&self, limit: Duration) -> Option<String> {
+        if self.shared.stop.is_stopped() {
+            return None;
+        }
+        let names: Vec<String> = (0..self.consumers.len())
+            .map(|i| format!("deliver-c{i}"))
+            .collect();
+        crate::liveness::stalled(
+            names
+                .iter()
+                .map(String::as_str)
+                .zip(self.consumers.iter().map(|c| &*c.heartbeat))
+                .chain([
+                    ("deliver-requeue", &self.shared.requeue_beat),
+                    ("deliver-probe", &self.probe.heartbeat),
+                ]),
+            limit,
+        )
+    }
+
     fn stats_lines(&self, elapsed: Duration) -> Vec<String> {
         let m = &self.shared.metrics;
         let [in_s, out_s] = self

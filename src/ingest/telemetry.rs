@@ -122,6 +122,13 @@ impl IngestTelemetry {
 }
 
 impl Telemetry for IngestTelemetry {
+    fn stalled(&self, limit: Duration) -> Option<String> {
+        if self.stop.is_stopped() {
+            return None;
+        }
+        crate::liveness::stalled([("ingest-probe", &self.shared.probe.heartbeat)], limit)
+    }
+
     fn name(&self) -> &'static str {
         "ingest"
     }

@@ -37,6 +37,8 @@ pub fn every_second(
 /// What the last probe saw.
 #[derive(Debug, Default)]
 pub struct Probe {
+    /// Turns with every round (the role's housekeeping goes on).
+    pub heartbeat: crate::liveness::Heartbeat,
     reachable: AtomicBool,
     partitions: RwLock<HashMap<String, i32>>,
     last_error: Mutex<Option<String>>,
@@ -99,6 +101,7 @@ impl Probe {
         plan: &TopicPlan,
         timeout: Duration,
     ) {
+        self.heartbeat.tick();
         let result = client.fetch_metadata(None, timeout).map(|md| {
             let topics = md
                 .topics()

@@ -86,7 +86,7 @@ pub fn init_test_log() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if let Ok(level) = std::env::var("KBRIDGE_TEST_LOG") {
-            let _ = kbridge::logging::init(level.parse().unwrap_or(log::LevelFilter::Info), None);
+            let _ = kbridge::logging::init(&level, None);
         }
     });
 }

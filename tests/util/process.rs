@@ -33,6 +33,11 @@ pub fn spawn_bin(ini: &str, dir: &TempDir) -> Bin {
 }
 
 impl Bin {
+    /// A child started by the test itself, whose log is at `log`.
+    pub fn from_child(child: Child, log: PathBuf) -> Bin {
+        Bin { child, log }
+    }
+
     /// What the process wrote to its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
