@@ -47,7 +47,7 @@ pub fn write_event(out: &mut Vec<u8>, id: &str, visit: bool, seq: u64, ts_us: u6
         let _ = write!(
             out,
             r#"{{"id":"{id}","type":"{}","user":"user-{user:05}","target":"button#buy-{}","session":"s-{:016x}","value":{}.{:02},"ua":"Mozilla/5.0 (X11; Linux x86_64)","ts":{ts_us}}}"#,
-            ACTIONS[(seq % 4) as usize],
+            ACTIONS[(seq / 2 % 4) as usize],
             seq % 100,
             seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             seq % 500,

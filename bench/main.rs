@@ -4,7 +4,8 @@
 //! `--report-interval` ms and a summary at the end: events/s, MB/s, latency
 //! percentiles from an HDR histogram, errors by status. `--json` prints the
 //! summary as JSON; `--acked-ids` writes the id of every acknowledged event,
-//! so a run can prove that nothing was lost or duplicated.
+//! so a run can prove that nothing was lost or duplicated. SIGINT or
+//! SIGTERM ends a run early, with its summary.
 
 mod event;
 mod load;
@@ -13,7 +14,8 @@ mod report;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -113,6 +115,12 @@ fn main() -> ExitCode {
     let stats: Vec<Mutex<report::ThreadStats>> =
         (0..load.plan.clients).map(|_| Mutex::default()).collect();
     let interval = Duration::from_millis(cli.report_interval.max(10));
+    // SIGINT or SIGTERM ends the run early: requests under way finish, and
+    // the summary (and --acked-ids) covers what was sent.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, interrupted.clone());
+    }
     let elapsed = std::thread::scope(|s| {
         let handles: Vec<_> = (0..load.plan.clients)
             .map(|i| {
@@ -127,6 +135,9 @@ fn main() -> ExitCode {
         let mut next = Instant::now() + interval;
         while handles.iter().any(|h| !h.is_finished()) {
             std::thread::sleep(Duration::from_millis(10));
+            if interrupted.load(Ordering::Relaxed) {
+                load.stop.store(true, Ordering::Relaxed);
+            }
             if Instant::now() >= next {
                 let (line, a) = report::progress(&stats, load.start.elapsed(), acked, interval);
                 eprintln!("{line}");

@@ -1,7 +1,8 @@
 //! The admin HTTP server (`[admin] listen`): `/health` (the process runs),
 //! `/ready` (every role can do its work: Kafka reachable, pools running),
-//! `/metrics` (Prometheus text of every role). It reads the roles through
-//! [`Telemetry`] and never imports a role.
+//! `/metrics` (Prometheus text of every role), `/log-level`, and the
+//! dashboard (`/`, `/assets/…`, `/api/…`, see [`crate::dashboard`]). It
+//! reads the roles through [`Telemetry`] and never imports a role.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use serde_json::json;
 use tiny_http::Method;
 
 use crate::config::limits::HttpLimits;
+use crate::dashboard::{self, Sources, summary::Summary};
 use crate::http::{self, ServerStats, error_reply, json_reply};
 use crate::shutdown::StopToken;
 use crate::stats::Telemetry;
@@ -20,14 +22,17 @@ pub fn spawn(
     listener: TcpListener,
     limits: &HttpLimits,
     roles: Vec<Arc<dyn Telemetry>>,
+    sources: Sources,
     stop: StopToken,
     fatal: crossbeam_channel::Sender<String>,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let summary = Arc::new(Summary::default());
+    dashboard::summary::spawn_sampler(summary.clone(), roles.clone(), stop.clone(), fatal.clone())?;
     let watch = crate::panics::Watch::new("admin-http", fatal);
     let addr = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
     let server = stats.start("admin", listener, limits, None)?;
-    log::info!("admin on http://{addr} (/health, /ready, /metrics)");
+    log::info!("admin on http://{addr} (dashboard at /; /health, /ready, /metrics)");
     Ok(std::thread::Builder::new()
         .name("admin-http".into())
         .spawn(move || {
@@ -36,13 +41,17 @@ pub fn spawn(
                 &server,
                 &stop,
                 |mut req| {
-                    let path = http::split_url(req.url()).0.to_string();
+                    let (path, query) = http::split_url(req.url());
+                    let (path, query) = (path.to_string(), query.to_string());
                     let reply = match (req.method(), path.as_str()) {
                         (Method::Put, "/log-level") => put_log_level(&mut req),
                         (Method::Get | Method::Head, "/log-level") => {
                             json_reply(200, &json!({ "level": crate::logging::current() }))
                         }
-                        (Method::Get | Method::Head, _) => route(&path, &roles, &stats, &stop),
+                        (Method::Get | Method::Head, _) => {
+                            dashboard::route(&path, &query, &sources, &summary)
+                                .unwrap_or_else(|| route(&path, &roles, &stats, &stop))
+                        }
                         _ => http::with_header(
                             error_reply(405, "use GET (or PUT /log-level)", json!({})),
                             "Allow",
@@ -125,13 +134,11 @@ fn route(
                 crate::metrics::group_families(&out).into_bytes(),
             )
         }
-        "/" => json_reply(
-            200,
-            &json!({ "endpoints": ["/health", "/ready", "/metrics", "/log-level"] }),
-        ),
         other => error_reply(
             404,
-            &format!("no admin endpoint {other}; try /health, /ready or /metrics"),
+            &format!(
+                "no admin endpoint {other}; try / (the dashboard), /health, /ready, /metrics, /log-level, /api/summary or /api/aggregates"
+            ),
             json!({}),
         ),
     }

@@ -17,13 +17,17 @@ use crate::metrics::Counter;
 const MAX_VALUES: usize = 1000;
 /// Minutes of per-minute counts kept.
 pub const MINUTES: usize = 60;
+const COUNT_BITS: u32 = 38;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 pub struct TopicAggregates {
     pub consumed: Counter,
     pub delivered: Counter,
     values: RwLock<HashMap<String, Arc<Counter>>>,
-    /// (minute since the epoch, count) per slot.
-    minutes: [(AtomicU64, AtomicU64); MINUTES],
+    /// Per slot, the minute since the epoch (high bits) and its count (low
+    /// [`COUNT_BITS`] bits) in one word, so a slot moves to a new minute and
+    /// counts in one atomic step.
+    minutes: [AtomicU64; MINUTES],
 }
 
 impl Default for TopicAggregates {
@@ -59,19 +63,26 @@ impl Aggregates {
 
     /// Counts a consumed message: per topic, per `field` value, per minute.
     pub fn record(&self, topic: &str, payload: &[u8], field: &str, timestamp_ms: Option<i64>) {
+        self.record_at(topic, payload, field, timestamp_ms, now_ms());
+    }
+
+    /// [`Self::record`] with the clock read at `now` (Unix ms).
+    pub fn record_at(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        field: &str,
+        timestamp_ms: Option<i64>,
+        now: i64,
+    ) {
         let Some(t) = self.topic(topic) else { return };
         t.consumed.inc();
         if !field.is_empty() {
             let value = field_value(payload, field).unwrap_or_else(|| "(none)".into());
             t.count_value(value);
         }
-        let ms = timestamp_ms.filter(|m| *m > 0).unwrap_or_else(now_ms);
-        let minute = (ms / 60_000) as u64;
-        let (stamp, count) = &t.minutes[minute as usize % MINUTES];
-        if stamp.swap(minute, Ordering::Relaxed) != minute {
-            count.store(0, Ordering::Relaxed);
-        }
-        count.fetch_add(1, Ordering::Relaxed);
+        let ms = timestamp_ms.filter(|m| *m > 0).unwrap_or(now);
+        t.count_minute(ms_to_minute(ms), ms_to_minute(now));
     }
 
     pub fn delivered(&self, topic: &str) {
@@ -93,6 +104,27 @@ impl Aggregates {
 }
 
 impl TopicAggregates {
+    /// Counts one message of `minute` (by its Kafka timestamp). A timestamp
+    /// ahead of the clock counts as now; one older than the hour kept
+    /// counts in the totals only, and never evicts a newer minute.
+    fn count_minute(&self, minute: u64, now: u64) {
+        let minute = minute.min(now);
+        if minute + MINUTES as u64 <= now {
+            return;
+        }
+        let slot = &self.minutes[minute as usize % MINUTES];
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+            let held = word >> COUNT_BITS;
+            if held == minute {
+                Some(word + u64::from(word & COUNT_MASK < COUNT_MASK))
+            } else if held < minute {
+                Some((minute << COUNT_BITS) | 1)
+            } else {
+                None // a newer minute owns the slot already
+            }
+        });
+    }
+
     fn count_value(&self, value: String) {
         if let Ok(m) = self.values.read()
             && let Some(c) = m.get(&value)
@@ -122,21 +154,29 @@ impl TopicAggregates {
         v
     }
 
-    /// (minute since the epoch, count) for the last hour, oldest first.
-    pub fn per_minute(&self) -> Vec<(u64, u64)> {
-        let now = (now_ms() / 60_000) as u64;
+    /// (minute since the epoch, count) for the hour up to `now` (a minute
+    /// since the epoch), minutes with counts only, oldest first.
+    pub fn per_minute(&self, now: u64) -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64)> = self
             .minutes
             .iter()
-            .map(|(s, c)| (s.load(Ordering::Relaxed), c.load(Ordering::Relaxed)))
-            .filter(|(s, _)| *s + MINUTES as u64 > now && *s <= now)
+            .map(|w| {
+                let w = w.load(Ordering::Relaxed);
+                (w >> COUNT_BITS, w & COUNT_MASK)
+            })
+            .filter(|(m, c)| *c > 0 && *m + MINUTES as u64 > now && *m <= now)
             .collect();
         v.sort();
         v
     }
 }
 
-fn now_ms() -> i64 {
+/// The minute since the epoch that holds `ms`.
+pub fn ms_to_minute(ms: i64) -> u64 {
+    (ms.max(0) / 60_000) as u64
+}
+
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -223,6 +263,50 @@ mod tests {
                 ("click".into(), 1)
             ]
         );
-        assert_eq!(t.per_minute().iter().map(|m| m.1).sum::<u64>(), 4);
+        let minute = ms_to_minute(now_ms());
+        assert_eq!(t.per_minute(minute).iter().map(|m| m.1).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn minutes_roll_over_and_old_or_future_timestamps_cannot_evict() {
+        let t = TopicAggregates::default();
+        let now = 29_000_000;
+        t.count_minute(now - 1, now);
+        t.count_minute(now, now);
+        t.count_minute(now + 5, now); // clock skew: counts as now
+        t.count_minute(now - 60, now); // shares a slot with `now`: dropped
+        t.count_minute(now - 59, now);
+        assert_eq!(
+            t.per_minute(now),
+            vec![(now - 59, 1), (now - 1, 1), (now, 2)]
+        );
+        // An hour later the slot of `now` is reused and the rest expired;
+        // a reader a minute after `now` sees neither `now - 59` (expired)
+        // nor the future minute.
+        let later = now + 60;
+        t.count_minute(later, later);
+        assert_eq!(t.per_minute(later), vec![(later, 1)]);
+        assert_eq!(t.per_minute(now + 1), vec![(now - 1, 1)]);
+    }
+
+    #[test]
+    fn concurrent_counting_loses_nothing() {
+        let t = Arc::new(TopicAggregates::default());
+        let now = 29_000_000;
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for n in 0..20_000u64 {
+                        t.count_minute(now - (n + i) % 3, now);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        let total: u64 = t.per_minute(now).iter().map(|m| m.1).sum();
+        assert_eq!(total, 80_000);
     }
 }

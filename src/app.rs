@@ -273,6 +273,15 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
         admin_listener,
         &config.common.admin.limits,
         telemetry.clone(),
+        crate::dashboard::Sources {
+            aggregates: deliver_handle.as_ref().map(|_| aggregates.clone()),
+            field: config
+                .deliver
+                .as_ref()
+                .map(|d| d.aggregate_field.clone())
+                .unwrap_or_default(),
+            roles: telemetry.iter().map(|t| t.name()).collect(),
+        },
         process.token(),
         fatal_tx.clone(),
     )?;

@@ -22,6 +22,7 @@ pub mod aggregates;
 pub mod app;
 pub mod collect;
 pub mod config;
+pub mod dashboard;
 pub mod deliver;
 pub mod http;
 pub mod http_client;

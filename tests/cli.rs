@@ -50,7 +50,7 @@ fn check_config_reports_every_error_with_file_line_section_key_and_exits_2() {
         ":6 [ingest] ack: expected one of kafka | queued, got \"later\"",
         ":8 [ingest.routes] visit: expected a Kafka topic name",
         ":9 [oops]: unknown section",
-        ":11 [log] level: expected one of",
+        ":11 [log] level: \"chatty\" is not a level",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

@@ -185,8 +185,13 @@ fn concurrent_calls_never_exceed_max_in_flight() {
     let topic = unique_topic("dlv-sem");
     create_topic(&b, &topic, 4);
     produce(&b, &topic, &events("s", 60));
-    let sink = Sink::start(Arc::new(|_, _| {
-        Reply::status(200).delay(Duration::from_millis(40))
+    // The first 3 calls take 1.5 s: the small channel stays full longer
+    // than a consumer waits for room (1 s), so fetching must pause.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sink = Sink::start(Arc::new(move |_, _| {
+        let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ms = if n < 3 { 1500 } else { 40 };
+        Reply::status(200).delay(Duration::from_millis(ms))
     }));
     let _d = Deliver::start(&deliver_ini(
         &b,

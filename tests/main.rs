@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod cluster;
 mod collect;
+mod dashboard;
 mod deliver;
 mod faults;
 mod hostile;
