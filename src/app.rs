@@ -220,6 +220,10 @@ fn watch_the_drain(
 /// Runs until stopped; returns the process exit code.
 pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     raise_open_files_limit(&config);
+    crate::kafka::stranded::set_cluster_config(crate::kafka::client_config(
+        &config.common.kafka,
+        &[],
+    ));
     let (fatal_tx, fatal_rx) = crossbeam_channel::bounded::<String>(16);
     let signals = shutdown::signals()?;
     let process = Stopper::new();

@@ -240,11 +240,7 @@ pub fn build(
     props.push(("client.id".into(), format!("kbridge-collect-{i}")));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let ctx = CollectCtx {
-        base: Context {
-            name: "collect",
-            stats: shared.kafka_stats.clone(),
-            fatal: shared.fatal.clone(),
-        },
+        base: Context::new("collect", shared.kafka_stats.clone(), shared.fatal.clone()),
         parts: Arc::default(),
         shared,
         done_tx,

@@ -264,11 +264,7 @@ pub fn spawn(
     .collect();
     let retry: ThreadedProducer<RetryCtx> =
         client_config(kafka, &props).create_with_context(RetryCtx {
-            base: Context {
-                name: "collect-retry",
-                stats: kafka_stats.clone(),
-                fatal: fatal.clone(),
-            },
+            base: Context::new("collect-retry", kafka_stats.clone(), fatal.clone()),
             metrics: metrics.clone(),
         })?;
     let retry_topics: Vec<String> = config

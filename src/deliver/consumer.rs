@@ -326,11 +326,7 @@ pub fn build(
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let stats = Arc::new(KafkaStats::default());
     let ctx = ConsumerCtx {
-        base: Context {
-            name: "deliver",
-            stats: stats.clone(),
-            fatal,
-        },
+        base: Context::new("deliver", stats.clone(), fatal),
         shared,
         state: Arc::default(),
         done_rx,

@@ -86,11 +86,7 @@ impl DeadLetters {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let ctx = DlqCtx {
-            base: Context {
-                name: "deliver-dlq",
-                stats,
-                fatal,
-            },
+            base: Context::new("deliver-dlq", stats, fatal),
             shared,
         };
         Ok(DeadLetters {

@@ -100,11 +100,7 @@ pub fn spawn(
 ) -> anyhow::Result<Handle> {
     let kafka_stats = Arc::new(KafkaStats::default());
     let context = IngestContext {
-        base: Context {
-            name: "ingest",
-            stats: kafka_stats.clone(),
-            fatal: fatal.clone(),
-        },
+        base: Context::new("ingest", kafka_stats.clone(), fatal.clone()),
         shared: std::sync::OnceLock::new(),
     };
     let producer: Arc<Producer> = Arc::new(
