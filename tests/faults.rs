@@ -1,7 +1,8 @@
 //! Ingest under faults: a hung broker (SIGSTOP … SIGCONT), a killed and
 //! restarted broker, each on a private broker; and SIGTERM of the real
 //! binary under load, with every acknowledged event checked in Kafka; and
-//! the deliver binary killed (SIGKILL) or stopped (SIGTERM) mid-stream.
+//! the deliver binary killed (SIGKILL) or stopped (SIGTERM) mid-stream; and
+//! a client librdkafka left without brokers (an empty Metadata answer).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::util::broker::Broker;
+use crate::util::kafka_proxy::MetadataProxy;
 use crate::util::process::*;
 use crate::util::*;
 
@@ -107,6 +109,113 @@ fn killed_broker_gives_503_then_recovers_when_it_restarts() {
         "stored before the kill survives: {values:?}"
     );
     assert!(values.contains(&"{\"id\":\"after\"}"), "{values:?}");
+}
+
+/// librdkafka (2.10 to at least 2.12.1, issue #5301) drops every broker a
+/// Metadata answer does not list, and one listing none (a KRaft broker in
+/// the moment it is fenced) leaves the client without any for good. A proxy
+/// gives that answer on cue; kbridge must notice that it is stranded while
+/// the cluster is fine, and stop with code 1 for systemd to restart it.
+#[test]
+fn a_client_stranded_by_an_empty_metadata_answer_stops_the_process_for_a_restart() {
+    let proxy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_addr = proxy_listener.local_addr().unwrap();
+    let broker = Broker::start_with(&[format!("advertised.listeners=PLAINTEXT://{proxy_addr}")]);
+    let proxy = MetadataProxy::start(proxy_listener, broker.addr());
+    let topic = unique_topic("fault-stranded");
+    let dir = TempDir::new("stranded");
+    let port = free_port();
+    // Metadata every 200 ms, so the empty answer reaches the producer soon.
+    // Route `big` (2000 partitions) makes each answer slow to parse, which
+    // widens librdkafka's race below; events are checked on route `t`.
+    create_topic(&broker.addr(), &topic, 4);
+    let ini = format!(
+        "[kafka]\nbrokers = {proxy_addr}\ntopic.metadata.refresh.interval.ms = 200\n\
+         [admin]\nlisten = 127.0.0.1:0\n[ingest]\nlisten = 127.0.0.1:{port}\ntopic_partitions = 2000\n\
+         [ingest.routes]\nt = {topic}\nbig = {topic}-big\n[ingest.producer]\ndelivery.timeout.ms = 3000\n"
+    );
+    let url = format!("http://127.0.0.1:{port}/api/t/v1/");
+    let mut first = spawn_bin(&ini, &dir);
+    post_until(&url, 200, Duration::from_secs(60), b"{\"id\":\"c0\"}");
+    let big = url.replace("/api/t/", "/api/big/");
+    post_until(&big, 200, Duration::from_secs(60), b"{}");
+    let mut acked = vec!["c0".to_string()];
+
+    // Whether librdkafka strands itself is a race between its main thread
+    // (still parsing the answer's 2000 partitions) and the broker thread
+    // reporting the purged broker down; it does in about half the cycles.
+    // A cycle that recovers must answer 200 again; one that strands must
+    // end in the exit below. Never neither.
+    let stranded = (1..=8).any(|cycle| {
+        // Unreachable first, as a paused broker: every broker is down and
+        // librdkafka re-bootstraps (its bootstrap address beside the
+        // learned broker); then back, fenced for a moment.
+        let downs = || {
+            first
+                .log()
+                .matches("All broker connections are down")
+                .count()
+        };
+        let before = downs();
+        proxy.set_down(true);
+        wait_until(
+            "the producer to see every broker down",
+            Duration::from_secs(20),
+            || downs() > before,
+        );
+        proxy.strip_brokers(true);
+        proxy.set_down(false);
+        let stripped = proxy.stripped();
+        wait_until(
+            "a Metadata answer without brokers",
+            Duration::from_secs(10),
+            || proxy.stripped() > stripped,
+        );
+        proxy.strip_brokers(false);
+        // Within the grace (10 s), a statistics interval and the cross-check.
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let a = agent();
+        loop {
+            if first.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            let id = format!("c{cycle}");
+            if let Ok(r) = try_post(&a, &url, &[JSON], format!("{{\"id\":\"{id}\"}}").as_bytes()) {
+                assert!(matches!(r.status, 200 | 503), "{} {}", r.status, r.body);
+                if r.status == 200 {
+                    acked.push(id);
+                    return false;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: neither 200 nor an exit in 40 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert!(stranded, "librdkafka never stranded itself in 8 cycles");
+    let status = first.wait_exit(Duration::from_secs(10));
+    let log = first.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("librdkafka dropped every broker")
+            && log.contains("issue #5301")
+            && log.contains("lists 1 broker(s)"),
+        "{log}"
+    );
+
+    // Started again, as systemd would: it serves at once, and every event
+    // answered 200 is in Kafka.
+    let _second = spawn_bin(&ini, &dir);
+    post_until(&url, 200, Duration::from_secs(30), b"{\"id\":\"after\"}");
+    acked.push("after".into());
+    let got = read_all(&broker.addr(), &topic);
+    let values: HashSet<&str> = got.iter().map(Rec::value_str).collect();
+    for id in &acked {
+        let v = format!("{{\"id\":\"{id}\"}}");
+        assert!(values.contains(v.as_str()), "{v} missing from {values:?}");
+    }
 }
 
 #[test]

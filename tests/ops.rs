@@ -178,7 +178,12 @@ fn log_levels_change_while_running_and_the_log_file_reopens_on_sighup() {
     wait_until("SIGUSR1 applied", Duration::from_secs(10), || {
         level() == "debug,kbridge::stats=trace"
     });
+    // One at a time: the kernel merges a signal sent while the same one is
+    // still pending.
     signal(&bin, "USR2");
+    wait_until("SIGUSR2 applied", Duration::from_secs(10), || {
+        level() == "info,kbridge::stats=debug"
+    });
     signal(&bin, "USR2");
     wait_until("SIGUSR2 applied twice", Duration::from_secs(10), || {
         level() == "warn,kbridge::stats=info"

@@ -49,12 +49,23 @@ impl Broker {
         Broker::with_nodes(3)
     }
 
+    /// One KRaft node with extra server properties (`key=value`).
+    pub fn start_with(props: &[String]) -> Broker {
+        Broker::with(1, props)
+    }
+
     fn with_nodes(nodes: usize) -> Broker {
+        Broker::with(nodes, &[])
+    }
+
+    fn with(nodes: usize, props: &[String]) -> Broker {
         let dir = TempDir::new("kafka");
-        run_script(
-            &["start", "--port", "0", "--nodes", &nodes.to_string()],
-            &dir.0,
-        );
+        let nodes_arg = nodes.to_string();
+        let mut args = vec!["start", "--port", "0", "--nodes", &nodes_arg];
+        for p in props {
+            args.extend(["--set", p]);
+        }
+        run_script(&args, &dir.0);
         let bootstrap = std::fs::read_to_string(dir.0.join("bootstrap"))
             .unwrap()
             .trim()
@@ -101,11 +112,33 @@ impl Broker {
                 .contains(") Z ")
     }
 
-    /// SIGSTOP every node: the broker hangs with its sockets open.
+    /// SIGSTOP every node: the broker hangs with its sockets open. Returns
+    /// once every thread of every node is stopped (the signal is delivered
+    /// to each thread in turn; a busy one may still answer a request).
     pub fn pause(&self) {
         for n in 1..=self.nodes {
             self.signal(n, "STOP");
         }
+        for n in 1..=self.nodes {
+            wait_until(
+                &format!("every thread of node {n} to stop"),
+                Duration::from_secs(10),
+                || self.stopped(n),
+            );
+        }
+    }
+
+    /// Every thread of node `node` is in state T (stopped).
+    fn stopped(&self, node: usize) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid(node))) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the command name in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
     }
 
     pub fn resume(&self) {

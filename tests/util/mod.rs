@@ -4,6 +4,7 @@
 //! tests that stop or restart one.
 
 pub mod broker;
+pub mod kafka_proxy;
 pub mod murmur2;
 pub mod process;
 pub mod raw;
