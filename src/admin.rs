@@ -31,8 +31,13 @@ pub fn spawn(
     let watch = crate::panics::Watch::new("admin-http", fatal);
     let addr = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
-    let server = stats.start("admin", listener, limits, None)?;
+    let server = stats.start("admin", listener, limits, None, None)?;
     log::info!("admin on http://{addr} (dashboard at /; /health, /ready, /metrics)");
+    if !addr.ip().is_loopback() {
+        log::warn!(
+            "admin on the non-loopback address {addr} ([admin] allow_remote = true): anyone who reaches it reads the metrics and can change the log level"
+        );
+    }
     Ok(std::thread::Builder::new()
         .name("admin-http".into())
         .spawn(move || {

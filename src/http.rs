@@ -119,6 +119,7 @@ pub struct ServerStats {
     rejected: Mutex<BTreeMap<u16, u64>>,
     refused: Counter,
     accept_errors: Counter,
+    tls_failures: Counter,
     /// Open connections and the body budget of the server (they outlive it:
     /// connections still answering after it stopped accepting count).
     server: OnceLock<(tiny_http::OpenConnections, Arc<tiny_http::Budget>)>,
@@ -135,13 +136,14 @@ impl ServerStats {
         listener: std::net::TcpListener,
         limits: &HttpLimits,
         inline: Option<tiny_http::InlineHandler>,
+        tls: Option<tiny_http::SslConfig>,
     ) -> anyhow::Result<Arc<tiny_http::Server>> {
         let addr = listener.local_addr()?;
         let stats = self.clone();
         let hook = Arc::new(move |e: &tiny_http::ServerEvent| stats.event(name, e));
         let mut l = limits.to_server(name, &format!("{name}-conn"), hook);
         l.inline = inline;
-        let server = tiny_http::Server::from_listener_with_limits(listener, None, l)
+        let server = tiny_http::Server::from_listener_with_limits(listener, tls, l)
             .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
         let _ = self
             .server
@@ -164,6 +166,10 @@ impl ServerStats {
             tiny_http::ServerEvent::AcceptFailed(err) => {
                 self.accept_errors.inc();
                 self.warn_now_and_then(name, &format!("accepting a connection failed: {err}"));
+            }
+            tiny_http::ServerEvent::TlsFailed(err) => {
+                self.tls_failures.inc();
+                log::debug!("{name}: a TLS handshake failed: {err}");
             }
         }
     }
@@ -224,6 +230,13 @@ impl ServerStats {
             "Failed accepts (e.g. out of file descriptors); accepting goes on.",
             &l,
             self.accept_errors.get(),
+        );
+        p.single(
+            "kbridge_http_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out (the connection was closed).",
+            &l,
+            self.tls_failures.get(),
         );
         p.single(
             "kbridge_http_open_connections",

@@ -33,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod panics;
 pub mod pool;
+pub mod secret;
 pub mod shutdown;
 pub mod stats;
 pub mod systemd;

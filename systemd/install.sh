@@ -59,6 +59,7 @@ fi
 SRC=${KBRIDGE_BIN:-target/release/kbridge}
 if [ $BUILD = 1 ] && [ -z "${KBRIDGE_BIN:-}" ]; then
   say "building the release binary"
+  scripts/deps
   cargo build --release --quiet --bin kbridge
 fi
 [ -x "$SRC" ] || { echo "install: no $SRC (build first)" >&2; exit 1; }

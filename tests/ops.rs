@@ -28,13 +28,7 @@ fn collect_ini(admin: u16, dir: &TempDir, log: &str) -> String {
 }
 
 fn signal(bin: &Bin, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(bin.child.id().to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig}");
+    bin.signal(sig);
 }
 
 fn wait_ready(admin: u16) {

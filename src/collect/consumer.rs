@@ -68,6 +68,8 @@ pub type Parts = Arc<Mutex<HashMap<(String, i32), PartState>>>;
 
 pub struct CollectCtx {
     base: Context,
+    /// Known from the settings (see `kafka::rebalance`).
+    protocol: rdkafka::consumer::RebalanceProtocol,
     shared: Arc<Shared>,
     pub parts: Parts,
     pub done_tx: Sender<RetryDone>,
@@ -89,6 +91,15 @@ impl ClientContext for CollectCtx {
 }
 
 impl ConsumerContext for CollectCtx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        crate::kafka::rebalance::apply(self, consumer, &self.protocol, err, tpl);
+    }
+
     /// An asynchronous commit is known committed only here, when the
     /// coordinator answered; a failed one is sent again next round.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -240,6 +251,9 @@ pub fn build(
     props.push(("client.id".into(), format!("kbridge-collect-{i}")));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let ctx = CollectCtx {
+        protocol: crate::kafka::rebalance::protocol_of(
+            &[kafka.properties.clone(), props.clone()].concat(),
+        ),
         base: Context::new("collect", shared.kafka_stats.clone(), shared.fatal.clone()),
         parts: Arc::default(),
         shared,

@@ -28,6 +28,8 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// A non-loopback `listen` was asked for explicitly.
+    pub allow_remote: bool,
     pub limits: limits::HttpLimits,
 }
 
@@ -68,6 +70,13 @@ impl CommonConfig {
             if e.key == "brokers" {
                 continue;
             }
+            if e.key == SASL_PASSWORD_FILE {
+                match crate::secret::read_line(Path::new(&e.value)) {
+                    Ok(pw) => properties.push(("sasl.password".into(), pw.expose().to_string())),
+                    Err(err) => k.error(&e.key, err),
+                }
+                continue;
+            }
             if let Some(problem) = librdkafka_rejects(&e.key, &e.value) {
                 k.error(&e.key, problem);
             }
@@ -78,8 +87,19 @@ impl CommonConfig {
         let mut a = doc.reader("admin", errors);
         let admin = AdminConfig {
             listen: a.socket_addr("listen", "127.0.0.1:8081"),
+            allow_remote: a.bool("allow_remote", false),
             limits: limits::HttpLimits::read(&mut a, limits::HttpLimits::admin()),
         };
+        if !admin.allow_remote && !admin.listen.ip().is_loopback() {
+            a.error(
+                "listen",
+                format!(
+                    "{} is not a loopback address: the admin server (metrics, dashboard, log level changes) has no authentication; \
+                     keep it on 127.0.0.1, or set [admin] allow_remote = true to expose it anyway",
+                    admin.listen
+                ),
+            );
+        }
         a.finish();
 
         let mut l = doc.reader("log", errors);
@@ -123,10 +143,26 @@ pub fn valid_topic(t: &str) -> bool {
 pub fn librdkafka_rejects(key: &str, value: &str) -> Option<String> {
     let mut c = ClientConfig::new();
     c.set(key, value);
-    c.create_native_config()
-        .err()
-        .map(|e| format!("librdkafka rejects {value:?}: {e}"))
+    let e = c.create_native_config().err()?;
+    // librdkafka's message may quote the value: not for a secret.
+    Some(if is_secret(key) {
+        "librdkafka rejects the value (not shown: a secret)".to_string()
+    } else {
+        format!("librdkafka rejects {value:?}: {e}")
+    })
 }
+
+/// Properties whose values are never shown (passwords, keys, secrets).
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "ssl.key.pem", "sasl.jaas", "token"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// `[kafka] sasl.password.file`: kbridge's key for a password kept in a
+/// file only its owner may read, passed to librdkafka as `sasl.password`.
+pub const SASL_PASSWORD_FILE: &str = "sasl.password.file";
 
 /// Validates a librdkafka property section (such as `[ingest.producer]`)
 /// whose entries override `defaults`; returns the merged list.
@@ -250,6 +286,31 @@ mod tests {
                 .to_string()
                 .contains("[kafka] brokers: section [kafka] is required")
         );
+    }
+
+    #[test]
+    fn admin_stays_on_loopback_unless_remote_is_allowed() {
+        for listen in ["0.0.0.0:8081", "10.1.2.3:8081", "[::]:8081"] {
+            let (_, errors) = common(&format!(
+                "[kafka]\nbrokers=h:1\n[admin]\nlisten = {listen}\n"
+            ));
+            assert!(
+                errors.to_string().contains(&format!(
+                    "c.ini:4 [admin] listen: {} is not a loopback address",
+                    listen.parse::<SocketAddr>().unwrap()
+                )),
+                "{errors}"
+            );
+        }
+        for text in [
+            "[admin]\nlisten = 127.0.0.1:9\n",
+            "[admin]\nlisten = [::1]:9\n",
+            "[admin]\nlisten = 0.0.0.0:9\nallow_remote = true\n",
+        ] {
+            let (c, errors) = common(&format!("[kafka]\nbrokers=h:1\n{text}"));
+            assert!(errors.0.is_empty(), "{text}: {errors}");
+            assert_eq!(c.admin.allow_remote, text.contains("allow_remote"));
+        }
     }
 
     #[test]

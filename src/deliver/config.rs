@@ -86,6 +86,8 @@ pub struct DeliverConfig {
     pub dlq_suffix: String,
     pub shutdown_timeout: Duration,
     pub enrich: Option<EnrichConfig>,
+    /// TLS trust and `Authorization` values of the calls.
+    pub outbound: super::outbound::Outbound,
     /// librdkafka consumer properties (defaults merged with the file's).
     pub consumer: Vec<(String, String)>,
 }
@@ -176,6 +178,7 @@ impl DeliverConfig {
             );
         }
         let enrich = enrich_config(&mut r);
+        let outbound = super::outbound::Outbound::read(&mut r);
         r.finish();
 
         let mut c = doc.reader("deliver.consumer", errors);
@@ -209,6 +212,7 @@ impl DeliverConfig {
             dlq_suffix,
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
             enrich,
+            outbound,
             consumer,
         })
     }

@@ -45,6 +45,8 @@ pub struct ThreadState {
 
 pub struct ConsumerCtx {
     base: Context,
+    /// Known from the settings (see `kafka::rebalance`).
+    protocol: rdkafka::consumer::RebalanceProtocol,
     shared: Arc<Shared>,
     pub state: Arc<Mutex<ThreadState>>,
     done_rx: Receiver<Done>,
@@ -125,6 +127,15 @@ impl ClientContext for ConsumerCtx {
 }
 
 impl ConsumerContext for ConsumerCtx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        crate::kafka::rebalance::apply(self, consumer, &self.protocol, err, tpl);
+    }
+
     /// An asynchronous commit is known committed only here, when the
     /// coordinator answered; a failed one is sent again next interval.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -326,6 +337,9 @@ pub fn build(
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let stats = Arc::new(KafkaStats::default());
     let ctx = ConsumerCtx {
+        protocol: crate::kafka::rebalance::protocol_of(
+            &[kafka.properties.clone(), props.clone()].concat(),
+        ),
         base: Context::new("deliver", stats.clone(), fatal),
         shared,
         state: Arc::default(),

@@ -40,6 +40,7 @@ pub fn spawn_pool(
             .timeout_global(Some(shared.config.request_timeout))
             .timeout_connect(Some(shared.config.connect_timeout))
             .max_idle_connections_per_host(e.threads.max(4))
+            .tls_config(shared.config.outbound.tls())
             .build(),
     );
     let cache: Arc<Cache> = Arc::default();
@@ -57,7 +58,8 @@ pub fn spawn_pool(
                 };
                 let _t = g.task();
                 shared.metrics.busy.add(1);
-                match lookup(&agent, &cache, &e, &w.msg.payload) {
+                let auth = shared.config.outbound.enrich_authorization.as_ref();
+                match lookup(&agent, auth, &cache, &e, &w.msg.payload) {
                     Ok(Some(answer)) => {
                         if let Some(merged) = merge(&w.msg.payload, &e.into, answer) {
                             w.msg.payload = merged;
@@ -118,6 +120,7 @@ fn forward(shared: &Shared, mut w: Work) {
 /// value for the placeholder's field.
 fn lookup(
     agent: &ureq::Agent,
+    authorization: Option<&crate::secret::Secret>,
     cache: &Cache,
     e: &EnrichConfig,
     payload: &[u8],
@@ -132,7 +135,11 @@ fn lookup(
         return Ok(Some(v.clone()));
     }
     let url = e.url.replace(&format!("{{{}}}", e.field), &encode(&key));
-    let mut resp = agent.get(&url).call().map_err(|err| err.to_string())?;
+    let mut req = agent.get(&url);
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a.expose());
+    }
+    let mut resp = req.call().map_err(|err| err.to_string())?;
     let status = resp.status().as_u16();
     let mut body = Vec::new();
     let _ = resp

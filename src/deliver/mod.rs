@@ -28,6 +28,7 @@ mod dlq;
 mod enrich;
 mod lanes;
 pub mod offsets;
+pub mod outbound;
 pub mod replay;
 pub mod retry;
 mod sender;
@@ -253,6 +254,9 @@ pub fn spawn(
         consumer_views.push(view);
         consumers.push(c);
     }
+    let mut urls = vec![shared.config.target_url.as_str()];
+    urls.extend(shared.config.enrich.as_ref().map(|e| e.url.as_str()));
+    shared.config.outbound.warn_if_unverified(&urls);
     let senders = sender::spawn_pool(shared.clone(), dlq.clone(), work_rx)?;
     let enrichers = match (enrich_rx, &config.enrich) {
         (Some(rx), Some(e)) => Some(enrich::spawn_pool(shared.clone(), e.clone(), rx)?),

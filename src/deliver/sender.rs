@@ -20,6 +20,7 @@ use log::warn;
 use super::batch::{body_of, bulk_item_statuses};
 use super::config::BatchFormat;
 use super::dlq::DeadLetters;
+use super::outbound::origin;
 use super::retry::{Action, CallResult, classify, parse_retry_after};
 use super::{Shared, Stage, Work};
 use crate::pool::WorkerPool;
@@ -105,6 +106,7 @@ pub fn spawn_pool(
             // Redirects are ours to judge (see the module comment).
             .max_redirects(0)
             .no_delay(true)
+            .tls_config(c.outbound.tls())
             .build(),
     );
     let semaphore = Arc::new(Semaphore::new(c.max_in_flight));
@@ -184,7 +186,10 @@ fn send(
 ) {
     let c = &shared.config;
     let (content_type, body) = body_of(c.batch_size, c.batch_format, &c.es_index, &batch);
-    let headers = headers_of(content_type, &batch);
+    let mut headers = headers_of(content_type, &batch);
+    if let Some(a) = &c.outbound.authorization {
+        headers.push(("Authorization", a.expose().to_string()));
+    }
     rate.take(batch.len());
     let started = Instant::now();
     let bulk = c.batch_format == BatchFormat::EsBulk && c.batch_size > 1;
@@ -344,10 +349,15 @@ fn call(
     bulk: bool,
 ) -> Result<Answer, String> {
     let mut url = url.to_string();
+    let home = origin(&url).to_string();
     for _ in 0..=MAX_HOPS {
         let mut req = agent.post(&url);
+        // Credentials go only to the configured endpoint's origin.
+        let away = origin(&url) != home;
         for (k, v) in headers {
-            req = req.header(*k, v);
+            if !(away && *k == "Authorization") {
+                req = req.header(*k, v);
+            }
         }
         let mut resp = req.send(body).map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
@@ -363,6 +373,8 @@ fn call(
         if follow
             && (status == 307 || status == 308)
             && let Some(next) = location.as_deref().and_then(|l| resolve(&url, l))
+            // Never from https to plain http: what was encrypted stays so.
+            && !(url.starts_with("https://") && next.starts_with("http://"))
         {
             url = next;
             continue;

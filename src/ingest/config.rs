@@ -2,6 +2,7 @@
 //! [`IngestConfig`] with every problem collected.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::limits::HttpLimits;
@@ -42,6 +43,58 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("partitioner", "murmur2_random"),
 ];
 
+/// The listener's certificate chain (PEM, leaf first) and private key.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: crate::secret::Secret,
+}
+
+impl ListenerTls {
+    /// Both files or neither; the key only its owner may read.
+    fn read(r: &mut crate::config::SectionReader<'_>) -> Option<ListenerTls> {
+        let cert = r.string("tls_cert_file", "");
+        let key = r.string("tls_key_file", "");
+        if cert.is_empty() && key.is_empty() {
+            return None;
+        }
+        if cert.is_empty() || key.is_empty() {
+            let missing = if cert.is_empty() {
+                "tls_cert_file"
+            } else {
+                "tls_key_file"
+            };
+            r.error(missing, "tls_cert_file and tls_key_file go together".into());
+            return None;
+        }
+        let cert_pem = match std::fs::read(&cert) {
+            Ok(c) if c.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => c,
+            Ok(_) => {
+                r.error("tls_cert_file", format!("{cert}: no PEM certificate in it"));
+                return None;
+            }
+            Err(e) => {
+                r.error("tls_cert_file", format!("{cert}: cannot read it: {e}"));
+                return None;
+            }
+        };
+        match crate::secret::read_private(std::path::Path::new(&key)) {
+            Ok(k) if k.contains("PRIVATE KEY-----") => Some(ListenerTls {
+                cert_pem,
+                key_pem: crate::secret::Secret::new(k),
+            }),
+            Ok(_) => {
+                r.error("tls_key_file", format!("{key}: no PEM private key in it"));
+                None
+            }
+            Err(e) => {
+                r.error("tls_key_file", e);
+                None
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub listen: SocketAddr,
@@ -74,6 +127,10 @@ pub struct IngestConfig {
     pub topic_partitions: i32,
     pub topic_replication_factor: i32,
     pub shutdown_timeout: Duration,
+    /// Bearer tokens a request must carry (`None`: no authentication).
+    pub auth_tokens_file: Option<PathBuf>,
+    /// HTTPS on the listener (`tls_cert_file`, `tls_key_file`).
+    pub tls: Option<ListenerTls>,
     pub routes: Vec<Route>,
     /// librdkafka producer properties (defaults merged with the file's).
     pub producer: Vec<(String, String)>,
@@ -82,46 +139,10 @@ pub struct IngestConfig {
 impl IngestConfig {
     /// `None` when the file has no `[ingest]` section.
     pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Option<IngestConfig> {
-        let mut r = doc.reader("ingest", errors);
-        if !r.exists() {
+        if !doc.reader("ingest", errors).exists() {
             // Sub-sections without their parent are reported as unknown by app.
             return None;
         }
-        let listen = r.socket_addr("listen", "0.0.0.0:8080");
-        let workers = r.int("workers", 8usize, 1..=256);
-        let http_threads = r
-            .opt_str("http_threads")
-            .map(|_| r.int("http_threads", 8usize, 1..=256));
-        let ack = r.choice(
-            "ack",
-            AckMode::Kafka,
-            &[("kafka", AckMode::Kafka), ("queued", AckMode::Queued)],
-        );
-        let channel_capacity = r.int("channel_capacity", 1024usize, 1..=1_000_000);
-        let enqueue_timeout_ms = r.int("enqueue_timeout_ms", 500u64, 0..=600_000);
-        let limits = HttpLimits::read(&mut r, HttpLimits::ingest());
-        let max_body_bytes = limits.max_body_bytes;
-        let max_record_bytes = r.int("max_record_bytes", 1_000_000usize, 1..=1 << 30);
-        let max_records = r.int("max_records", 10_000usize, 1..=10_000_000);
-        let max_json_depth = r.int("max_json_depth", 64usize, 1..=128);
-        let key_field = r.string("key_field", "");
-        let idempotency_window_s = r.int("idempotency_window_s", 300u64, 0..=86_400);
-        let idempotency_max_keys = r.int("idempotency_max_keys", 100_000usize, 1..=10_000_000);
-        let idempotency_max_bytes = r.int("idempotency_max_bytes", 64usize << 20, 1024..=1 << 40);
-        let create_topics = r.bool("create_topics", true);
-        let topic_partitions = r.int("topic_partitions", 4i32, 1..=10_000);
-        let topic_replication_factor = r.int("topic_replication_factor", 1i32, 1..=32);
-        let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
-        if max_record_bytes > max_body_bytes {
-            r.error(
-                "max_record_bytes",
-                format!(
-                    "must not exceed max_body_bytes ({max_body_bytes}), got {max_record_bytes}"
-                ),
-            );
-        }
-        r.finish();
-
         let mut rr = doc.reader("ingest.routes", errors);
         let mut routes: Vec<Route> = rr
             .all()
@@ -163,6 +184,52 @@ impl IngestConfig {
             ];
         }
         rr.finish();
+
+        let mut r = doc.reader("ingest", errors);
+        let listen = r.socket_addr("listen", "0.0.0.0:8080");
+        let workers = r.int("workers", 8usize, 1..=256);
+        let http_threads = r
+            .opt_str("http_threads")
+            .map(|_| r.int("http_threads", 8usize, 1..=256));
+        let ack = r.choice(
+            "ack",
+            AckMode::Kafka,
+            &[("kafka", AckMode::Kafka), ("queued", AckMode::Queued)],
+        );
+        let channel_capacity = r.int("channel_capacity", 1024usize, 1..=1_000_000);
+        let enqueue_timeout_ms = r.int("enqueue_timeout_ms", 500u64, 0..=600_000);
+        let limits = HttpLimits::read(&mut r, HttpLimits::ingest());
+        let max_body_bytes = limits.max_body_bytes;
+        let max_record_bytes = r.int("max_record_bytes", 1_000_000usize, 1..=1 << 30);
+        let max_records = r.int("max_records", 10_000usize, 1..=10_000_000);
+        let max_json_depth = r.int("max_json_depth", 64usize, 1..=128);
+        let key_field = r.string("key_field", "");
+        let idempotency_window_s = r.int("idempotency_window_s", 300u64, 0..=86_400);
+        let idempotency_max_keys = r.int("idempotency_max_keys", 100_000usize, 1..=10_000_000);
+        let idempotency_max_bytes = r.int("idempotency_max_bytes", 64usize << 20, 1024..=1 << 40);
+        let create_topics = r.bool("create_topics", true);
+        let topic_partitions = r.int("topic_partitions", 4i32, 1..=10_000);
+        let topic_replication_factor = r.int("topic_replication_factor", 1i32, 1..=32);
+        let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
+        let tls = ListenerTls::read(&mut r);
+        let auth_tokens_file = r.string("auth_tokens_file", "");
+        let auth_tokens_file =
+            (!auth_tokens_file.is_empty()).then(|| PathBuf::from(auth_tokens_file));
+        if let Some(path) = &auth_tokens_file {
+            let streams: Vec<String> = routes.iter().map(|r| r.stream.clone()).collect();
+            if let Err(e) = super::auth::parse_file(path, &streams) {
+                r.error("auth_tokens_file", e);
+            }
+        }
+        if max_record_bytes > max_body_bytes {
+            r.error(
+                "max_record_bytes",
+                format!(
+                    "must not exceed max_body_bytes ({max_body_bytes}), got {max_record_bytes}"
+                ),
+            );
+        }
+        r.finish();
 
         let mut pr = doc.reader("ingest.producer", errors);
         let producer = librdkafka_section(&mut pr, PRODUCER_DEFAULTS);
@@ -215,6 +282,8 @@ impl IngestConfig {
             topic_partitions,
             topic_replication_factor,
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
+            auth_tokens_file,
+            tls,
             routes,
             producer,
         })

@@ -20,6 +20,7 @@
 //! senders) → workers drain the channel → producer flush → probe → producer
 //! dropped (unsettled records answered 503 by their callbacks).
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod idempotency;
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     pub server_stats: Arc<crate::http::ServerStats>,
     /// Request bodies held in memory (`max_buffered_body_bytes`).
     pub budget: Arc<tiny_http::Budget>,
+    /// Bearer tokens (`auth_tokens_file`); `None`: every request may write.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 /// A running ingest role.
@@ -98,6 +101,19 @@ pub fn spawn(
     listener: TcpListener,
     fatal: Sender<String>,
 ) -> anyhow::Result<Handle> {
+    let auth = match &config.auth_tokens_file {
+        None => None,
+        Some(path) => {
+            let streams: Vec<String> = config.routes.iter().map(|r| r.stream.clone()).collect();
+            let auth = auth::Auth::open(path, &streams)
+                .map_err(|e| anyhow::anyhow!("[ingest] auth_tokens_file: {e}"))?;
+            Some(Arc::new(auth))
+        }
+    };
+    if let Some(a) = &auth {
+        let a = a.clone();
+        crate::shutdown::on_reload(Box::new(move || a.reload()));
+    }
     let kafka_stats = Arc::new(KafkaStats::default());
     let context = IngestContext {
         base: Context::new("ingest", kafka_stats.clone(), fatal.clone()),
@@ -160,7 +176,11 @@ pub fn spawn(
             }
         })
     };
-    let server = server_stats.start("ingest", listener, &config.limits, Some(inline))?;
+    let tls = config.tls.as_ref().map(|t| tiny_http::SslConfig {
+        certificate: t.cert_pem.clone(),
+        private_key: t.key_pem.expose().as_bytes().to_vec(),
+    });
+    let server = server_stats.start("ingest", listener, &config.limits, Some(inline), tls)?;
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<produce::Job>(config.channel_capacity);
 
     let mut paths = HashMap::new();
@@ -189,6 +209,7 @@ pub fn spawn(
         probe: probe.clone(),
         budget: server.budget(),
         server_stats: server_stats.clone(),
+        auth,
         config: config.clone(),
     });
     let _ = producer.context().shared.set(shared.clone());
@@ -235,13 +256,23 @@ pub fn spawn(
         stopper.token(),
     ));
     info!(
-        "listening on http://{addr} (routes: {})",
+        "listening on {}://{addr} (routes: {}){}",
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         config
             .routes
             .iter()
             .map(|r| format!("{}→{}", r.stream, r.topic))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        if config.auth_tokens_file.is_some() {
+            ", bearer tokens required"
+        } else {
+            ""
+        }
     );
     Ok(Handle {
         addr,

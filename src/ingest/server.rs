@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{SendTimeoutError, Sender};
+use log::debug;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
 use super::Shared;
+use super::auth::Denied;
 use super::body::{self, BodyError};
 use super::config::AckMode;
 use super::idempotency::{Answer, Begin, Window};
@@ -69,6 +71,22 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
     let (path, query) = http::split_url(req.url());
     let (path, query) = (path.to_string(), query.to_string());
     let path = path.as_str();
+    let who = match &shared.auth {
+        None => None,
+        Some(auth) => {
+            let route = shared.paths.get(path).copied();
+            match auth.check(header_value(&req, "Authorization"), route) {
+                Ok(name) => Some(name),
+                Err(denied) => {
+                    debug!(target: "kbridge::ingest::access", "{} {path}: {denied:?}", req.method());
+                    return shared.reply(req, route, started, refusal(denied, path));
+                }
+            }
+        }
+    };
+    if let Some(name) = &who {
+        debug!(target: "kbridge::ingest::access", "{name}: {} {path}", req.method());
+    }
     let Some(&route) = shared.paths.get(path) else {
         let msg = format!("no route for {path}; routes: {}", shared.route_list());
         return shared.reply(req, None, started, error_reply(404, &msg, json!({})));
@@ -104,6 +122,11 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             );
             return shared.reply(req, Some(route), started, error_reply(400, &msg, json!({})));
         }
+        // One client cannot replay (and read) another's answer.
+        let key = match &who {
+            Some(name) => format!("{name}\u{0}{key}"),
+            None => key,
+        };
         let hash = body_hash(route, &parsed);
         let begun = match shared.idempotency.lock() {
             Ok(mut w) => w.begin(&key, hash, req, Instant::now()),
@@ -333,6 +356,26 @@ fn parse_query(shared: &Shared, query: &str, route: usize) -> Result<Option<i32>
         }
     }
     Ok(partition)
+}
+
+/// 401 (one answer whatever was wrong) or 403 (a token for other routes).
+fn refusal(denied: Denied, path: &str) -> http::Reply {
+    match denied {
+        Denied::Unauthorized => with_header(
+            error_reply(
+                401,
+                "a valid bearer token is required: Authorization: Bearer <token>",
+                json!({}),
+            ),
+            "WWW-Authenticate",
+            "Bearer realm=\"kbridge\"",
+        ),
+        Denied::Forbidden(name) => error_reply(
+            403,
+            &format!("token {name} may not write to {path}"),
+            json!({}),
+        ),
+    }
 }
 
 /// What makes two requests "the same" for an idempotency key.

@@ -17,7 +17,9 @@ use crate::shutdown::StopToken;
 use crate::stats::{Rates, Telemetry};
 
 /// Statuses counted separately; anything else counts as "other".
-const STATUSES: [u16; 11] = [200, 202, 207, 400, 404, 405, 413, 415, 422, 500, 503];
+const STATUSES: [u16; 13] = [
+    200, 202, 207, 400, 401, 403, 404, 405, 413, 415, 422, 500, 503,
+];
 
 #[derive(Default)]
 pub struct IngestMetrics {
@@ -174,6 +176,9 @@ impl Telemetry for IngestTelemetry {
         let m = &self.shared.metrics;
         let mut p = Prom::new(out);
         self.shared.server_stats.render(&mut p, "ingest");
+        if let Some(auth) = &self.shared.auth {
+            auth.render(&mut p);
+        }
         let name = "kbridge_ingest_responses_total";
         p.describe(name, "counter", "HTTP responses by route and status.");
         for (i, row) in m.responses.iter().enumerate() {

@@ -4,6 +4,7 @@
 //! the reachability probe behind `/ready`.
 
 pub mod probe;
+pub mod rebalance;
 pub mod stranded;
 
 use std::sync::Arc;
@@ -198,6 +199,8 @@ pub struct Context {
     pub fatal: Sender<String>,
     /// This client's brokers, for [`stranded`] (one per client).
     stranded: Arc<stranded::Watch>,
+    /// A configuration error was reported (see [`misconfigured`]).
+    misconfigured: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -207,6 +210,7 @@ impl Context {
             stats,
             fatal,
             stranded: Arc::default(),
+            misconfigured: Default::default(),
         }
     }
 }
@@ -225,7 +229,16 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+        if let Some(msg) = misconfigured(error.rdkafka_error_code(), reason) {
+            // librdkafka reports it on every retry; once is enough.
+            if !self
+                .misconfigured
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                error!(target: "kbridge::kafka", "{}: {msg}", self.name);
+                let _ = self.fatal.try_send(format!("{}: {msg}", self.name));
+            }
+        } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             error!(target: "kbridge::kafka", "{}: fatal librdkafka error: {error}: {reason}", self.name);
             let _ = self
                 .fatal
@@ -233,6 +246,23 @@ impl ClientContext for Context {
         } else {
             warn!(target: "kbridge::kafka", "{}: librdkafka: {error}: {reason}", self.name);
         }
+    }
+}
+
+/// Errors no retry can mend: wrong credentials, an untrusted certificate.
+/// They stop the process with a message naming the `[kafka]` key to fix,
+/// instead of retrying for ever.
+fn misconfigured(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<String> {
+    match code? {
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            Some(format!(
+                "[kafka] sasl.password: authentication failed ({reason}); check sasl.mechanisms, sasl.username and sasl.password (or sasl.password.file)"
+            ))
+        }
+        RDKafkaErrorCode::SSL if reason.contains("certificate verify failed") => Some(format!(
+            "[kafka] ssl.ca.location: the broker's certificate is not trusted ({reason})"
+        )),
+        _ => None,
     }
 }
 

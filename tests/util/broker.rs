@@ -54,14 +54,25 @@ impl Broker {
         Broker::with(1, props)
     }
 
+    /// One KRaft node that also listens with TLS, SASL_PLAINTEXT and
+    /// SASL_SSL (user `kbridge`; see `scripts/broker --secure`).
+    pub fn start_secure() -> Broker {
+        Broker::with_args(1, &[], &["--secure"])
+    }
+
     fn with_nodes(nodes: usize) -> Broker {
         Broker::with(nodes, &[])
     }
 
     fn with(nodes: usize, props: &[String]) -> Broker {
+        Broker::with_args(nodes, props, &[])
+    }
+
+    fn with_args(nodes: usize, props: &[String], extra: &[&str]) -> Broker {
         let dir = TempDir::new("kafka");
         let nodes_arg = nodes.to_string();
         let mut args = vec!["start", "--port", "0", "--nodes", &nodes_arg];
+        args.extend(extra);
         for p in props {
             args.extend(["--set", p]);
         }
@@ -80,6 +91,20 @@ impl Broker {
     /// The bootstrap servers (every node).
     pub fn addr(&self) -> String {
         self.bootstrap.clone()
+    }
+
+    /// A file `scripts/broker` wrote in the broker's directory (e.g.
+    /// `ssl_bootstrap`), trimmed.
+    pub fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.0.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .trim()
+            .to_string()
+    }
+
+    /// The path of a file in the broker's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
     }
 
     fn node_dir(&self, node: usize) -> PathBuf {

@@ -9,6 +9,7 @@ pub mod murmur2;
 pub mod process;
 pub mod raw;
 pub mod sink;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -69,6 +70,17 @@ pub fn load_config(text: &str) -> AppConfig {
     match app::load(&path) {
         Ok(c) => c,
         Err(e) => panic!("test config invalid: {e}\n{text}"),
+    }
+}
+
+/// Parses an INI text with the real loader; the errors as text.
+pub fn try_load_config(text: &str) -> (Option<AppConfig>, String) {
+    let dir = TempDir::new("cfg");
+    let path = dir.0.join("config.ini");
+    std::fs::write(&path, text).unwrap();
+    match app::load(&path) {
+        Ok(c) => (Some(c), String::new()),
+        Err(e) => (None, e.to_string()),
     }
 }
 

@@ -51,12 +51,17 @@ impl Bin {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `sig` (`TERM`, `HUP`, …).
+    pub fn signal(&self, sig: &str) {
         let sent = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
-        assert!(sent.success(), "kill -TERM {}", self.child.id());
+        assert!(sent.success(), "kill -{sig} {}", self.child.id());
     }
 
     /// Waits for the exit; fails the test after `timeout`.

@@ -379,8 +379,21 @@ impl Server {
                             None => Some(RefinedTcpStream::new(sock)),
                             // The handshake runs here, on the connection's
                             // own thread, never in the accept loop.
+                            // kbridge patch: a client that never finishes its
+                            // handshake is cut after header_timeout, as one that
+                            // never finishes its request head.
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => ssl.accept(sock).ok().map(RefinedTcpStream::new),
+                            Some(ref ssl) => {
+                                let _ = sock.set_read_timeout(Some(ctx.limits.header_timeout));
+                                let _ = sock.set_write_timeout(Some(ctx.limits.write_timeout));
+                                match ssl.accept(sock) {
+                                    Ok(s) => Some(RefinedTcpStream::new(s)),
+                                    Err(e) => {
+                                        ctx.limits.event(ServerEvent::TlsFailed(e.to_string()));
+                                        None
+                                    }
+                                }
+                            }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(_) => None,
                         };

@@ -80,6 +80,9 @@ pub enum ServerEvent {
     Refused,
     /// `accept` failed (descriptors exhausted, …); accepting goes on.
     AcceptFailed(std::io::Error),
+    /// A TLS handshake failed or timed out (kbridge patch); the
+    /// connection was closed.
+    TlsFailed(String),
 }
 
 impl Limits {

@@ -22,6 +22,11 @@ impl SplitOpenSslStream {
     pub(crate) fn shutdown(&mut self, how: Shutdown) -> std::io::Result<()> {
         self.0.lock().unwrap().inner.get_mut().shutdown(how)
     }
+
+    // kbridge patch: socket options of the connection under the stream.
+    pub(crate) fn with_connection<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
+        f(self.0.lock().unwrap().inner.get_ref())
+    }
 }
 
 impl Clone for SplitOpenSslStream {
@@ -97,7 +102,8 @@ impl OpenSslContext {
         stream: Connection,
     ) -> Result<OpenSslStream, Box<dyn Error + Send + Sync + 'static>> {
         use openssl::ssl::Ssl;
-        let session = Ssl::new(&self.0).expect("Failed to create new OpenSSL session");
+        // kbridge patch: no panic on a failed allocation.
+        let session = Ssl::new(&self.0)?;
         let stream = session.accept(stream)?;
         Ok(OpenSslStream { inner: stream })
     }

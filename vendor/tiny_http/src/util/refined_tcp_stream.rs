@@ -45,11 +45,13 @@ impl Stream {
         }
     }
 
-    fn connection(&self) -> &Connection {
+    // kbridge patch: the socket under the stream, for its options (behind
+    // the TLS stream's lock when there is one).
+    fn with_connection<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
         match self {
-            Stream::Http(c) => c,
+            Stream::Http(c) => f(c),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(s) => s.get_ref(),
+            Stream::Https(s) => s.with_connection(f),
         }
     }
 
@@ -132,11 +134,11 @@ impl RefinedTcpStream {
 
     // kbridge patch: socket options for the limits of `client.rs`.
     pub(crate) fn set_read_timeout(&self, t: Option<std::time::Duration>) -> IoResult<()> {
-        self.stream.connection().set_read_timeout(t)
+        self.stream.with_connection(|c| c.set_read_timeout(t))
     }
 
     pub(crate) fn set_write_timeout(&self, t: Option<std::time::Duration>) -> IoResult<()> {
-        self.stream.connection().set_write_timeout(t)
+        self.stream.with_connection(|c| c.set_write_timeout(t))
     }
 
     pub(crate) fn shutdown_write(&mut self) -> IoResult<()> {
