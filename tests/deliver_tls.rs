@@ -159,6 +159,28 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
         "{dlq:?}"
     );
     assert!(plain.calls().is_empty(), "a call went out in the clear");
+
+    // Verification turned off by name: the unknown CA is accepted.
+    let topic = unique_topic("https-skip-verify");
+    create_topic(&b, &topic, 1);
+    produce(&b, &topic, &events("skip", 2));
+    let extra = format!(
+        "tls_skip_verify = true\nauth_header_file = {}\n",
+        auth_file.display()
+    );
+    let before = received(&dir.0).len();
+    let _d = Deliver::start(&deliver_ini(
+        &b,
+        &unique_topic("g"),
+        &topic,
+        &target,
+        &extra,
+    ));
+    wait_until(
+        "2 messages without verification",
+        Duration::from_secs(30),
+        || received(&dir.0).len() >= before + 2,
+    );
 }
 
 #[test]

@@ -100,6 +100,20 @@ fn ingest_deliver_and_collect_work_over_tls_and_sasl_scram() {
         assert_exactly(&out.0, &topic, &broker.addr(), ids.len());
         assert!(ing.fatal.try_recv().is_err() && d.fatal.try_recv().is_err());
     }
+
+    // SASL/PLAIN too (the broker's JAAS user), ingest to a reader.
+    let topic = unique_topic("sec-plain");
+    let lines = format!(
+        "security.protocol = sasl_plaintext\nsasl.mechanisms = PLAIN\nsasl.username = kbridge\nsasl.password = {pw}\n"
+    );
+    let ing = Ingest::start(&with_kafka_lines(
+        ingest_ini(&broker.file("sasl_plaintext_bootstrap"), &topic, "", ""),
+        &lines,
+    ));
+    let r = post(&ing.url, &[JSON], b"{\"id\":\"plain\"}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = read_exactly(&broker.addr(), &topic, 1);
+    assert_eq!(got[0].value_str(), "{\"id\":\"plain\"}");
 }
 
 /// `kbridge run` on `[kafka]` `lines` and one ingest route; returns the exit
