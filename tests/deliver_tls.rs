@@ -65,6 +65,9 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
     std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let b = brokers();
     let target = format!("https://127.0.0.1:{}/in", sink.port);
+    let start = |topic: &str, to: &str, extra: &str| {
+        Deliver::start(&deliver_ini(&b, &unique_topic("g"), topic, to, extra))
+    };
 
     // With the CA: everything arrives, with the credentials, enriched by
     // lookups over HTTPS that carry their own.
@@ -82,13 +85,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
         sink.port,
         lookup_file.display()
     );
-    let d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &target,
-        &extra,
-    ));
+    let d = start(&topic, &target, &extra);
     wait_until("20 messages over HTTPS", Duration::from_secs(30), || {
         received(&dir.0).len() >= 20
     });
@@ -111,13 +108,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
         "max_retries = 1\nbackoff_max_ms = 100\nauth_header_file = {}\n",
         auth_file.display()
     );
-    let d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &target,
-        &extra,
-    ));
+    let d = start(&topic, &target, &extra);
     let dlq = read_exactly(&b, &format!("{topic}.dlq"), 3);
     for r in &dlq {
         let reason = r
@@ -149,7 +140,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
         auth_file.display()
     );
     let to = format!("https://127.0.0.1:{}/redirect?to={}", sink.port, plain.url);
-    let _d = Deliver::start(&deliver_ini(&b, &unique_topic("g"), &topic, &to, &extra));
+    let _d = start(&topic, &to, &extra);
     let dlq = read_exactly(&b, &format!("{topic}.dlq"), 2);
     assert!(
         dlq.iter().all(|r| r
@@ -169,13 +160,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
         auth_file.display()
     );
     let before = received(&dir.0).len();
-    let _d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &target,
-        &extra,
-    ));
+    let _d = start(&topic, &target, &extra);
     wait_until(
         "2 messages without verification",
         Duration::from_secs(30),
@@ -198,15 +183,8 @@ fn an_unreadable_or_shared_secret_file_and_a_ca_file_without_certificates_are_co
         not_pem.display(),
         shared.display()
     );
-    let cfg = dir.0.join("c.ini");
-    std::fs::write(&cfg, ini).unwrap();
-    let out = Command::new(kbridge_bin())
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = check_config(&ini);
+    assert_eq!(code, Some(2), "{text}");
     for want in [
         "[deliver] tls_ca_file: ",
         "ca.pem: no PEM certificate in it",

@@ -161,27 +161,11 @@ fn a_wrong_password_or_an_untrusted_certificate_stops_start_naming_the_key() {
     );
 
     // check-config shows neither a password nor a rejected secret value.
-    let dir = TempDir::new("sec-check");
-    let cfg = dir.0.join("c.ini");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[kafka]\nbrokers = h:1\nsasl.password = {wrong}\nssl.key.password = {wrong}\n\
-             sasl.password.file = /nonexistent/pw\n[ingest]\n"
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(kbridge_bin())
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = check_config(&format!(
+        "[kafka]\nbrokers = h:1\nsasl.password = {wrong}\nssl.key.password = {wrong}\n\
+         sasl.password.file = /nonexistent/pw\n[ingest]\n"
+    ));
+    assert_eq!(code, Some(2), "{text}");
     assert!(
         text.contains("[kafka] sasl.password.file: /nonexistent/pw: cannot read it"),
         "{text}"

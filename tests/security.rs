@@ -4,7 +4,6 @@
 //! answer or metric.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::util::process::*;
@@ -158,15 +157,8 @@ fn a_token_file_others_can_read_is_refused_and_sighup_rotates_tokens() {
     let ini = run_ini(&tokens, port, &log);
 
     // Refused by check-config (exit 2) and at start (exit 1), naming the key.
-    let cfg = dir.0.join("check.ini");
-    std::fs::write(&cfg, &ini).unwrap();
-    let out = Command::new(kbridge_bin())
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = check_config(&ini);
+    assert_eq!(code, Some(2), "{text}");
     assert!(
         text.contains("[ingest] auth_tokens_file:")
             && text.contains("readable or writable by group or others (mode 644); `chmod 600` it"),

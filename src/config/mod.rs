@@ -205,7 +205,7 @@ pub fn consumer_section(
     role: &str,
     shutdown_timeout_ms: u64,
 ) -> Vec<(String, String)> {
-    let merged = librdkafka_section(c, crate::kafka::CONSUMER_DEFAULTS);
+    let merged = librdkafka_section(c, &crate::kafka::consumer_defaults(role));
     let get = |key: &str| merged.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
     let classic = get("group.protocol").is_some_and(|v| v.eq_ignore_ascii_case("classic"));
     if classic {

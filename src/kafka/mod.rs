@@ -190,6 +190,22 @@ impl KafkaStats {
     }
 }
 
+/// [`CONSUMER_DEFAULTS`] for `role`: collect keeps a 2 MiB prefetch per
+/// thread. It writes whole batches to files and fsyncs once per file, so a
+/// deeper queue keeps its fetches going while a file is synced: measured in
+/// two `bench/compare` runs on one day, 515,814 against 448,337 messages/s
+/// (0.82× against 0.73× kcat consuming to a file) for a peak RSS of 48
+/// against 39 MiB.
+pub fn consumer_defaults(role: &str) -> Vec<(&'static str, &'static str)> {
+    CONSUMER_DEFAULTS
+        .iter()
+        .map(|&(k, v)| match (role, k) {
+            ("collect", "queued.max.messages.kbytes") => (k, "2048"),
+            _ => (k, v),
+        })
+        .collect()
+}
+
 /// Client context of every kbridge client: librdkafka logs go to `log`
 /// (default), statistics to [`KafkaStats`], fatal errors to the app, which
 /// stops the process with a non-zero code so systemd restarts it.

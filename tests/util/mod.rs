@@ -84,6 +84,24 @@ pub fn try_load_config(text: &str) -> (Option<AppConfig>, String) {
     }
 }
 
+/// `kbridge check-config` on `text`: exit code, and stdout and stderr together.
+pub fn check_config(text: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("check");
+    let path = dir.0.join("config.ini");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(kbridge_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 /// An ingest config with one route `t` → `topic`, the test broker, and
 /// extra `[ingest]` / `[ingest.producer]` lines.
 pub fn ingest_ini(brokers: &str, topic: &str, ingest_extra: &str, producer_extra: &str) -> String {
