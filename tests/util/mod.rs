@@ -4,12 +4,15 @@
 //! tests that stop or restart one.
 
 pub mod broker;
+pub mod config;
 pub mod kafka_proxy;
 pub mod murmur2;
 pub mod process;
 pub mod raw;
 pub mod sink;
 pub mod tls;
+
+pub use config::{check_config, load_config, try_load_config};
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -18,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kbridge::app::{self, AppConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -60,46 +62,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Parses an INI text with the real loader.
-pub fn load_config(text: &str) -> AppConfig {
-    let dir = TempDir::new("cfg");
-    let path = dir.0.join("config.ini");
-    std::fs::write(&path, text).unwrap();
-    match app::load(&path) {
-        Ok(c) => c,
-        Err(e) => panic!("test config invalid: {e}\n{text}"),
-    }
-}
-
-/// Parses an INI text with the real loader; the errors as text.
-pub fn try_load_config(text: &str) -> (Option<AppConfig>, String) {
-    let dir = TempDir::new("cfg");
-    let path = dir.0.join("config.ini");
-    std::fs::write(&path, text).unwrap();
-    match app::load(&path) {
-        Ok(c) => (Some(c), String::new()),
-        Err(e) => (None, e.to_string()),
-    }
-}
-
-/// `kbridge check-config` on `text`: exit code, and stdout and stderr together.
-pub fn check_config(text: &str) -> (Option<i32>, String) {
-    let dir = TempDir::new("check");
-    let path = dir.0.join("config.ini");
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(kbridge_bin())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
 }
 
 /// An ingest config with one route `t` → `topic`, the test broker, and
