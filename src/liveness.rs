@@ -38,9 +38,27 @@ impl Heartbeat {
     }
 }
 
+/// As [`stalled`], for threads numbered `prefix0`, `prefix1`, … (one per
+/// beat of `numbered`) and then the named `others`.
+pub fn stalled_numbered<'a>(
+    prefix: &str,
+    numbered: impl IntoIterator<Item = &'a Heartbeat>,
+    others: impl IntoIterator<Item = (&'a str, &'a Heartbeat)>,
+    limit: Duration,
+) -> Option<String> {
+    let numbered = numbered
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| (format!("{prefix}{i}"), h));
+    stalled(
+        numbered.chain(others.into_iter().map(|(n, h)| (n.to_string(), h))),
+        limit,
+    )
+}
+
 /// Names of the beats older than `limit`, as `name (N s)`.
-pub fn stalled<'a>(
-    beats: impl IntoIterator<Item = (&'a str, &'a Heartbeat)>,
+pub fn stalled<'a, N: std::fmt::Display>(
+    beats: impl IntoIterator<Item = (N, &'a Heartbeat)>,
     limit: Duration,
 ) -> Option<String> {
     let old: Vec<String> = beats

@@ -390,16 +390,10 @@ fn enrichment_retry_policy_retries_lookups_then_parks() {
     );
     let dlq = read_exactly(&b, &format!("{topic}.dlq"), 1);
     assert_eq!(dlq[0].value_str(), r#"{"id":"b1","ip":"bad"}"#);
-    let reason = &dlq[0]
-        .headers
-        .iter()
-        .find(|(k, _)| k == "kbridge-dlq-reason")
-        .unwrap()
-        .1;
+    let reason = dlq[0].header("kbridge-dlq-reason");
     assert!(
-        String::from_utf8_lossy(reason).starts_with("enrichment failed after 4 attempts"),
-        "{}",
-        String::from_utf8_lossy(reason)
+        reason.starts_with("enrichment failed after 4 attempts"),
+        "{reason}"
     );
     assert!(!sink.delivered().contains(&"b1".to_string()));
 }

@@ -4,7 +4,6 @@
 //! messages follow the retry rules to the dead-letter topic, none sent in
 //! the clear. Certificates are made on the fly with openssl.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -60,23 +59,29 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
     let dir = TempDir::new("https");
     certificates(&dir.0);
     let sink = HttpsSink::start(&dir.0);
-    let auth_file = dir.0.join("authorization");
-    std::fs::write(&auth_file, format!("{AUTH}\n")).unwrap();
-    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let auth_file = write_mode(&dir, "authorization", &format!("{AUTH}\n"), 0o600);
     let b = brokers();
     let target = format!("https://127.0.0.1:{}/in", sink.port);
     let start = |topic: &str, to: &str, extra: &str| {
         Deliver::start(&deliver_ini(&b, &unique_topic("g"), topic, to, extra))
     };
+    // A fresh topic holding `n` events.
+    let filled = |name: &str, partitions: i32, n: usize| {
+        let topic = unique_topic(name);
+        create_topic(&b, &topic, partitions);
+        produce(&b, &topic, &events(name, n));
+        topic
+    };
 
     // With the CA: everything arrives, with the credentials, enriched by
     // lookups over HTTPS that carry their own.
-    let lookup_file = dir.0.join("lookup-authorization");
-    std::fs::write(&lookup_file, format!("{LOOKUP_AUTH}\n")).unwrap();
-    std::fs::set_permissions(&lookup_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let topic = unique_topic("https-ok");
-    create_topic(&b, &topic, 2);
-    produce(&b, &topic, &events("ok", 20));
+    let lookup_file = write_mode(
+        &dir,
+        "lookup-authorization",
+        &format!("{LOOKUP_AUTH}\n"),
+        0o600,
+    );
+    let topic = filled("https-ok", 2, 20);
     let extra = format!(
         "tls_ca_file = {}\nauth_header_file = {}\nenrich_url = https://127.0.0.1:{}/geo/{{id}}\n\
          enrich_auth_header_file = {}\nenrich_on_error = retry\n",
@@ -101,9 +106,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
 
     // Without it: the bundled roots do not know this CA; nothing is sent,
     // and after the retries the messages are dead-lettered.
-    let topic = unique_topic("https-unknown-ca");
-    create_topic(&b, &topic, 1);
-    produce(&b, &topic, &events("bad", 3));
+    let topic = filled("https-unknown-ca", 1, 3);
     let extra = format!(
         "max_retries = 1\nbackoff_max_ms = 100\nauth_header_file = {}\n",
         auth_file.display()
@@ -111,12 +114,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
     let d = start(&topic, &target, &extra);
     let dlq = read_exactly(&b, &format!("{topic}.dlq"), 3);
     for r in &dlq {
-        let reason = r
-            .headers
-            .iter()
-            .find(|(k, _)| k == "kbridge-dlq-reason")
-            .map(|(_, v)| String::from_utf8_lossy(v).to_string())
-            .unwrap_or_default();
+        let reason = r.header("kbridge-dlq-reason");
         assert!(
             reason.contains("certificate") || reason.contains("UnknownIssuer"),
             "{reason}"
@@ -131,9 +129,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
     // are: the message is judged by the 307 (dead-lettered), never sent in
     // the clear.
     let plain = sink::Sink::always(200);
-    let topic = unique_topic("https-downgrade");
-    create_topic(&b, &topic, 1);
-    produce(&b, &topic, &events("down", 2));
+    let topic = filled("https-downgrade", 1, 2);
     let extra = format!(
         "follow_redirects = true\ntls_ca_file = {}\nauth_header_file = {}\n",
         dir.0.join("ca.pem").display(),
@@ -143,18 +139,33 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
     let _d = start(&topic, &to, &extra);
     let dlq = read_exactly(&b, &format!("{topic}.dlq"), 2);
     assert!(
-        dlq.iter().all(|r| r
-            .headers
-            .iter()
-            .any(|(k, v)| k == "kbridge-dlq-status" && v == b"307")),
+        dlq.iter().all(|r| r.header("kbridge-dlq-status") == "307"),
         "{dlq:?}"
     );
     assert!(plain.calls().is_empty(), "a call went out in the clear");
 
+    // A followed 307 to another origin (localhost, not 127.0.0.1) goes
+    // without the Authorization value: the sink answers it 401.
+    let topic = filled("https-other-origin", 1, 2);
+    let to = format!(
+        "https://127.0.0.1:{0}/redirect?to=https://localhost:{0}/in",
+        sink.port
+    );
+    let before = received(&dir.0).len();
+    let _d = start(&topic, &to, &extra);
+    let dlq = read_exactly(&b, &format!("{topic}.dlq"), 2);
+    assert!(
+        dlq.iter().all(|r| r.header("kbridge-dlq-status") == "401"),
+        "{dlq:?}"
+    );
+    assert_eq!(
+        received(&dir.0).len(),
+        before,
+        "accepted without credentials"
+    );
+
     // Verification turned off by name: the unknown CA is accepted.
-    let topic = unique_topic("https-skip-verify");
-    create_topic(&b, &topic, 1);
-    produce(&b, &topic, &events("skip", 2));
+    let topic = filled("https-skip-verify", 1, 2);
     let extra = format!(
         "tls_skip_verify = true\nauth_header_file = {}\n",
         auth_file.display()
@@ -171,9 +182,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
 #[test]
 fn an_unreadable_or_shared_secret_file_and_a_ca_file_without_certificates_are_config_errors() {
     let dir = TempDir::new("tls-cfg");
-    let shared = dir.0.join("authorization");
-    std::fs::write(&shared, format!("{AUTH}\n")).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shared = write_mode(&dir, "authorization", &format!("{AUTH}\n"), 0o644);
     let not_pem = dir.0.join("ca.pem");
     std::fs::write(&not_pem, "hello\n").unwrap();
     let ini = format!(

@@ -207,12 +207,7 @@ fn hostile_endpoints_never_count_a_message_delivered_that_they_did_not_take() {
     want.sort();
     assert_eq!(parked_ids, want, "the others are parked");
     for r in &parked {
-        let reason = r
-            .headers
-            .iter()
-            .find(|(k, _)| k == "kbridge-dlq-reason")
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default();
+        let reason = r.header("kbridge-dlq-reason");
         if r.value_str().contains("redirect-") {
             assert!(
                 reason.contains("HTTP 302") && reason.contains("redirect to /moved"),

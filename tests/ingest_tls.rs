@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
@@ -28,12 +27,18 @@ fn https_agent(ca: &std::path::Path) -> ureq::Agent {
         .into()
 }
 
-#[test]
-fn ingest_serves_https_and_cuts_what_is_not_tls() {
-    let dir = TempDir::new("ingest-tls");
+/// A directory with a CA and a server certificate; the key at `key_mode`.
+fn certs(name: &str, key_mode: u32) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new(name);
     certificates(&dir.0);
     let key = dir.0.join("server.key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    chmod(&key, key_mode);
+    (dir, key)
+}
+
+#[test]
+fn ingest_serves_https_and_cuts_what_is_not_tls() {
+    let (dir, key) = certs("ingest-tls", 0o600);
     let topic = unique_topic("ingest-tls");
     let extra = format!(
         "tls_cert_file = {}\ntls_key_file = {}\nheader_timeout_ms = 1000",
@@ -117,10 +122,7 @@ fn ingest_serves_https_and_cuts_what_is_not_tls() {
 
 #[test]
 fn a_key_others_can_read_or_half_a_pair_is_a_config_error() {
-    let dir = TempDir::new("ingest-tls-cfg");
-    certificates(&dir.0);
-    let key = dir.0.join("server.key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (dir, key) = certs("ingest-tls-cfg", 0o644);
     let text = format!(
         "[kafka]\nbrokers = h:1\n[ingest]\ntls_cert_file = {}\ntls_key_file = {}\n",
         dir.0.join("server.pem").display(),

@@ -5,7 +5,6 @@
 //! an untrusted certificate stops kbridge at start with the key to fix; the
 //! password shows in no log line, `check-config` output or `/metrics`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +25,7 @@ fn kafka_lines(broker: &Broker, listener: &str, dir: &TempDir) -> (String, Strin
         ),
         // The password from a file only its owner can read.
         "sasl_plaintext" => {
-            let file = dir.0.join("kafka.password");
-            std::fs::write(&file, format!("{pw}\n")).unwrap();
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let file = write_mode(dir, "kafka.password", &format!("{pw}\n"), 0o600);
             format!(
                 "security.protocol = sasl_plaintext\nsasl.mechanisms = SCRAM-SHA-256\n\
                  sasl.username = kbridge\nsasl.password.file = {}\n",

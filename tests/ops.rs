@@ -113,42 +113,41 @@ fn notifies_ready_watchdog_and_stopping_and_stops_pinging_while_a_loop_is_stuck(
     );
 }
 
-/// Starts the binary on `ini` and expects it to fail at once.
-fn start_fails(ini: &str) -> (Option<i32>, String) {
+/// Starts the binary on `ini`, expects it to exit 1 at once with exactly one
+/// ERROR line and nothing started; returns that line.
+fn start_fails(ini: &str) -> String {
     let dir = TempDir::new("fatal");
     let mut bin = spawn_bin(ini, &dir);
     let code = bin.wait_exit(Duration::from_secs(30)).code();
-    (code, bin.log())
+    let log = bin.log();
+    assert_eq!(code, Some(1), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("[ERROR]")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(!log.contains("Started."), "nothing started: {log}");
+    errors[0].to_string()
 }
 
 #[test]
 fn fatal_start_errors_exit_non_zero_with_one_clear_error_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let (code, log) = start_fails(&format!(
+    let error = start_fails(&format!(
         "[kafka]\nbrokers = {}\n[admin]\nlisten = 127.0.0.1:{port}\n[ingest]\nlisten = 127.0.0.1:0\n",
         brokers()
     ));
-    assert_eq!(code, Some(1), "{log}");
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("[ERROR]")).collect();
-    assert_eq!(errors.len(), 1, "{log}");
     assert!(
-        errors[0].contains(&format!("[admin] listen: cannot bind 127.0.0.1:{port}")),
-        "{log}"
+        error.contains(&format!("[admin] listen: cannot bind 127.0.0.1:{port}")),
+        "{error}"
     );
-    assert!(!log.contains("Started."), "nothing started: {log}");
 
     // Neither creatable nor writable, even for root.
-    let (code, log) = start_fails(&format!(
+    let error = start_fails(&format!(
         "[kafka]\nbrokers = {}\n[admin]\nlisten = 127.0.0.1:0\n[collect]\ngroups = g:t\nrecord_directory = /proc/kbridge/records\n",
         brokers()
     ));
-    assert_eq!(code, Some(1), "{log}");
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("[ERROR]")).collect();
-    assert_eq!(errors.len(), 1, "{log}");
     assert!(
-        errors[0].contains("[collect] record_directory /proc/kbridge/records: cannot create it"),
-        "{log}"
+        error.contains("[collect] record_directory /proc/kbridge/records: cannot create it"),
+        "{error}"
     );
 }
 

@@ -3,7 +3,6 @@
 //! server kept off non-loopback addresses. No token appears in any log,
 //! answer or metric.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use crate::util::process::*;
@@ -13,13 +12,6 @@ const ALICE: &str = "alice-0f3a9c1d5e7b2468ace";
 const BOB: &str = "bob-7d1e4b9a2c6f8035bd1";
 const CAROL: &str = "carol-93be02d7f4a1c65e8b";
 
-fn token_file(dir: &TempDir, text: &str, mode: u32) -> std::path::PathBuf {
-    let path = dir.0.join("tokens");
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    path
-}
-
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -28,7 +20,12 @@ fn bearer(token: &str) -> String {
 fn ingest_writes_only_for_a_valid_token_on_its_routes() {
     let dir = TempDir::new("auth");
     let (t, u) = (unique_topic("auth-t"), unique_topic("auth-u"));
-    let tokens = token_file(&dir, &format!("alice {ALICE}\nbob {BOB} u\n"), 0o600);
+    let tokens = write_mode(
+        &dir,
+        "tokens",
+        &format!("alice {ALICE}\nbob {BOB} u\n"),
+        0o600,
+    );
     let ini = format!(
         "[kafka]\nbrokers = {}\n[ingest]\nlisten = 127.0.0.1:0\nauth_tokens_file = {}\n\
          [ingest.routes]\nt = {t}\nu = {u}\n",
@@ -152,7 +149,7 @@ fn run_ini(tokens: &std::path::Path, port: u16, log: &std::path::Path) -> String
 fn a_token_file_others_can_read_is_refused_and_sighup_rotates_tokens() {
     let dir = TempDir::new("rotate");
     let log = dir.0.join("kbridge.log");
-    let tokens = token_file(&dir, &format!("alice {ALICE}\n"), 0o644);
+    let tokens = write_mode(&dir, "tokens", &format!("alice {ALICE}\n"), 0o644);
     let port = free_port();
     let ini = run_ini(&tokens, port, &log);
 
@@ -172,7 +169,7 @@ fn a_token_file_others_can_read_is_refused_and_sighup_rotates_tokens() {
         refused.log()
     );
 
-    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    chmod(&tokens, 0o600);
     let bin = spawn_bin(&ini, &dir);
     let url = format!("http://127.0.0.1:{port}/api/t/v1/");
     let with = |token: &str| {
@@ -195,7 +192,7 @@ fn a_token_file_others_can_read_is_refused_and_sighup_rotates_tokens() {
     assert_eq!(with(ALICE), Some(401));
 
     // A broken file on SIGHUP keeps the tokens in force, and says so.
-    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o640)).unwrap();
+    chmod(&tokens, 0o640);
     bin.signal("HUP");
     wait_until("the refusal logged", Duration::from_secs(10), || {
         std::fs::read_to_string(&log)

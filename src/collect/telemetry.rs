@@ -52,15 +52,10 @@ impl Telemetry for CollectTelemetry {
         if self.shared.stop.is_stopped() {
             return None;
         }
-        let names: Vec<String> = (0..self.beats.len())
-            .map(|i| format!("collect-c{i}"))
-            .collect();
-        crate::liveness::stalled(
-            names
-                .iter()
-                .map(String::as_str)
-                .zip(self.beats.iter().map(|b| &**b))
-                .chain([("collect-probe", &self.probe.heartbeat)]),
+        crate::liveness::stalled_numbered(
+            "collect-c",
+            self.beats.iter().map(|b| &**b),
+            [("collect-probe", &self.probe.heartbeat)],
             limit,
         )
     }

@@ -153,7 +153,7 @@ pub fn librdkafka_rejects(key: &str, value: &str) -> Option<String> {
 }
 
 /// Properties whose values are never shown (passwords, keys, secrets).
-pub fn is_secret(key: &str) -> bool {
+fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     ["password", "secret", "ssl.key.pem", "sasl.jaas", "token"]
         .iter()
@@ -162,7 +162,7 @@ pub fn is_secret(key: &str) -> bool {
 
 /// `[kafka] sasl.password.file`: kbridge's key for a password kept in a
 /// file only its owner may read, passed to librdkafka as `sasl.password`.
-pub const SASL_PASSWORD_FILE: &str = "sasl.password.file";
+const SASL_PASSWORD_FILE: &str = "sasl.password.file";
 
 /// Validates a librdkafka property section (such as `[ingest.producer]`)
 /// whose entries override `defaults`; returns the merged list.

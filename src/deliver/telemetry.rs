@@ -168,18 +168,13 @@ impl Telemetry for DeliverTelemetry {
         if self.shared.stop.is_stopped() {
             return None;
         }
-        let names: Vec<String> = (0..self.consumers.len())
-            .map(|i| format!("deliver-c{i}"))
-            .collect();
-        crate::liveness::stalled(
-            names
-                .iter()
-                .map(String::as_str)
-                .zip(self.consumers.iter().map(|c| &*c.heartbeat))
-                .chain([
-                    ("deliver-requeue", &self.shared.requeue_beat),
-                    ("deliver-probe", &self.probe.heartbeat),
-                ]),
+        crate::liveness::stalled_numbered(
+            "deliver-c",
+            self.consumers.iter().map(|c| &*c.heartbeat),
+            [
+                ("deliver-requeue", &self.shared.requeue_beat),
+                ("deliver-probe", &self.probe.heartbeat),
+            ],
             limit,
         )
     }

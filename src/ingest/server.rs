@@ -71,23 +71,21 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
     let (path, query) = http::split_url(req.url());
     let (path, query) = (path.to_string(), query.to_string());
     let path = path.as_str();
+    let route = shared.paths.get(path).copied();
     let who = match &shared.auth {
         None => None,
-        Some(auth) => {
-            let route = shared.paths.get(path).copied();
-            match auth.check(header_value(&req, "Authorization"), route) {
-                Ok(name) => Some(name),
-                Err(denied) => {
-                    debug!(target: "kbridge::ingest::access", "{} {path}: {denied:?}", req.method());
-                    return shared.reply(req, route, started, refusal(denied, path));
-                }
+        Some(auth) => match auth.check(header_value(&req, "Authorization"), route) {
+            Ok(name) => Some(name),
+            Err(denied) => {
+                debug!(target: "kbridge::ingest::access", "{} {path}: {denied:?}", req.method());
+                return shared.reply(req, route, started, refusal(denied, path));
             }
-        }
+        },
     };
     if let Some(name) = &who {
         debug!(target: "kbridge::ingest::access", "{name}: {} {path}", req.method());
     }
-    let Some(&route) = shared.paths.get(path) else {
+    let Some(route) = route else {
         let msg = format!("no route for {path}; routes: {}", shared.route_list());
         return shared.reply(req, None, started, error_reply(404, &msg, json!({})));
     };

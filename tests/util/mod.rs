@@ -64,6 +64,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Sets the permission bits of `path` (secret files must be owner-only).
+pub fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Writes `text` to `dir/name` with permission bits `mode`; returns the path.
+pub fn write_mode(dir: &TempDir, name: &str, text: &str, mode: u32) -> PathBuf {
+    let path = dir.0.join(name);
+    std::fs::write(&path, text).unwrap();
+    chmod(&path, mode);
+    path
+}
+
 /// An ingest config with one route `t` → `topic`, the test broker, and
 /// extra `[ingest]` / `[ingest.producer]` lines.
 pub fn ingest_ini(brokers: &str, topic: &str, ingest_extra: &str, producer_extra: &str) -> String {
@@ -223,6 +237,15 @@ pub struct Rec {
 impl Rec {
     pub fn value_str(&self) -> &str {
         std::str::from_utf8(&self.value).unwrap()
+    }
+
+    /// The value of header `name` as text (empty when absent).
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
     }
 }
 

@@ -1,5 +1,5 @@
 //! TLS material for tests, made on the fly with openssl: a CA and a server
-//! certificate for 127.0.0.1 signed by it (`ca.pem`, `server.pem`,
+//! certificate for 127.0.0.1 and localhost signed by it (`ca.pem`, `server.pem`,
 //! `server.key` in the given directory).
 
 use std::path::Path;
@@ -18,7 +18,7 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it.
+/// A CA and a server certificate for 127.0.0.1 and localhost signed by it.
 pub fn certificates(dir: &Path) {
     let ec = [
         "-newkey",
@@ -37,7 +37,7 @@ pub fn certificates(dir: &Path) {
     openssl(dir, &csr);
     std::fs::write(
         dir.join("ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
     openssl(
