@@ -1,7 +1,8 @@
 //! A TCP proxy in front of one Kafka broker that can play two faults on
 //! cue: the broker unreachable (connections cut and refused), and Metadata
-//! answered with an empty broker list, the answer a KRaft broker gives for
-//! the moment it is fenced after a pause longer than its session. Every
+//! requests that name topics answered with an empty broker list, the answer
+//! a KRaft broker gives for the moment it is fenced after a pause longer
+//! than its session (requests for all topics still see the broker). Every
 //! other byte passes through unchanged. The broker must
 //! advertise the proxy's address, so clients keep talking through it.
 
@@ -71,7 +72,8 @@ impl MetadataProxy {
     }
 }
 
-/// Correlation id → version of the Metadata requests awaiting an answer.
+/// Correlation id → version of the Metadata requests awaiting an answer
+/// that name their topics (requests for every topic are left alone).
 type Pending = Arc<Mutex<HashMap<i32, i16>>>;
 
 fn connect(client: TcpStream, server: TcpStream, switch: Arc<Switch>) {
@@ -83,7 +85,9 @@ fn connect(client: TcpStream, server: TcpStream, switch: Arc<Switch>) {
             if frame.len() >= 8 && i16::from_be_bytes([frame[0], frame[1]]) == METADATA {
                 let version = i16::from_be_bytes([frame[2], frame[3]]);
                 let id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-                p.lock().unwrap().insert(id, version);
+                if version < FIRST_FLEXIBLE || names_topics(frame) {
+                    p.lock().unwrap().insert(id, version);
+                }
             }
             None
         })
@@ -125,6 +129,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mut edit: impl FnMut(&[u8]) -> O
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Whether a flexible Metadata request (header v2) names its topics; a
+/// null topic array asks for all of them.
+fn names_topics(frame: &[u8]) -> bool {
+    let Some(client_id) = frame.get(8..10) else {
+        return false;
+    };
+    let len = i16::from_be_bytes([client_id[0], client_id[1]]).max(0) as usize;
+    let mut at = 10 + len;
+    skip_tags(frame, &mut at).is_some() && uvarint(frame, &mut at).is_some_and(|n| n != 0)
 }
 
 /// A flexible Metadata answer (header v1) with its broker array emptied.
