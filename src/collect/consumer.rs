@@ -6,6 +6,7 @@
 //! `<topic>.retry` for `retry_delay_ms`; retry-topic messages are written
 //! (with the topic they came from) once their delay has passed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -290,25 +291,36 @@ pub(super) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How often a busy thread does its chores (rotation and idle checks,
+/// retry acknowledgements, the commit timer, its heartbeat): per message
+/// they cost more than the message (a profile at 500,000 msg/s showed 20 %
+/// of the time reading the clock).
+const CHORES_EVERY: Duration = Duration::from_millis(10);
+
 fn poll_loop(consumer: &BaseConsumer<CollectCtx>) {
     let ctx = consumer.context();
     let shared = &ctx.shared;
     let all = |_: &str, _: i32| true;
     let mut last_commit = Instant::now();
+    let mut last_chores: Option<Instant> = None;
     let name = std::thread::current().name().unwrap_or("").to_string();
     while !shared.stop.is_stopped() {
-        ctx.heartbeat.tick();
-        crate::liveness::debug_stall(&name, &shared.stop);
-        ctx.apply_done(consumer);
-        housekeeping(consumer, ctx);
-        if last_commit.elapsed() >= Duration::from_millis(200) {
-            ctx.commit(consumer, CommitMode::Async, &all);
-            last_commit = Instant::now();
+        let now = Instant::now();
+        if last_chores.is_none_or(|t| now.duration_since(t) >= CHORES_EVERY) {
+            last_chores = Some(now);
+            ctx.heartbeat.tick();
+            crate::liveness::debug_stall(&name, &shared.stop);
+            ctx.apply_done(consumer);
+            housekeeping(consumer, ctx, now);
+            if now.duration_since(last_commit) >= Duration::from_millis(200) {
+                ctx.commit(consumer, CommitMode::Async, &all);
+                last_commit = now;
+            }
         }
         match consumer.poll(Duration::from_millis(100)) {
-            None => {}
+            None => last_chores = None,
             Some(Err(e)) => warn!("consume error: {e}"),
-            Some(Ok(m)) => take(consumer, ctx, &m),
+            Some(Ok(m)) => take(consumer, ctx, &m, now),
         }
     }
     ctx.finish(consumer, &all);
@@ -316,7 +328,7 @@ fn poll_loop(consumer: &BaseConsumer<CollectCtx>) {
 }
 
 /// Rotation, idle close, end of diversions, resumption of delayed retries.
-fn housekeeping(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx) {
+fn housekeeping(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, now: Instant) {
     let c = &ctx.shared.config;
     let Ok(mut parts) = ctx.parts.lock() else {
         return;
@@ -325,27 +337,39 @@ fn housekeeping(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx) {
         let due = st.file.as_ref().and_then(|f| {
             should_close(
                 f.bytes,
-                f.opened.elapsed(),
-                f.last_write.elapsed(),
+                now.saturating_duration_since(f.opened),
+                now.saturating_duration_since(f.last_write),
                 c.rotate_bytes,
                 c.rotate_age,
                 c.idle_close,
             )
         });
-        if due.is_some()
-            && let Some(f) = st.file.take()
-        {
-            let first = f.first;
-            if let Err(e) = ctx.shared.close_file(f) {
-                ctx.shared.write_failed(t, &e);
-                divert(consumer, ctx, t, *p, st, first);
-            }
+        if due.is_some() {
+            close(consumer, ctx, t, *p, st);
         }
-        if st.delayed_until.is_some_and(|d| d <= Instant::now()) {
+        if st.delayed_until.is_some_and(|d| d <= now) {
             st.delayed_until = None;
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(t, *p);
             let _ = consumer.resume(&tpl);
+        }
+    }
+}
+
+/// Makes the open file of this partition durable; on failure its offsets
+/// go to the retry topic.
+fn close(
+    consumer: &BaseConsumer<CollectCtx>,
+    ctx: &CollectCtx,
+    topic: &str,
+    p: i32,
+    st: &mut PartState,
+) {
+    if let Some(f) = st.file.take() {
+        let first = f.first;
+        if let Err(e) = ctx.shared.close_file(f) {
+            ctx.shared.write_failed(topic, &e);
+            divert(consumer, ctx, topic, p, st, first);
         }
     }
 }
@@ -364,7 +388,13 @@ fn divert(
     let _ = consumer.seek(topic, p, Offset::Offset(from), Duration::from_secs(5));
 }
 
-fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessage<'_>) {
+/// Files one message; `now` is the time its poll began.
+fn take(
+    consumer: &BaseConsumer<CollectCtx>,
+    ctx: &CollectCtx,
+    m: &BorrowedMessage<'_>,
+    now: Instant,
+) {
     let shared = &ctx.shared;
     let (topic, p, offset) = (m.topic(), m.partition(), m.offset());
     let header = |name: &str| {
@@ -386,18 +416,19 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
     if st.next.is_some_and(|n| offset < n) {
         return; // fetched before a seek back; it comes again
     }
-    if let Some(wait) = retry_wait(retry_at, now_ms(), shared.config.retry_delay) {
+    let wait = retry_at.and_then(|at| retry_wait(Some(at), now_ms(), shared.config.retry_delay));
+    if let Some(wait) = wait {
         // Not yet: wait here without blocking the other partitions.
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, p);
         let _ = consumer.pause(&tpl);
         let _ = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(5));
-        st.delayed_until = Some(Instant::now() + wait);
+        st.delayed_until = Some(now + wait);
         return;
     }
     st.next = Some(offset + 1);
     shared.metrics.consumed.inc();
-    if st.diverted_until.is_some_and(|d| d > Instant::now()) {
+    if st.diverted_until.is_some_and(|d| d > now) {
         st.retrying.insert(offset);
         shared.to_retry(m, &ctx.done_tx);
         return;
@@ -406,7 +437,7 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
     // A retry-topic message is filed with the topic its retry topic serves
     // (never a name read from a header), at the coordinates it was first
     // read at when its header says so.
-    let dir_topic = retry_of.unwrap_or(topic).to_string();
+    let dir_topic = retry_of.unwrap_or(topic);
     let first_read = retry_of.and_then(|t| {
         let v = header(RETRY_SOURCE)?;
         parse_source(std::str::from_utf8(&v).ok()?, t)
@@ -416,16 +447,16 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
         Format::Raw => raw_line(value),
         Format::Envelope => {
             let (partition, offset) = first_read.unwrap_or((p, offset));
-            envelope_line(
+            Cow::Owned(envelope_line(
                 &Coordinates {
-                    topic: &dir_topic,
+                    topic: dir_topic,
                     partition,
                     offset,
                     key: m.key(),
                     timestamp: m.timestamp().to_millis(),
                 },
                 value,
-            )
+            ))
         }
     };
     if st.file.is_none() {
@@ -436,16 +467,8 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
                 .unwrap_or_else(now_ms),
         );
         let root = &shared.config.record_directory;
-        let opened = remove_leftovers(root, &dir_topic, topic, p, offset).and_then(|_| {
-            OpenFile::create(
-                root,
-                &dir_topic,
-                topic,
-                p,
-                offset,
-                &date,
-                shared.config.gzip,
-            )
+        let opened = remove_leftovers(root, dir_topic, topic, p, offset).and_then(|_| {
+            OpenFile::create(root, dir_topic, topic, p, offset, &date, shared.config.gzip)
         });
         match opened {
             Ok(f) => {
@@ -459,7 +482,7 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
             }
         }
     }
-    let written = st.file.as_mut().map(|f| f.append(offset, &line));
+    let written = st.file.as_mut().map(|f| f.append(offset, &line, now));
     if let Some(Err(e)) = written {
         shared.write_failed(topic, &e);
         let first = st.file.take().map_or(offset, |f| {
@@ -470,5 +493,14 @@ fn take(consumer: &BaseConsumer<CollectCtx>, ctx: &CollectCtx, m: &BorrowedMessa
         divert(consumer, ctx, topic, p, st, first);
     } else {
         shared.metrics.bytes.add(line.len() as u64 + 1);
+        // Size is checked at once (age and idleness with the chores), so a
+        // file ends at the first line that reaches `rotate_bytes`.
+        if st
+            .file
+            .as_ref()
+            .is_some_and(|f| f.bytes >= shared.config.rotate_bytes)
+        {
+            close(consumer, ctx, topic, p, st);
+        }
     }
 }

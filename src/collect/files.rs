@@ -191,8 +191,9 @@ impl OpenFile {
         })
     }
 
-    /// Appends one line (the caller's bytes plus `\n`) for `offset`.
-    pub fn append(&mut self, offset: i64, line: &[u8]) -> io::Result<()> {
+    /// Appends one line (the caller's bytes plus `\n`) for `offset`, read
+    /// at `now`.
+    pub fn append(&mut self, offset: i64, line: &[u8], now: Instant) -> io::Result<()> {
         let out = self
             .out
             .as_mut()
@@ -209,7 +210,7 @@ impl OpenFile {
         }
         self.last = offset;
         self.bytes += line.len() as u64 + 1;
-        self.last_write = Instant::now();
+        self.last_write = now;
         Ok(())
     }
 
@@ -296,8 +297,8 @@ mod tests {
         let root = std::env::temp_dir().join(format!("kbridge-files-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let mut f = OpenFile::create(&root, "t", "t", 0, 10, "2026-01-01", false).unwrap();
-        f.append(10, b"{\"a\":1}").unwrap();
-        f.append(11, b"{\"a\":2}").unwrap();
+        f.append(10, b"{\"a\":1}", Instant::now()).unwrap();
+        f.append(11, b"{\"a\":2}", Instant::now()).unwrap();
         let path = f.close().unwrap();
         assert_eq!(path, root.join("t/2026-01-01/t-0-10-11.ndjson"));
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");

@@ -6,6 +6,8 @@
 //! tokens mean nothing); a value that is not JSON and holds a line break is
 //! written as a JSON string, so no record ever spans two lines.
 
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
 
 /// Coordinates written in an envelope line.
@@ -18,11 +20,11 @@ pub struct Coordinates<'a> {
 }
 
 /// `value` as one line of `raw` output.
-pub fn raw_line(value: &[u8]) -> Vec<u8> {
+pub fn raw_line(value: &[u8]) -> Cow<'_, [u8]> {
     if !value.contains(&b'\n') && !value.contains(&b'\r') {
-        return value.to_vec();
+        return Cow::Borrowed(value);
     }
-    json_value(value)
+    Cow::Owned(json_value(value))
 }
 
 /// The envelope line of a message.
@@ -77,8 +79,8 @@ fn json_string(s: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn s(v: Vec<u8>) -> String {
-        String::from_utf8(v).unwrap()
+    fn s(v: impl Into<Vec<u8>>) -> String {
+        String::from_utf8(v.into()).unwrap()
     }
 
     #[test]
