@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::ini::comma_list;
 use crate::config::{ConfigErrors, Document, consumer_section, valid_topic};
+use crate::kafka::Pace;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -109,7 +110,7 @@ impl CollectConfig {
         let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
         r.finish();
         let mut c = doc.reader("collect.consumer", errors);
-        let consumer = consumer_section(&mut c, "collect", shutdown_timeout_ms);
+        let consumer = consumer_section(&mut c, "collect", Pace::Files, shutdown_timeout_ms);
         c.finish();
         Some(CollectConfig {
             groups,

@@ -196,16 +196,17 @@ const CLASSIC_ONLY: &[&str] = &[
 ];
 
 /// Validates a consumer section (`[deliver.consumer]`, `[collect.consumer]`)
-/// over [`crate::kafka::CONSUMER_DEFAULTS`]. With the classic group protocol
+/// over [`crate::kafka::consumer_defaults`] for `pace`. With the classic group protocol
 /// the session must outlast the role's drain (`shutdown_timeout_ms` of
 /// `[role]`), or the member is evicted mid-drain; with the `consumer`
 /// protocol (the default) classic-only keys are refused, naming the cure.
 pub fn consumer_section(
     c: &mut SectionReader<'_>,
     role: &str,
+    pace: crate::kafka::Pace,
     shutdown_timeout_ms: u64,
 ) -> Vec<(String, String)> {
-    let merged = librdkafka_section(c, &crate::kafka::consumer_defaults(role));
+    let merged = librdkafka_section(c, &crate::kafka::consumer_defaults(pace));
     let get = |key: &str| merged.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
     let classic = get("group.protocol").is_some_and(|v| v.eq_ignore_ascii_case("classic"));
     if classic {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::retry::{StatusRules, parse_ranges};
 use crate::config::ini::comma_list;
 use crate::config::{ConfigErrors, Document, consumer_section, valid_topic};
+use crate::kafka::Pace;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -182,7 +183,12 @@ impl DeliverConfig {
         r.finish();
 
         let mut c = doc.reader("deliver.consumer", errors);
-        let consumer = consumer_section(&mut c, "deliver", shutdown_timeout_ms);
+        let pace = if batch_size > 1 {
+            Pace::Batches
+        } else {
+            Pace::PerCall
+        };
+        let consumer = consumer_section(&mut c, "deliver", pace, shutdown_timeout_ms);
         c.finish();
 
         Some(DeliverConfig {
@@ -276,6 +282,26 @@ mod tests {
         let doc = Document::parse("d.ini", text, &mut errors);
         let c = DeliverConfig::from_document(&doc, &mut errors);
         (c, errors)
+    }
+
+    #[test]
+    fn the_prefetch_follows_the_batch_size_and_yields_to_the_section() {
+        let base = "[deliver]\ngroup_id = g\ntopics = a\ntarget_url = http://h/x\n";
+        let fetch = |text: &str| {
+            let (c, e) = load(text);
+            assert!(e.0.is_empty(), "{e}");
+            let c = c.unwrap();
+            let v = c
+                .consumer
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "max.partition.fetch.bytes");
+            v.map(|(_, v)| v.clone()).unwrap()
+        };
+        assert_eq!(fetch(base), "65536");
+        assert_eq!(fetch(&format!("{base}batch_size = 100\n")), "262144");
+        let own = "[deliver.consumer]\nmax.partition.fetch.bytes = 1048576\n";
+        assert_eq!(fetch(&format!("{base}{own}")), "1048576");
     }
 
     #[test]

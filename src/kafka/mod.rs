@@ -31,6 +31,7 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("auto.offset.reset", "earliest"),
     // What librdkafka fetches ahead, per consumer (one per thread): 1 MiB
     // instead of 64, in fetches of 256 KiB per partition instead of 1 MiB
+    // (the role's pace adjusts both, see [`Pace`])
     // (a gzip batch is held decompressed, about 12× bigger), keeps the
     // role's memory bounded — a 10-thread deliver could otherwise hold
     // 640 MiB. With queues this small, the next fetch must not wait the
@@ -190,17 +191,34 @@ impl KafkaStats {
     }
 }
 
-/// [`CONSUMER_DEFAULTS`] for `role`: collect keeps a 2 MiB prefetch per
-/// thread. It writes whole batches to files and fsyncs once per file, so a
-/// deeper queue keeps its fetches going while a file is synced: measured in
-/// two `bench/compare` runs on one day, 515,814 against 448,337 messages/s
-/// (0.82× against 0.73× kcat consuming to a file) for a peak RSS of 48
-/// against 39 MiB.
-pub fn consumer_defaults(role: &str) -> Vec<(&'static str, &'static str)> {
+/// What a consumer of a role fetches ahead (`queued.max.messages.kbytes`,
+/// `max.partition.fetch.bytes`), sized to how fast the role takes messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// deliver at one message per call (about 20,000 messages/s): 64 KiB
+    /// fetches. Each fetched message costs librdkafka about 300 bytes of
+    /// bookkeeping besides its decompressed batch, and a gzip fetch of
+    /// 256 KiB holds some 14,000 of ours: measured with four threads, peak
+    /// RSS 46 against 55 MiB at the same rate.
+    PerCall,
+    /// deliver in batches: 256 KiB fetches keep 350,000+ messages/s fed
+    /// (64 KiB: 300,000–357,000, 128 KiB: 334,000–347,000 in the same runs).
+    Batches,
+    /// collect: also a 2 MiB queue. It writes whole batches to files and
+    /// fsyncs once per file, so a deeper queue keeps its fetches going
+    /// while a file is synced: measured in two `bench/compare` runs on one
+    /// day, 515,814 against 448,337 messages/s (0.82× against 0.73× kcat
+    /// consuming to a file) for a peak RSS of 48 against 39 MiB.
+    Files,
+}
+
+/// [`CONSUMER_DEFAULTS`] with the prefetch of `pace`.
+pub fn consumer_defaults(pace: Pace) -> Vec<(&'static str, &'static str)> {
     CONSUMER_DEFAULTS
         .iter()
-        .map(|&(k, v)| match (role, k) {
-            ("collect", "queued.max.messages.kbytes") => (k, "2048"),
+        .map(|&(k, v)| match (pace, k) {
+            (Pace::Files, "queued.max.messages.kbytes") => (k, "2048"),
+            (Pace::PerCall, "max.partition.fetch.bytes") => (k, "65536"),
             _ => (k, v),
         })
         .collect()
