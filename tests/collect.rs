@@ -451,6 +451,32 @@ fn full_disk_sends_messages_to_the_retry_topic_then_all_land_once() {
         let (files, _) = stored(&data, &topic);
         files.iter().map(|f| f.lines.len()).sum::<usize>() >= 1000
     });
+    // Each librdkafka client reports under its own name: the retry
+    // producer's count is not overwritten by the consumers' (which produce
+    // nothing), whichever reported last.
+    let retried = metric(&c.metrics(), "kbridge_collect_retry_produced_total");
+    let tx = || {
+        let m = c.metrics();
+        metric(
+            &m,
+            "kbridge_kafka_tx_messages_total{client=\"collect-retry\"}",
+        )
+    };
+    wait_until(
+        "the retry producer's statistics",
+        Duration::from_secs(10),
+        || tx() >= retried,
+    );
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(tx() >= retried, "the retry producer's count stays");
+    }
+    let m = c.metrics();
+    assert_eq!(
+        metric(&m, "kbridge_kafka_tx_messages_total{client=\"collect-c0\"}"),
+        0.0
+    );
+    assert!(metric(&m, "kbridge_kafka_brokers_up{client=\"collect-c0\"}") >= 1.0);
     drop(c);
     let (files, temps) = stored(&data, &topic);
     assert!(temps.is_empty(), "{temps:?}");

@@ -27,7 +27,7 @@ use super::files::{OpenFile, date_of, remove_leftovers, should_close};
 use super::lines::{Coordinates, envelope_line, raw_line};
 use super::retry::{parse_source, retry_wait};
 use super::{RETRY_AT, RETRY_SOURCE, Shared};
-use crate::kafka::{Context, committed_positions, partitions_of};
+use crate::kafka::{Context, KafkaStats, committed_positions, partitions_of};
 
 /// (topic, partition, offset, acknowledged) of a retry-topic produce.
 pub type RetryDone = (String, i32, i64, bool);
@@ -79,6 +79,8 @@ pub struct CollectCtx {
     joined: std::sync::atomic::AtomicBool,
     /// Turns with the poll loop.
     pub heartbeat: Arc<crate::liveness::Heartbeat>,
+    /// This client's librdkafka figures (`client="collect-c<i>"`).
+    pub stats: Arc<KafkaStats>,
 }
 
 impl ClientContext for CollectCtx {
@@ -251,11 +253,13 @@ pub fn build(
     props.push(("group.id".into(), group.to_string()));
     props.push(("client.id".into(), format!("kbridge-collect-{i}")));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let stats = Arc::new(KafkaStats::default());
     let ctx = CollectCtx {
         protocol: crate::kafka::rebalance::protocol_of(
             &[kafka.properties.clone(), props.clone()].concat(),
         ),
-        base: Context::new("collect", shared.kafka_stats.clone(), shared.fatal.clone()),
+        base: Context::new("collect", stats.clone(), shared.fatal.clone()),
+        stats,
         parts: Arc::default(),
         shared,
         done_tx,

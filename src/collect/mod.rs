@@ -114,7 +114,8 @@ pub(crate) struct Shared {
     pub config: CollectConfig,
     pub retry: ThreadedProducer<RetryCtx>,
     pub metrics: Arc<CollectMetrics>,
-    pub kafka_stats: Arc<KafkaStats>,
+    /// The retry producer's librdkafka figures (`client="collect-retry"`).
+    pub retry_stats: Arc<KafkaStats>,
     pub fatal: Sender<String>,
     pub stop: StopToken,
     /// Every topic the groups read (not their retry topics).
@@ -253,7 +254,7 @@ pub fn spawn(
     check_directory(&config.record_directory)?;
     let stopper = Stopper::new();
     let metrics = Arc::new(CollectMetrics::default());
-    let kafka_stats = Arc::new(KafkaStats::default());
+    let retry_stats = Arc::new(KafkaStats::default());
     let props: Vec<(String, String)> = [
         ("acks", "all"),
         ("enable.idempotence", "true"),
@@ -264,7 +265,7 @@ pub fn spawn(
     .collect();
     let retry: ThreadedProducer<RetryCtx> =
         client_config(kafka, &props).create_with_context(RetryCtx {
-            base: Context::new("collect-retry", kafka_stats.clone(), fatal.clone()),
+            base: Context::new("collect-retry", retry_stats.clone(), fatal.clone()),
             metrics: metrics.clone(),
         })?;
     let retry_topics: Vec<String> = config
@@ -315,7 +316,7 @@ pub fn spawn(
         config: config.clone(),
         retry,
         metrics,
-        kafka_stats,
+        retry_stats,
         fatal,
         stop: stopper.token(),
         sources: config
@@ -352,6 +353,10 @@ pub fn spawn(
         .iter()
         .map(|c| c.context().heartbeat.clone())
         .collect();
+    let client_stats: Vec<Arc<KafkaStats>> = consumers
+        .iter()
+        .map(|c| c.context().stats.clone())
+        .collect();
     let threads = consumers
         .into_iter()
         .enumerate()
@@ -383,6 +388,7 @@ pub fn spawn(
         shared,
         last_counts: parts.iter().map(|_| Default::default()).collect(),
         beats,
+        client_stats,
         parts,
         probe,
         threads: threads.len(),

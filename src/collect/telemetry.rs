@@ -21,6 +21,8 @@ pub struct CollectTelemetry {
     pub(super) last_counts: Vec<[std::sync::atomic::AtomicUsize; 2]>,
     /// Per consumer thread: its poll loop's heartbeat.
     pub(super) beats: Vec<Arc<crate::liveness::Heartbeat>>,
+    /// Per consumer thread: its client's librdkafka figures.
+    pub(super) client_stats: Vec<Arc<KafkaStats>>,
 }
 
 impl CollectTelemetry {
@@ -173,7 +175,18 @@ impl Telemetry for CollectTelemetry {
                 l,
             );
         }
-        KafkaStats::render_all(&mut p, &[("collect", &self.shared.kafka_stats)]);
+        let names: Vec<String> = (0..self.client_stats.len())
+            .map(|i| format!("collect-c{i}"))
+            .collect();
+        let mut clients: Vec<(&str, &KafkaStats)> =
+            vec![("collect-retry", &*self.shared.retry_stats)];
+        clients.extend(
+            names
+                .iter()
+                .map(String::as_str)
+                .zip(self.client_stats.iter().map(|s| &**s)),
+        );
+        KafkaStats::render_all(&mut p, &clients);
     }
 
     fn readiness(&self) -> Result<(), String> {
