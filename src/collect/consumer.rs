@@ -420,7 +420,11 @@ fn take(
     if st.next.is_some_and(|n| offset < n) {
         return; // fetched before a seek back; it comes again
     }
-    let wait = retry_at.and_then(|at| retry_wait(Some(at), now_ms(), shared.config.retry_delay));
+    // The wall clock is read only for retry-topic messages.
+    let wait = match retry_at {
+        Some(_) => retry_wait(retry_at, now_ms(), shared.config.retry_delay),
+        None => None,
+    };
     if let Some(wait) = wait {
         // Not yet: wait here without blocking the other partitions.
         let mut tpl = TopicPartitionList::new();
