@@ -15,11 +15,14 @@ pub(crate) struct Stored {
     partition: i32,
     first: i64,
     last: i64,
+    /// The offset era of its name (`-e<era>`; 0 without).
+    pub(crate) era: u32,
     pub(crate) lines: Vec<String>,
 }
 
-/// Every finished file under `root/<topic>/`, read (gzip via `gzip -dc`),
-/// sorted by (partition, first offset); also names of temporary files.
+/// Every final file under `root/<topic>/`, read (gzip via `gzip -dc`),
+/// sorted by (era, partition, first offset); also names of the files not
+/// final yet (temporary, or pending their commit).
 pub(crate) fn stored(root: &Path, topic: &str) -> (Vec<Stored>, Vec<PathBuf>) {
     let mut files = Vec::new();
     let mut temps = Vec::new();
@@ -29,11 +32,15 @@ pub(crate) fn stored(root: &Path, topic: &str) -> (Vec<Stored>, Vec<PathBuf>) {
     for d in dates.flatten() {
         for f in std::fs::read_dir(d.path()).unwrap().flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
+            if name.ends_with(".tmp") || name.ends_with(".pending") {
                 temps.push(f.path());
                 continue;
             }
             let stem = name.trim_end_matches(".gz").trim_end_matches(".ndjson");
+            let (stem, era) = match stem.rsplit_once("-e") {
+                Some((s, e)) if e.parse::<u32>().is_ok() => (s, e.parse().unwrap()),
+                _ => (stem, 0),
+            };
             let mut parts = stem.rsplitn(4, '-');
             let last: i64 = parts.next().unwrap().parse().unwrap();
             let first: i64 = parts.next().unwrap().parse().unwrap();
@@ -58,11 +65,12 @@ pub(crate) fn stored(root: &Path, topic: &str) -> (Vec<Stored>, Vec<PathBuf>) {
                 partition,
                 first,
                 last,
+                era,
                 lines: text.lines().map(String::from).collect(),
             });
         }
     }
-    files.sort_by_key(|s| (s.partition, s.first));
+    files.sort_by_key(|s| (s.era, s.partition, s.first));
     (files, temps)
 }
 

@@ -1,10 +1,13 @@
-//! Record files: names, rotation decisions and dates (pure), and the writer
-//! that makes a file durable — written under a temporary name, flushed,
-//! fsynced, renamed to `<topic>-<partition>-<first>-<last>.ndjson[.gz]`,
-//! directory fsynced — before its offsets may be committed. Leftovers of a
-//! crashed run (temporary files, and finished files whose offsets were never
-//! committed) are removed before the same offsets are written again, so a
-//! re-run rewrites rather than duplicates.
+//! Record files: names, rotation decisions and dates (pure), and the writer.
+//! A file is written under a temporary name (`.<topic>-<p>-<first>.tmp`),
+//! then made durable — flushed, fsynced, renamed to its *pending* name
+//! (`.<final name>.pending`: durable, not yet committed), directory fsynced
+//! — before its offsets may be committed; once the commit is confirmed it
+//! is renamed to its final name
+//! `<topic>-<p>-<first>-<last>[-e<era>].ndjson[.gz]` (directory fsynced
+//! again). Final files are never deleted or rewritten: only temporary and
+//! pending files are what a crash can leave behind (see `archive`). New
+//! directories are fsynced into their parents.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -60,64 +63,143 @@ pub fn extension(gzip: bool) -> &'static str {
     if gzip { "ndjson.gz" } else { "ndjson" }
 }
 
-pub fn final_name(topic: &str, partition: i32, first: i64, last: i64, gzip: bool) -> String {
-    format!("{topic}-{partition}-{first}-{last}.{}", extension(gzip))
+/// Where a file's lines sit in its partition: offsets `first..=last` of
+/// offset era `era` (0 until the partition's offsets first went back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+    pub era: u32,
+}
+
+pub fn final_name(topic: &str, s: Span, gzip: bool) -> String {
+    let era = if s.era == 0 {
+        String::new()
+    } else {
+        format!("-e{}", s.era)
+    };
+    let ext = extension(gzip);
+    format!("{topic}-{}-{}-{}{era}.{ext}", s.partition, s.first, s.last)
+}
+
+/// The name a durable file has until its offsets are committed.
+pub fn pending_name(final_name: &str) -> String {
+    format!(".{final_name}.pending")
 }
 
 fn temp_name(topic: &str, partition: i32, first: i64) -> String {
     format!(".{topic}-{partition}-{first}.tmp")
 }
 
-/// (partition, first, last) of a final file name of `topic`, or `None`.
-pub fn parse_name(name: &str, topic: &str) -> Option<(i32, i64, i64)> {
+/// The span of a final file name of `topic`, or `None`.
+pub fn parse_name(name: &str, topic: &str) -> Option<Span> {
     let stem = name
         .strip_suffix(".ndjson.gz")
         .or_else(|| name.strip_suffix(".ndjson"))?;
     let rest = stem.strip_prefix(topic)?.strip_prefix('-')?;
     let mut parts = rest.split('-');
-    let p = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
     let first = parts.next()?.parse().ok()?;
     let last = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((p, first, last))
+    let era = match parts.next() {
+        None => 0,
+        Some(e) => e.strip_prefix('e')?.parse().ok().filter(|e| *e > 0)?,
+    };
+    parts.next().is_none().then_some(Span {
+        partition,
+        first,
+        last,
+        era,
+    })
 }
 
-/// Removes what a crashed run left for `topic`/`partition` from `from` on:
-/// temporary files and finished files starting at or after `from` (their
-/// offsets were never committed, so they are about to be written again).
-/// Files of `topic` live in the directory of `dir_topic` (a retry topic's
-/// files sit with the topic they came from).
-pub fn remove_leftovers(
-    root: &Path,
-    dir_topic: &str,
-    topic: &str,
-    partition: i32,
-    from: i64,
-) -> io::Result<usize> {
-    if !valid_topic(dir_topic) {
-        return Ok(0);
+/// The span of a pending file name of `topic`, or `None`.
+pub fn parse_pending(name: &str, topic: &str) -> Option<Span> {
+    parse_name(name.strip_prefix('.')?.strip_suffix(".pending")?, topic)
+}
+
+/// Is `name` a temporary file of `topic`'s `partition`?
+pub fn is_temp(name: &str, topic: &str, partition: i32) -> bool {
+    name.strip_prefix(&format!(".{topic}-{partition}-"))
+        .and_then(|r| r.strip_suffix(".tmp"))
+        .is_some_and(|first| first.parse::<i64>().is_ok())
+}
+
+/// fsyncs a directory (its entries: a rename or a new file in it).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// `root/<parts…>`, creating what is missing; each new directory is
+/// fsynced into its parent, so a crash cannot lose the path to a file
+/// made durable in it.
+pub fn durable_dirs(root: &Path, parts: &[&str]) -> io::Result<PathBuf> {
+    // The root itself is the operator's (made and checked at start).
+    fs::create_dir_all(root)?;
+    let mut dir = root.to_path_buf();
+    for p in parts {
+        let next = dir.join(p);
+        match fs::create_dir(&next) {
+            Ok(()) => sync_dir(&dir)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        dir = next;
     }
-    let dir = root.join(dir_topic);
-    let Ok(dates) = fs::read_dir(&dir) else {
-        return Ok(0);
-    };
-    let tmp_prefix = format!(".{topic}-{partition}-");
-    let mut removed = 0;
-    for date in dates.flatten() {
-        let Ok(files) = fs::read_dir(date.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            let stale = (name.starts_with(&tmp_prefix) && name.ends_with(".tmp"))
-                || parse_name(&name, topic)
-                    .is_some_and(|(p, first, _)| p == partition && first >= from);
-            if stale {
-                fs::remove_file(f.path())?;
-                removed += 1;
+    Ok(dir)
+}
+
+/// A durable file whose offsets are not yet known committed.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub path: PathBuf,
+    pub span: Span,
+}
+
+impl Pending {
+    /// Renames it to its final name (the caller fsyncs the directory).
+    pub fn promote(&self) -> io::Result<PathBuf> {
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let final_name = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".pending"))
+            .ok_or_else(|| io::Error::other(format!("{name} is not a pending file name")))?;
+        let to = self.path.with_file_name(final_name);
+        fs::rename(&self.path, &to)?;
+        Ok(to)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Promotes `files`, then fsyncs each of their directories once; returns
+/// those that could not be promoted, with the error (tried again later).
+pub fn promote_all(files: Vec<Pending>) -> Vec<(Pending, io::Error)> {
+    let mut failed = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for f in files {
+        match f.promote() {
+            Ok(_) => {
+                if !dirs.iter().any(|d| d == f.dir()) {
+                    dirs.push(f.dir().to_path_buf());
+                }
             }
+            Err(e) => failed.push((f, e)),
         }
     }
-    Ok(removed)
+    for d in dirs {
+        // A promotion lost in a crash is made again at the next start:
+        // the file's offsets are below the committed position (`archive`).
+        let _ = sync_dir(&d);
+    }
+    failed
 }
 
 enum Out {
@@ -131,6 +213,8 @@ pub struct OpenFile {
     pub partition: i32,
     pub first: i64,
     pub last: i64,
+    /// The partition's offset era (see [`Span`]).
+    pub era: u32,
     pub bytes: u64,
     pub opened: Instant,
     pub last_write: Instant,
@@ -149,13 +233,16 @@ pub struct OpenFile {
 const WRITE_BACK_EVERY: u64 = 2 << 20;
 
 impl OpenFile {
-    /// Opens `.tmp` in `root/<topic>/<date>/`, creating directories.
+    /// Opens `.tmp` in `root/<dir_topic>/<date>/`, creating directories
+    /// (durably); the file's lines start at offset `first` of era `era`.
+    #[allow(clippy::too_many_arguments)] // the coordinates of one file
     pub fn create(
         root: &Path,
         dir_topic: &str,
         topic: &str,
         partition: i32,
         first: i64,
+        era: u32,
         date: &str,
         gzip: bool,
     ) -> io::Result<OpenFile> {
@@ -166,8 +253,7 @@ impl OpenFile {
                 format!("{dir_topic:?}/{topic:?} is not a topic name"),
             ));
         }
-        let dir = root.join(dir_topic).join(date);
-        fs::create_dir_all(&dir)?;
+        let dir = durable_dirs(root, &[dir_topic, date])?;
         let tmp = dir.join(temp_name(topic, partition, first));
         let f = OpenOptions::new()
             .create(true)
@@ -189,6 +275,7 @@ impl OpenFile {
             partition,
             first,
             last: first - 1,
+            era,
             bytes: 0,
             opened: now,
             last_write: now,
@@ -227,16 +314,34 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Flush, fsync, rename, fsync the directory; returns the final path.
-    /// On failure the temporary file is removed (its offsets are read again).
-    pub fn close(self) -> io::Result<PathBuf> {
+    /// Flush, fsync, rename to the pending name, fsync the directory.
+    /// On failure nothing of it is left (its offsets are read again or go
+    /// to the retry topic), not even a renamed file whose directory entry
+    /// might not be durable.
+    pub fn close(self) -> io::Result<Pending> {
         let tmp = self.tmp.clone();
-        self.finish().inspect_err(|_| {
+        let pending = self.dir.join(pending_name(&final_name(
+            &self.topic,
+            self.span(),
+            self.gzip,
+        )));
+        self.finish(&pending).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&pending);
         })
     }
 
-    fn finish(mut self) -> io::Result<PathBuf> {
+    /// Where this file's lines sit.
+    pub fn span(&self) -> Span {
+        Span {
+            partition: self.partition,
+            first: self.first,
+            last: self.last,
+            era: self.era,
+        }
+    }
+
+    fn finish(mut self, pending: &Path) -> io::Result<Pending> {
         let file = match self.out.take() {
             Some(Out::Plain(w)) => w.into_inner().map_err(|e| e.into_error())?,
             Some(Out::Gzip(g)) => g.finish()?.into_inner().map_err(|e| e.into_error())?,
@@ -244,16 +349,12 @@ impl OpenFile {
         };
         file.sync_all()?;
         drop(file);
-        let path = self.dir.join(final_name(
-            &self.topic,
-            self.partition,
-            self.first,
-            self.last,
-            self.gzip,
-        ));
-        fs::rename(&self.tmp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(path)
+        fs::rename(&self.tmp, pending)?;
+        sync_dir(&self.dir)?;
+        Ok(Pending {
+            path: pending.to_path_buf(),
+            span: self.span(),
+        })
     }
 
     /// Drops the unfinished file (after a write error).
@@ -282,17 +383,43 @@ fn start_write_back(out: &Out) {
 mod tests {
     use super::*;
 
+    fn span(partition: i32, first: i64, last: i64, era: u32) -> Span {
+        Span {
+            partition,
+            first,
+            last,
+            era,
+        }
+    }
+
     #[test]
     fn names_round_trip_even_with_dashes_in_topics() {
-        let n = final_name("web-visits", 3, 100, 199, true);
+        let n = final_name("web-visits", span(3, 100, 199, 0), true);
         assert_eq!(n, "web-visits-3-100-199.ndjson.gz");
-        assert_eq!(parse_name(&n, "web-visits"), Some((3, 100, 199)));
+        assert_eq!(parse_name(&n, "web-visits"), Some(span(3, 100, 199, 0)));
         assert_eq!(
             parse_name("web-visits-3-100-199.ndjson", "web-visits"),
-            Some((3, 100, 199))
+            Some(span(3, 100, 199, 0))
         );
         assert_eq!(parse_name("web-visits-3-100-199.ndjson", "web"), None);
         assert_eq!(parse_name(".web-3-1.tmp", "web"), None);
+        let e2 = final_name("web", span(1, 0, 9, 2), false);
+        assert_eq!(e2, "web-1-0-9-e2.ndjson");
+        assert_eq!(parse_name(&e2, "web"), Some(span(1, 0, 9, 2)));
+        for bad in [
+            "web-1-0-9-e0.ndjson",
+            "web-1-0-9-x2.ndjson",
+            "web-1-0-9-e2-e3.ndjson",
+        ] {
+            assert_eq!(parse_name(bad, "web"), None, "{bad}");
+        }
+        let p = pending_name(&e2);
+        assert_eq!(p, ".web-1-0-9-e2.ndjson.pending");
+        assert_eq!(parse_pending(&p, "web"), Some(span(1, 0, 9, 2)));
+        assert_eq!(parse_name(&p, "web"), None, "a pending file is not final");
+        assert!(is_temp(".web-1-12.tmp", "web", 1));
+        assert!(!is_temp(".web-1-12.tmp", "web", 2));
+        assert!(!is_temp(".web.retry-1-12.tmp", "web", 1));
     }
 
     #[test]
@@ -328,12 +455,12 @@ mod tests {
         let line = [b'x'; 127];
         let n = 3 * WRITE_BACK_EVERY / 128 + 1;
         for gzip in [false, true] {
-            let mut f = OpenFile::create(&root, "t", "t", 0, 0, "2026-01-01", gzip).unwrap();
+            let mut f = OpenFile::create(&root, "t", "t", 0, 0, 0, "2026-01-01", gzip).unwrap();
             for i in 0..n {
                 f.append(i as i64, &line, Instant::now()).unwrap();
             }
             assert_eq!(f.written_back, 3 * WRITE_BACK_EVERY);
-            let path = f.close().unwrap();
+            let path = f.close().unwrap().promote().unwrap();
             let mut text = Vec::new();
             let file = File::open(&path).unwrap();
             if gzip {
@@ -353,28 +480,24 @@ mod tests {
     }
 
     #[test]
-    fn files_become_durable_under_their_final_name_and_leftovers_go() {
+    fn files_are_pending_until_promoted_to_their_final_name() {
         let root = std::env::temp_dir().join(format!("kbridge-files-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        let mut f = OpenFile::create(&root, "t", "t", 0, 10, "2026-01-01", false).unwrap();
+        let mut f = OpenFile::create(&root, "t", "t", 0, 10, 0, "2026-01-01", false).unwrap();
         f.append(10, b"{\"a\":1}", Instant::now()).unwrap();
         f.append(11, b"{\"a\":2}", Instant::now()).unwrap();
-        let path = f.close().unwrap();
-        assert_eq!(path, root.join("t/2026-01-01/t-0-10-11.ndjson"));
+        let pending = f.close().unwrap();
+        assert_eq!(
+            pending.path,
+            root.join("t/2026-01-01/.t-0-10-11.ndjson.pending")
+        );
+        assert_eq!(pending.span, span(0, 10, 11, 0));
+        assert!(promote_all(vec![pending.clone()]).is_empty());
+        let path = root.join("t/2026-01-01/t-0-10-11.ndjson");
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
-        let g = OpenFile::create(&root, "t", "t", 0, 12, "2026-01-01", true).unwrap();
-        drop(g); // a crash: the temporary file stays
-        assert_eq!(
-            remove_leftovers(&root, "t", "t", 0, 12).unwrap(),
-            1,
-            "the temporary file"
-        );
-        assert_eq!(
-            remove_leftovers(&root, "t", "t", 0, 10).unwrap(),
-            1,
-            "the uncommitted finished file"
-        );
-        assert!(!path.exists());
+        assert!(!pending.path.exists());
+        let failed = promote_all(vec![pending]);
+        assert_eq!(failed.len(), 1, "promoted once only");
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -1,14 +1,22 @@
 //! What one message becomes on disk (pure): exactly one line per record,
-//! whatever the value holds. `raw` writes the value itself; `envelope`
-//! writes `{"topic","partition","offset","key","timestamp","value"}` with
-//! the value embedded verbatim (key order, big integers and all). A JSON
-//! value spread over several lines is joined (line breaks between JSON
-//! tokens mean nothing); a value that is not JSON and holds a line break is
-//! written as a JSON string, so no record ever spans two lines.
+//! whatever the value holds.
+//!
+//! - `raw` writes the value itself when it holds no line break (any bytes,
+//!   an empty value and a null value alike give an empty line); a JSON
+//!   value spread over several lines is joined (line breaks between JSON
+//!   tokens mean nothing); any other value with a line break is written as
+//!   a JSON string: its text when it is UTF-8, else `"base64:<base64>"`.
+//! - `envelope` writes `{"topic","partition","offset","key","timestamp",
+//!   "value"}` with a JSON value embedded verbatim (key order, big integers
+//!   and all), a null value as `null`, other UTF-8 text as a string, and
+//!   bytes that are not UTF-8 as base64 with `"value_encoding":"base64"`;
+//!   a key that is not UTF-8 likewise, with `"key_encoding":"base64"`.
 
 use std::borrow::Cow;
 
 use serde_json::value::RawValue;
+
+use crate::kafka::record::base64;
 
 /// Coordinates written in an envelope line.
 pub struct Coordinates<'a> {
@@ -20,17 +28,23 @@ pub struct Coordinates<'a> {
 }
 
 /// `value` as one line of `raw` output.
-pub fn raw_line(value: &[u8]) -> Cow<'_, [u8]> {
+pub fn raw_line(value: Option<&[u8]>) -> Cow<'_, [u8]> {
+    let value = value.unwrap_or_default();
     if !value.contains(&b'\n') && !value.contains(&b'\r') {
         return Cow::Borrowed(value);
     }
-    Cow::Owned(json_value(value))
+    if let Some(joined) = one_line_json(value) {
+        return Cow::Owned(joined);
+    }
+    Cow::Owned(match std::str::from_utf8(value) {
+        Ok(text) => json_string(text),
+        Err(_) => json_string(&format!("base64:{}", base64(value))),
+    })
 }
 
 /// The envelope line of a message.
-pub fn envelope_line(c: &Coordinates<'_>, value: &[u8]) -> Vec<u8> {
-    let key = c.key.map(|k| String::from_utf8_lossy(k).into_owned());
-    let mut out = Vec::with_capacity(value.len() + 128);
+pub fn envelope_line(c: &Coordinates<'_>, value: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.map_or(0, <[u8]>::len) + 128);
     out.extend_from_slice(b"{\"topic\":");
     out.extend(json_string(c.topic));
     out.extend(
@@ -40,35 +54,71 @@ pub fn envelope_line(c: &Coordinates<'_>, value: &[u8]) -> Vec<u8> {
         )
         .bytes(),
     );
-    match key {
-        Some(k) => out.extend(json_string(&k)),
-        None => out.extend_from_slice(b"null"),
-    }
+    let key_b64 = match c.key {
+        None => {
+            out.extend_from_slice(b"null");
+            false
+        }
+        Some(k) => text_or_base64(&mut out, k),
+    };
     out.extend_from_slice(b",\"timestamp\":");
     match c.timestamp {
         Some(t) => out.extend(t.to_string().bytes()),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"value\":");
-    out.extend(json_value(value));
+    let value_b64 = match value {
+        None => {
+            out.extend_from_slice(b"null");
+            false
+        }
+        Some(v) => match one_line_json(v) {
+            Some(json) => {
+                out.extend(json);
+                false
+            }
+            None => text_or_base64(&mut out, v),
+        },
+    };
+    if key_b64 {
+        out.extend_from_slice(b",\"key_encoding\":\"base64\"");
+    }
+    if value_b64 {
+        out.extend_from_slice(b",\"value_encoding\":\"base64\"");
+    }
     out.push(b'}');
     out
 }
 
-/// `value` as a JSON value on one line: itself when it is JSON (with line
-/// breaks, which JSON allows only between tokens, removed), else a string.
-fn json_value(value: &[u8]) -> Vec<u8> {
-    // RawValue checks the syntax without building the value (no depth
-    // limit, nothing reordered or rounded).
-    if serde_json::from_slice::<&RawValue>(value).is_ok() {
-        let v = value.trim_ascii();
-        return v
+/// Writes `b` as a JSON string of its text, or of its base64 when it is not
+/// UTF-8 (then returns true).
+fn text_or_base64(out: &mut Vec<u8>, b: &[u8]) -> bool {
+    match std::str::from_utf8(b) {
+        Ok(text) => {
+            out.extend(json_string(text));
+            false
+        }
+        Err(_) => {
+            out.extend(json_string(&base64(b)));
+            true
+        }
+    }
+}
+
+/// `value` on one line when it is JSON (line breaks, which JSON allows
+/// only between tokens, removed), else `None`.
+fn one_line_json(value: &[u8]) -> Option<Vec<u8>> {
+    // RawValue checks the syntax without building the value (nothing
+    // reordered or rounded).
+    serde_json::from_slice::<&RawValue>(value).ok()?;
+    Some(
+        value
+            .trim_ascii()
             .iter()
             .copied()
             .filter(|b| *b != b'\n' && *b != b'\r')
-            .collect();
-    }
-    json_string(&String::from_utf8_lossy(value))
+            .collect(),
+    )
 }
 
 fn json_string(s: &str) -> Vec<u8> {
@@ -85,13 +135,22 @@ mod tests {
 
     #[test]
     fn raw_lines_are_one_record_each() {
-        assert_eq!(s(raw_line(br#"{"a":1}"#)), r#"{"a":1}"#);
+        let raw = |v: &[u8]| raw_line(Some(v)).into_owned();
+        assert_eq!(s(raw(br#"{"a":1}"#)), r#"{"a":1}"#);
         assert_eq!(
-            s(raw_line(b"{\n  \"a\": 1,\r\n  \"b\": \"x y\"\n}\n")),
+            s(raw(b"{\n  \"a\": 1,\r\n  \"b\": \"x y\"\n}\n")),
             r#"{  "a": 1,  "b": "x y"}"#
         );
-        assert_eq!(s(raw_line(b"not json\nat all")), r#""not json\nat all""#);
-        assert_eq!(s(raw_line(b"plain text")), "plain text");
+        assert_eq!(s(raw(b"not json\nat all")), r#""not json\nat all""#);
+        assert_eq!(s(raw(b"plain text")), "plain text");
+        assert_eq!(s(raw(b"\xff\n\x00")), r#""base64:/woA""#);
+        assert_eq!(
+            raw(b"\xff\xfe"),
+            b"\xff\xfe",
+            "no line break: the bytes as they are"
+        );
+        assert_eq!(raw_line(None).len(), 0, "a tombstone is an empty line");
+        assert_eq!(raw(b"").len(), 0);
     }
 
     #[test]
@@ -105,14 +164,14 @@ mod tests {
         };
         let line = s(envelope_line(
             &c,
-            br#"{"z":1,"a":123456789012345678901234567890}"#,
+            Some(br#"{"z":1,"a":123456789012345678901234567890}"#),
         ));
         assert_eq!(
             line,
             r#"{"topic":"t","partition":2,"offset":7,"key":"k\"1","timestamp":1700000000000,"value":{"z":1,"a":123456789012345678901234567890}}"#
         );
         let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
-        let line = envelope_line(&c, deep.as_bytes());
+        let line = envelope_line(&c, Some(deep.as_bytes()));
         assert!(serde_json::from_slice::<&RawValue>(&line).is_ok());
         let c = Coordinates {
             key: None,
@@ -120,8 +179,28 @@ mod tests {
             ..c
         };
         assert!(
-            s(envelope_line(&c, b"text"))
+            s(envelope_line(&c, Some(b"text")))
                 .ends_with(r#""key":null,"timestamp":null,"value":"text"}"#)
         );
+        assert!(s(envelope_line(&c, None)).ends_with(r#""value":null}"#));
+        assert!(s(envelope_line(&c, Some(b""))).ends_with(r#""value":""}"#));
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_are_base64_and_say_so() {
+        let c = Coordinates {
+            topic: "t",
+            partition: 0,
+            offset: 1,
+            key: Some(b"\xff"),
+            timestamp: None,
+        };
+        let line = envelope_line(&c, Some(b"\xfe\n\xff"));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["key"], "/w==");
+        assert_eq!(v["key_encoding"], "base64");
+        assert_eq!(v["value"], "/gr/");
+        assert_eq!(v["value_encoding"], "base64");
+        assert!(!line.contains(&b'\n'));
     }
 }

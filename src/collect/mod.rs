@@ -11,6 +11,7 @@
 //! Stop: each thread closes (makes durable) its open files, waits for its
 //! retry acknowledgements, commits synchronously, and leaves the group.
 
+pub mod archive;
 pub mod config;
 mod consumer;
 pub mod files;
@@ -18,8 +19,8 @@ pub mod lines;
 pub mod retry;
 mod telemetry;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,7 @@ use log::{error, info};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
@@ -39,8 +40,10 @@ use consumer::RetryDone;
 pub use telemetry::CollectTelemetry;
 
 use crate::config::KafkaConfig;
+use crate::kafka::member::GroupCounters;
+use crate::kafka::offsets::Lease;
 use crate::kafka::probe::{self, Probe, Replication, TopicPlan};
-use crate::kafka::{Context, KafkaStats, client_config};
+use crate::kafka::{Context, KafkaStats, client_config, record};
 use crate::metrics::{Counter, Latency};
 use crate::shutdown::{StopToken, Stopper};
 use crate::stats::Telemetry;
@@ -56,33 +59,13 @@ pub struct CollectMetrics {
     pub write_errors: Counter,
     pub retry_produced: Counter,
     pub retry_failed: Counter,
-    pub assignments: Counter,
-    /// Consumer threads that have received their first assignment; the
-    /// role is ready once one has.
-    pub members_joined: Counter,
+    /// Offsets that went back (a new era of file names began).
+    pub regressions: Counter,
+    /// Commits, joins and assignments of the consumer threads.
+    pub group: Arc<GroupCounters>,
     pub fsync: Latency,
-    lag: Mutex<Vec<(String, i32, i64)>>,
     last_error_log: AtomicU64,
     unlogged_errors: AtomicU64,
-}
-
-impl CollectMetrics {
-    fn record_lag(&self, s: &Statistics) {
-        let rows: Vec<(String, i32, i64)> = s
-            .topics
-            .iter()
-            .flat_map(|(t, tp)| {
-                tp.partitions
-                    .values()
-                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                    .map(move |p| (t.clone(), p.partition, p.consumer_lag))
-            })
-            .collect();
-        if let Ok(mut l) = self.lag.lock() {
-            l.retain(|(t, p, _)| !rows.iter().any(|(rt, rp, _)| rt == t && rp == p));
-            l.extend(rows);
-        }
-    }
 }
 
 pub struct RetryCtx {
@@ -100,13 +83,13 @@ impl ClientContext for RetryCtx {
 }
 
 impl ProducerContext for RetryCtx {
-    type DeliveryOpaque = Box<(Sender<RetryDone>, String, i32, i64)>;
+    type DeliveryOpaque = Box<(Sender<RetryDone>, String, i32, i64, Lease)>;
     fn delivery(&self, r: &DeliveryResult<'_>, o: Self::DeliveryOpaque) {
-        let (tx, topic, p, offset) = *o;
+        let (tx, topic, p, offset, lease) = *o;
         if r.is_err() {
             self.metrics.retry_failed.inc();
         }
-        let _ = tx.send((topic, p, offset, r.is_ok()));
+        let _ = tx.send((topic, p, offset, r.is_ok(), lease));
     }
 }
 
@@ -127,16 +110,6 @@ impl Shared {
     /// only there are the retry headers read.
     fn retry_source<'a>(&self, topic: &'a str) -> Option<&'a str> {
         retry::source_topic(topic, &self.config.retry_suffix, &self.sources)
-    }
-
-    fn close_file(&self, f: files::OpenFile) -> std::io::Result<()> {
-        let start = std::time::Instant::now();
-        f.close()?;
-        self.metrics
-            .fsync
-            .record_us(start.elapsed().as_micros() as u64);
-        self.metrics.files_closed.inc();
-        Ok(())
     }
 
     /// Counts a write error; logs once per 10 s with the count since.
@@ -162,7 +135,8 @@ impl Shared {
     }
 
     /// Produces `m` to its retry topic; the acknowledgement goes to `done`.
-    fn to_retry(&self, m: &BorrowedMessage<'_>, done: &Sender<RetryDone>) {
+    /// Its headers are copied as bytes, whatever they hold.
+    fn to_retry(&self, m: &BorrowedMessage<'_>, done: &Sender<RetryDone>, lease: Lease) {
         let suffix = &self.config.retry_suffix;
         let from_retry = self.retry_source(m.topic());
         let topic = match from_retry {
@@ -172,51 +146,42 @@ impl Shared {
         let at = retry::retry_due(consumer::now_ms(), self.config.retry_delay).to_string();
         let mut source = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
         let mut headers = OwnedHeaders::new();
-        if let Some(h) = m.headers() {
-            for h in h.iter() {
-                if h.key == RETRY_SOURCE {
-                    // Kept only when a retry topic's own bookkeeping says
-                    // where the message was first read; anything else named
-                    // so is dropped.
-                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
-                    if let Some(t) = from_retry
-                        && retry::parse_source(&value, t).is_some()
-                    {
-                        source = value.into_owned();
-                    }
-                } else if h.key != RETRY_AT {
-                    headers = headers.insert(Header {
-                        key: h.key,
-                        value: h.value,
-                    });
+        record::each_header(m, |k, v| {
+            if k == RETRY_SOURCE.as_bytes() {
+                // Kept only when a retry topic's own bookkeeping says where
+                // the message was first read; anything else named so is
+                // dropped.
+                let value = String::from_utf8_lossy(v.unwrap_or_default());
+                if let Some(t) = from_retry
+                    && retry::parse_source(&value, t).is_some()
+                {
+                    source = value.into_owned();
                 }
+            } else if k != RETRY_AT.as_bytes() {
+                headers = record::with_header(std::mem::take(&mut headers), k, v);
             }
-        }
-        headers = headers
-            .insert(Header {
-                key: RETRY_AT,
-                value: Some(&at),
-            })
-            .insert(Header {
-                key: RETRY_SOURCE,
-                value: Some(&source),
-            });
+        });
+        headers = record::with_header(headers, RETRY_AT.as_bytes(), Some(at.as_bytes()));
+        headers = record::with_header(headers, RETRY_SOURCE.as_bytes(), Some(source.as_bytes()));
         let opaque = Box::new((
             done.clone(),
             m.topic().to_string(),
             m.partition(),
             m.offset(),
+            lease,
         ));
-        let mut r: BaseRecord<'_, [u8], [u8], _> = BaseRecord::with_opaque_to(&topic, opaque)
-            .payload(m.payload().unwrap_or_default())
-            .headers(headers);
+        let mut r: BaseRecord<'_, [u8], [u8], _> =
+            BaseRecord::with_opaque_to(&topic, opaque).headers(headers);
+        if let Some(v) = m.payload() {
+            r = r.payload(v);
+        }
         if let Some(k) = m.key() {
             r = r.key(k);
         }
         self.metrics.retry_produced.inc();
         if let Err((_, r)) = self.retry.send(r) {
-            let (tx, t, p, o) = *r.delivery_opaque;
-            let _ = tx.send((t, p, o, false));
+            let (tx, t, p, o, lease) = *r.delivery_opaque;
+            let _ = tx.send((t, p, o, false, lease));
         }
     }
 }
@@ -341,22 +306,13 @@ pub fn spawn(
                 kafka,
                 &g.group_id,
                 &topics,
+                shared.metrics.group.clone(),
                 i,
             )?);
         }
     }
-    let parts: Vec<consumer::Parts> = consumers
-        .iter()
-        .map(|c| c.context().parts.clone())
-        .collect();
-    let beats: Vec<Arc<crate::liveness::Heartbeat>> = consumers
-        .iter()
-        .map(|c| c.context().heartbeat.clone())
-        .collect();
-    let client_stats: Vec<Arc<KafkaStats>> = consumers
-        .iter()
-        .map(|c| c.context().stats.clone())
-        .collect();
+    let members: Vec<Arc<consumer::CollectMember>> =
+        consumers.iter().map(|c| c.context().clone()).collect();
     let threads = consumers
         .into_iter()
         .enumerate()
@@ -386,10 +342,8 @@ pub fn spawn(
     );
     let telemetry = Arc::new(CollectTelemetry {
         shared,
-        last_counts: parts.iter().map(|_| Default::default()).collect(),
-        beats,
-        client_stats,
-        parts,
+        last_counts: members.iter().map(|_| Default::default()).collect(),
+        members,
         probe,
         threads: threads.len(),
         rates: Default::default(),

@@ -13,16 +13,13 @@ use crate::stats::{Rates, Telemetry};
 
 pub struct CollectTelemetry {
     pub(super) shared: Arc<Shared>,
-    pub(super) parts: Vec<consumer::Parts>,
+    /// One per consumer thread.
+    pub(super) members: Vec<Arc<consumer::CollectMember>>,
     pub(super) probe: Arc<Probe>,
     pub(super) threads: usize,
     pub(super) rates: Rates<2>,
     /// Per consumer thread: last counts of open files and delayed partitions.
     pub(super) last_counts: Vec<[std::sync::atomic::AtomicUsize; 2]>,
-    /// Per consumer thread: its poll loop's heartbeat.
-    pub(super) beats: Vec<Arc<crate::liveness::Heartbeat>>,
-    /// Per consumer thread: its client's librdkafka figures.
-    pub(super) client_stats: Vec<Arc<KafkaStats>>,
 }
 
 impl CollectTelemetry {
@@ -30,12 +27,12 @@ impl CollectTelemetry {
     /// partitions' lock through an fsync: then its last count stands in,
     /// so `/metrics` and the stats line never wait on a disk.
     fn count_parts(&self, kind: usize, pick: fn(&consumer::PartState) -> bool) -> usize {
-        self.parts
+        self.members
             .iter()
             .zip(&self.last_counts)
-            .map(|(p, last)| match p.try_lock() {
-                Ok(m) => {
-                    let n = m.values().filter(|s| pick(s)).count();
+            .map(|(m, last)| match m.role.parts.try_lock() {
+                Ok(parts) => {
+                    let n = parts.values().filter(|s| pick(s)).count();
                     last[kind].store(n, std::sync::atomic::Ordering::Relaxed);
                     n
                 }
@@ -47,6 +44,19 @@ impl CollectTelemetry {
     fn files_open(&self) -> usize {
         self.count_parts(0, consumer::PartState::file_open)
     }
+
+    /// (topic, partition, lag) over every consumer thread, one row each.
+    fn lag(&self) -> Vec<(String, i32, i64)> {
+        let mut v: Vec<(String, i32, i64)> = self
+            .members
+            .iter()
+            .flat_map(|m| m.lag.lock().map(|l| l.clone()).unwrap_or_default())
+            .map(|(t, p, lag, _)| (t, p, lag))
+            .collect();
+        v.sort();
+        v.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        v
+    }
 }
 
 impl Telemetry for CollectTelemetry {
@@ -56,7 +66,7 @@ impl Telemetry for CollectTelemetry {
         }
         crate::liveness::stalled_numbered(
             "collect-c",
-            self.beats.iter().map(|b| &**b),
+            self.members.iter().map(|m| &m.heartbeat),
             [("collect-probe", &self.probe.heartbeat)],
             limit,
         )
@@ -71,11 +81,7 @@ impl Telemetry for CollectTelemetry {
         let [ev, by] = self
             .rates
             .per_second([m.consumed.get(), m.bytes.get()], elapsed);
-        let lag: i64 = m
-            .lag
-            .lock()
-            .map(|l| l.iter().map(|x| x.2).sum())
-            .unwrap_or(0);
+        let lag: i64 = self.lag().iter().map(|x| x.2).sum();
         let (_, _, fsync_p99, _) = m.fsync.summary();
         vec![format!(
             "pool=collect-c pool-size={} events/s={ev:.0} bytes/s={by:.0} files-open={} rotations={} fsync-p99-ms={:.1} retry={} errors={} lag={lag}",
@@ -91,11 +97,26 @@ impl Telemetry for CollectTelemetry {
     fn prometheus(&self, out: &mut String) {
         let m = &self.shared.metrics;
         let mut p = Prom::new(out);
-        let counters: [(&str, &str, &Counter); 8] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "kbridge_collect_assignments_total",
                 "Partition assignments received from the group (rebalances).",
-                &m.assignments,
+                &m.group.assignments,
+            ),
+            (
+                "kbridge_collect_commits_total",
+                "Offset commits.",
+                &m.group.commits,
+            ),
+            (
+                "kbridge_collect_commit_errors_total",
+                "Failed offset commits.",
+                &m.group.commit_errors,
+            ),
+            (
+                "kbridge_collect_offset_regressions_total",
+                "Times a partition's offsets went back (a new era of file names began).",
+                &m.regressions,
             ),
             (
                 "kbridge_collect_consumed_total",
@@ -141,7 +162,7 @@ impl Telemetry for CollectTelemetry {
             "gauge",
             "Consumer threads that have joined their group (received an assignment, maybe empty).",
             &[],
-            m.members_joined.get(),
+            m.group.members_joined.get(),
         );
         p.single(
             "kbridge_collect_files_open",
@@ -168,24 +189,16 @@ impl Telemetry for CollectTelemetry {
             "gauge",
             "Messages behind the partition's end.",
         );
-        for (t, part, l) in m.lag.lock().map(|l| l.clone()).unwrap_or_default() {
+        for (t, part, l) in self.lag() {
             p.sample(
                 "kbridge_collect_consumer_lag",
                 &[("topic", &t), ("partition", &part.to_string())],
                 l,
             );
         }
-        let names: Vec<String> = (0..self.client_stats.len())
-            .map(|i| format!("collect-c{i}"))
-            .collect();
         let mut clients: Vec<(&str, &KafkaStats)> =
             vec![("collect-retry", &*self.shared.retry_stats)];
-        clients.extend(
-            names
-                .iter()
-                .map(String::as_str)
-                .zip(self.client_stats.iter().map(|s| &**s)),
-        );
+        clients.extend(self.members.iter().map(|m| (m.name(), &*m.stats)));
         KafkaStats::render_all(&mut p, &clients);
     }
 
@@ -201,7 +214,7 @@ impl Telemetry for CollectTelemetry {
                     .unwrap_or_else(|| "no answer yet".into())
             ));
         }
-        if self.shared.metrics.members_joined.get() == 0 {
+        if self.shared.metrics.group.members_joined.get() == 0 {
             return Err("joining the consumer groups (no assignment yet)".into());
         }
         Ok(())

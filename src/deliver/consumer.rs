@@ -1,326 +1,295 @@
-//! One consumer thread = one group member. It polls, registers each offset
-//! with its tracker, updates the aggregates and dispatches the message; it
-//! never stops polling: a full channel stashes messages and pauses fetching.
-//! Finished offsets come back on its done channel; positions are committed
-//! every `commit_interval_ms`, synchronously on revocation and at stop.
+//! deliver's group member: one consumer thread (`deliver-c<i>`) running a
+//! `kafka::member` with this role. It polls, registers each offset with the
+//! member's tracker, updates the aggregates and dispatches the message; it
+//! never stops polling. A message that finds no room waits in a stash per
+//! partition, in order: a full channel pauses every partition, a full key
+//! lane only its own. Finished offsets come back on the done channel;
+//! positions are committed every `commit_interval_ms`, synchronously on
+//! revocation and at stop.
+//!
+//! Revocation gives up everything of the revoked partitions at once: their
+//! leases end, so the senders, the requeue thread and the lanes give their
+//! messages up instead of sending them; the callback waits only for calls
+//! already under way (bounded by `shutdown_timeout_ms`), then commits.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use log::{debug, info, warn};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Headers, Message};
-use rdkafka::statistics::Statistics;
-use rdkafka::{Offset, TopicPartitionList};
+use log::warn;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
 
 use super::config::{Commit, DeliverConfig};
-use super::offsets::Offsets;
-use super::{Done, Msg, Shared, Work};
+use super::{Done, Msg, Refused, Shared, Work};
 use crate::config::KafkaConfig;
-use crate::kafka::{Context, KafkaStats, client_config, committed_positions, partitions_of};
+use crate::kafka::member::{self, GroupCounters, Member, Role, RoleConsumer, Spec};
+use crate::kafka::record;
 
-/// (topic, partition, lag, committed offset) rows from librdkafka statistics.
-pub type LagRows = Arc<Mutex<Vec<(String, i32, i64, i64)>>>;
+pub type DeliverMember = Member<DeliverRole>;
+type DeliverConsumer = RoleConsumer<DeliverRole>;
 
-/// What the consumer thread and its rebalance callbacks share.
+/// A partition's name as messages carry it.
+type Part = (Arc<str>, i32);
+
+/// Polled messages waiting for room, per partition, in offset order.
 #[derive(Default)]
-pub struct ThreadState {
-    pub offsets: Offsets,
-    /// Polled messages waiting for room in the next channel, in order.
-    stash: VecDeque<Work>,
-    paused: bool,
-    /// Partitions the group currently assigns to this member.
-    assigned: usize,
-    /// The group has answered this member once (an assignment, maybe empty).
-    joined: bool,
-    /// Topic names shared by this member's messages (one allocation per
-    /// topic, not per message).
-    topic_names: std::collections::HashMap<String, Arc<str>>,
+struct Stash {
+    waiting: HashMap<Part, VecDeque<Work>>,
+    count: usize,
+    /// The next channel was full: every partition of the member is paused.
+    full: bool,
+    /// Partitions paused on their own (a key lane at its capacity).
+    paused: HashSet<Part>,
 }
 
-pub struct ConsumerCtx {
-    base: Context,
-    /// Known from the settings (see `kafka::rebalance`).
-    protocol: rdkafka::consumer::RebalanceProtocol,
+/// What deliver adds to a group member.
+pub struct DeliverRole {
     shared: Arc<Shared>,
-    pub state: Arc<Mutex<ThreadState>>,
+    stash: Mutex<Stash>,
     done_rx: Receiver<Done>,
     done_tx: Sender<Done>,
-    /// Lag and committed offset per partition, from librdkafka statistics.
-    pub lag: LagRows,
-    /// Turns with the poll loop (and while it waits for room or in-flight work).
-    pub heartbeat: Arc<crate::liveness::Heartbeat>,
+    /// Topic names shared by this member's messages (one allocation per
+    /// topic, not per message).
+    topic_names: Mutex<HashMap<String, Arc<str>>>,
 }
 
-/// What telemetry reads of a consumer thread.
-#[derive(Clone)]
-pub struct ConsumerView {
-    pub state: Arc<Mutex<ThreadState>>,
-    pub stats: Arc<KafkaStats>,
-    pub lag: LagRows,
-    pub heartbeat: Arc<crate::liveness::Heartbeat>,
+impl Role for DeliverRole {
+    fn revoking(
+        &self,
+        member: &DeliverMember,
+        _consumer: &DeliverConsumer,
+        select: &dyn Fn(&str, i32) -> bool,
+    ) {
+        // From here on nothing of these partitions starts a call: senders,
+        // lanes and the requeue thread give their messages up.
+        let leases = member.with_offsets(|o| o.end(select));
+        let stashed = self.take_stash(select);
+        member.with_offsets(|o| {
+            for w in &stashed {
+                let m = &w.msg;
+                o.abandon(&m.topic, m.partition, m.offset, &m.lease);
+            }
+        });
+        for w in self.shared.lanes.drain_ended() {
+            self.shared.abandon(w);
+        }
+        self.shared.revoked();
+        // Calls under way end within the request timeout.
+        let deadline = Instant::now() + self.shared.config.shutdown_timeout;
+        loop {
+            self.drain_done(member, Duration::ZERO);
+            let busy: usize = leases.iter().map(|l| l.busy()).sum();
+            if busy == 0 {
+                break;
+            }
+            member.heartbeat.tick();
+            if Instant::now() >= deadline {
+                warn!(
+                    "{}: {busy} calls of revoked partitions still under way at the deadline; their messages will be redelivered",
+                    member.name()
+                );
+                break;
+            }
+            self.drain_done(member, Duration::from_millis(20));
+        }
+        // A call that ended just before its lease was seen free reported
+        // first: take that report too.
+        self.drain_done(member, Duration::ZERO);
+    }
+
+    fn forget(&self, revoked: &[(String, i32)]) {
+        let gone = |(t, p): &Part| revoked.iter().any(|(rt, rp)| **rt == **t && rp == p);
+        if let Ok(mut st) = self.stash.lock() {
+            st.paused.retain(|k| !gone(k));
+        }
+    }
+
+    fn assigned(
+        &self,
+        _member: &DeliverMember,
+        consumer: &DeliverConsumer,
+        tpl: &TopicPartitionList,
+    ) {
+        // librdkafka keeps a partition paused across a revoke and re-assign.
+        // A newly assigned partition takes the member's state: paused while
+        // the channel is full (the flush resumes the whole assignment),
+        // fetching otherwise.
+        let full = self.stash.lock().map(|st| st.full).unwrap_or(false);
+        let _ = if full {
+            consumer.pause(tpl)
+        } else {
+            consumer.resume(tpl)
+        };
+    }
 }
 
-impl ThreadState {
-    fn topic_name(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = self.topic_names.get(topic) {
+impl DeliverRole {
+    fn topic_name(&self, topic: &str) -> Arc<str> {
+        let Ok(mut names) = self.topic_names.lock() else {
+            return Arc::from(topic);
+        };
+        if let Some(t) = names.get(topic) {
             return t.clone();
         }
         let t: Arc<str> = Arc::from(topic);
-        self.topic_names.insert(topic.to_string(), t.clone());
+        names.insert(topic.to_string(), t.clone());
         t
     }
 
-    pub fn stashed(&self) -> usize {
-        self.stash.len()
-    }
-
-    pub fn assigned(&self) -> usize {
-        self.assigned
-    }
-
-    /// Drops the selected partitions' stashed messages (never handed out,
-    /// so redelivered later); returns how many.
-    fn abandon_stash(&mut self, select: &dyn Fn(&str, i32) -> bool) -> usize {
-        let before = self.stash.len();
-        let offsets = &mut self.offsets;
-        self.stash.retain(|w| {
-            let (t, p) = (&w.msg.topic, w.msg.partition);
-            let keep = !select(t, p);
-            if !keep {
-                offsets.abandon(t, p, w.msg.offset);
-            }
-            keep
-        });
-        before - self.stash.len()
-    }
-}
-
-impl ClientContext for ConsumerCtx {
-    fn stats(&self, s: Statistics) {
-        let mut rows = Vec::new();
-        for (topic, t) in &s.topics {
-            for p in t.partitions.values() {
-                if p.partition >= 0 && p.fetch_state != "none" && p.consumer_lag >= 0 {
-                    rows.push((
-                        topic.clone(),
-                        p.partition,
-                        p.consumer_lag,
-                        p.committed_offset,
-                    ));
-                }
-            }
-        }
-        if let Ok(mut l) = self.lag.lock() {
-            *l = rows;
-        }
-        self.base.stats(s);
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.base.error(error, reason);
-    }
-}
-
-impl ConsumerContext for ConsumerCtx {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: rdkafka::types::RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        crate::kafka::rebalance::apply(self, consumer, &self.protocol, err, tpl);
-    }
-
-    /// An asynchronous commit is known committed only here, when the
-    /// coordinator answered; a failed one is sent again next interval.
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                if let Ok(mut st) = self.state.lock() {
-                    for (t, p, o) in committed_positions(offsets) {
-                        st.offsets.committed(&t, p, o);
-                    }
-                }
-            }
-            Err(e) => {
-                self.shared.metrics.commit_errors.inc();
-                warn!("commit failed: {e}; sent again at the next interval");
-            }
-        }
-    }
-
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
-        };
-        let revoked = partitions_of(tpl);
-        info!("partitions revoked: {revoked:?}; finishing their in-flight messages");
-        let is_revoked = |t: &str, p: i32| revoked.iter().any(|(rt, rp)| rt == t && *rp == p);
-        // Stashed messages were never handed out: they are redelivered to
-        // the next owner.
-        if let Ok(mut st) = self.state.lock() {
-            st.abandon_stash(&is_revoked);
-        }
-        self.wait_in_flight(
-            Instant::now() + self.shared.config.shutdown_timeout,
-            &is_revoked,
-        );
-        self.commit(consumer, CommitMode::Sync, &is_revoked);
-        if let Ok(mut lag) = self.lag.lock() {
-            lag.retain(|(t, p, _, _)| !is_revoked(t, *p));
-        }
-        if let Ok(mut st) = self.state.lock() {
-            for (t, p) in &revoked {
-                st.offsets.remove(t, *p);
-            }
-            st.assigned = st.assigned.saturating_sub(revoked.len());
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            // librdkafka keeps a partition paused across a revoke and
-            // re-assign. A newly assigned partition takes this member's
-            // state: paused while its stash waits for room (flush_stash
-            // resumes the whole assignment), fetching otherwise. With
-            // incremental (KIP-848) assignment other partitions stay
-            // assigned, and possibly paused, meanwhile.
-            let parts: Vec<String> = tpl
-                .elements()
-                .iter()
-                .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                .collect();
-            info!("partitions assigned: {parts:?}");
-            if let Ok(mut st) = self.state.lock() {
-                let _ = if st.paused {
-                    consumer.pause(tpl)
-                } else {
-                    consumer.resume(tpl)
-                };
-                st.assigned += parts.len();
-                if !st.joined {
-                    st.joined = true;
-                    self.shared.metrics.members_joined.inc();
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerCtx {
     /// Applies finished offsets; waits up to `wait` for the first one.
-    fn drain_done(&self, wait: Duration) {
+    fn drain_done(&self, member: &DeliverMember, wait: Duration) {
         let first = if wait.is_zero() {
             self.done_rx.try_recv().ok()
         } else {
             self.done_rx.recv_timeout(wait).ok()
         };
         let Some(first) = first else { return };
-        if let Ok(mut st) = self.state.lock() {
-            for (t, p, o, finished) in std::iter::once(first).chain(self.done_rx.try_iter()) {
-                if finished {
-                    st.offsets.done(&t, p, o);
+        member.with_offsets(|o| {
+            for d in std::iter::once(first).chain(self.done_rx.try_iter()) {
+                if d.finished {
+                    o.done(&d.topic, d.partition, d.offset, &d.lease);
                 } else {
-                    st.offsets.abandon(&t, p, o);
+                    o.abandon(&d.topic, d.partition, d.offset, &d.lease);
                 }
             }
-        }
+        });
     }
 
-    /// Waits until the selected partitions have nothing in flight (every
-    /// message finished or abandoned) or `deadline`.
-    fn wait_in_flight(&self, deadline: Instant, select: &dyn Fn(&str, i32) -> bool) {
-        loop {
-            self.drain_done(Duration::ZERO);
-            let open = self
-                .state
-                .lock()
-                .map(|s| s.offsets.in_flight(select))
-                .unwrap_or(0);
-            if open == 0 {
-                return;
-            }
-            self.heartbeat.tick();
-            if Instant::now() >= deadline {
-                let positions = self
-                    .state
-                    .lock()
-                    .map(|s| format!("{:?}", s.offsets.positions()))
-                    .unwrap_or_default();
-                warn!(
-                    "{open} messages still in flight at the deadline ({positions}; channel {} busy {} requeued {}); they will be redelivered",
-                    self.shared.work_rx.len(),
-                    self.shared.metrics.busy.get(),
-                    self.shared.metrics.requeued.get()
-                );
-                return;
-            }
-            self.drain_done(Duration::from_millis(20));
-        }
-    }
-
-    /// Commits every position that moved (of the selected partitions). The
-    /// state lock is not held while the broker answers: telemetry and the
-    /// senders' done reports never wait on a commit.
-    fn commit(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        mode: CommitMode,
-        select: &dyn Fn(&str, i32) -> bool,
-    ) {
-        let positions = {
-            let Ok(st) = self.state.lock() else {
-                return;
-            };
-            // An async commit counts as done when its answer arrives
-            // (`commit_callback`); a synchronous commit (revocation, stop)
-            // sends every position again.
-            match mode {
-                CommitMode::Sync => st
-                    .offsets
-                    .positions()
-                    .into_iter()
-                    .filter_map(|((t, p), pos, _)| pos.map(|o| (t, p, o)))
-                    .collect(),
-                CommitMode::Async => st.offsets.to_commit(),
-            }
+    /// Takes the selected partitions' stashed messages out (never handed
+    /// out, so redelivered later).
+    fn take_stash(&self, select: &dyn Fn(&str, i32) -> bool) -> Vec<Work> {
+        let Ok(mut st) = self.stash.lock() else {
+            return Vec::new();
         };
-        let moved: Vec<(String, i32, i64)> = positions
-            .into_iter()
-            .filter(|(t, p, _)| select(t, *p))
+        let keys: Vec<Part> = st
+            .waiting
+            .keys()
+            .filter(|(t, p)| select(t, *p))
+            .cloned()
             .collect();
-        if moved.is_empty() {
-            return;
+        let mut out = Vec::new();
+        for k in keys {
+            out.extend(st.waiting.remove(&k).unwrap_or_default());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (t, p, o) in &moved {
-            if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_err() {
-                return;
-            }
+        st.count -= out.len();
+        out
+    }
+
+    pub fn stashed(&self) -> usize {
+        self.stash.lock().map(|s| s.count).unwrap_or(0)
+    }
+
+    /// Puts `w` at the end of its partition's stash.
+    fn stash(&self, w: Work) {
+        if let Ok(mut st) = self.stash.lock() {
+            let k = (w.msg.topic.clone(), w.msg.partition);
+            st.waiting.entry(k).or_default().push_back(w);
+            st.count += 1;
         }
-        match consumer.commit(&tpl, mode) {
-            Ok(()) => {
-                if matches!(mode, CommitMode::Sync)
-                    && let Ok(mut st) = self.state.lock()
-                {
-                    for (t, p, o) in &moved {
-                        st.offsets.committed(t, *p, *o);
+    }
+
+    /// Moves stashed messages on, pausing and resuming partitions to match;
+    /// false while the channel is full (then nothing new is fetched).
+    fn flush_stash(&self, consumer: &DeliverConsumer) -> bool {
+        let shared = &self.shared;
+        let Ok(mut guard) = self.stash.lock() else {
+            return true;
+        };
+        let st = &mut *guard;
+        if st.count == 0 && !st.full {
+            return true;
+        }
+        let mut full = false;
+        let mut lane_blocked: Vec<Part> = Vec::new();
+        for (part, q) in st.waiting.iter_mut() {
+            while let Some(w) = q.pop_front() {
+                let refused = if shared.saturated() {
+                    Err(Refused::Full(w))
+                } else {
+                    shared.dispatch(w)
+                };
+                match refused {
+                    Ok(()) => st.count -= 1,
+                    Err(Refused::Full(w)) => {
+                        q.push_front(w);
+                        full = true;
+                        break;
+                    }
+                    Err(Refused::Lane(w)) => {
+                        q.push_front(w);
+                        lane_blocked.push(part.clone());
+                        break;
                     }
                 }
-                self.shared.metrics.commits.inc();
-                debug!("committed {moved:?}");
             }
-            Err(e) => {
-                self.shared.metrics.commit_errors.inc();
-                warn!("commit of {moved:?} failed: {e}");
+            if full {
+                break;
             }
         }
+        st.waiting.retain(|_, q| !q.is_empty());
+        // A partition waits on its own while its stash does and the channel
+        // has room; when the channel is full the whole assignment waits.
+        for part in lane_blocked {
+            if st.paused.insert(part.clone()) {
+                let _ = consumer.pause(&one(&part));
+                shared.metrics.pauses.inc();
+            }
+        }
+        let ready: Vec<Part> = st
+            .paused
+            .iter()
+            .filter(|k| !st.waiting.contains_key(*k))
+            .cloned()
+            .collect();
+        for part in ready {
+            st.paused.remove(&part);
+            if !st.full {
+                let _ = consumer.resume(&one(&part));
+            }
+        }
+        match (full, st.full) {
+            (true, false) => {
+                if let Ok(a) = consumer.assignment() {
+                    let _ = consumer.pause(&a);
+                }
+                st.full = true;
+                shared.metrics.pauses.inc();
+            }
+            (false, true) => {
+                if let Ok(a) = consumer.assignment() {
+                    let _ = consumer.resume(&a);
+                }
+                for part in &st.paused {
+                    let _ = consumer.pause(&one(part));
+                }
+                st.full = false;
+            }
+            _ => {}
+        }
+        !full
     }
+
+    /// True when `w` must wait behind stashed messages of its partition (or
+    /// behind a full channel).
+    fn must_wait(&self, w: &Work) -> bool {
+        self.stash.lock().is_ok_and(|st| {
+            st.full
+                || (st.count > 0
+                    && st
+                        .waiting
+                        .contains_key(&(w.msg.topic.clone(), w.msg.partition)))
+        })
+    }
+}
+
+fn one((t, p): &Part) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(t, *p);
+    tpl
 }
 
 /// Creates consumer `i` and subscribes it (build before spawn).
@@ -328,45 +297,34 @@ pub fn build(
     config: &DeliverConfig,
     kafka: &KafkaConfig,
     shared: Arc<Shared>,
-    fatal: Sender<String>,
+    counters: Arc<GroupCounters>,
     i: usize,
-) -> anyhow::Result<(BaseConsumer<ConsumerCtx>, ConsumerView)> {
-    let mut props = config.consumer.clone();
-    props.push(("group.id".into(), config.group_id.clone()));
-    props.push(("client.id".into(), format!("kbridge-deliver-{i}")));
+) -> anyhow::Result<DeliverConsumer> {
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
-    let stats = Arc::new(KafkaStats::default());
-    let ctx = ConsumerCtx {
-        protocol: crate::kafka::rebalance::protocol_of(
-            &[kafka.properties.clone(), props.clone()].concat(),
-        ),
-        base: Context::new("deliver", stats.clone(), fatal),
-        shared,
-        state: Arc::default(),
+    let role = DeliverRole {
+        shared: shared.clone(),
+        stash: Mutex::default(),
         done_rx,
         done_tx,
-        lag: Arc::default(),
-        heartbeat: Arc::default(),
+        topic_names: Mutex::default(),
     };
-    let view = ConsumerView {
-        state: ctx.state.clone(),
-        stats,
-        lag: ctx.lag.clone(),
-        heartbeat: ctx.heartbeat.clone(),
-    };
-    let consumer: BaseConsumer<ConsumerCtx> =
-        client_config(kafka, &props).create_with_context(ctx)?;
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    Ok((consumer, view))
+    member::build(
+        Spec {
+            kafka,
+            properties: &config.consumer,
+            group: &config.group_id,
+            topics: &config.topics,
+            name: format!("deliver-c{i}"),
+            fatal: shared.fatal.clone(),
+            counters,
+        },
+        role,
+    )
 }
 
 /// Starts the poll loop of consumer `i` on its own thread.
-pub fn run(
-    consumer: BaseConsumer<ConsumerCtx>,
-    shared: Arc<Shared>,
-    i: usize,
-) -> std::io::Result<JoinHandle<()>> {
+pub fn run(consumer: DeliverConsumer, i: usize) -> std::io::Result<JoinHandle<()>> {
+    let shared = consumer.context().role.shared.clone();
     let watch = crate::panics::Watch::new(format!("deliver-c{i}"), shared.fatal.clone());
     std::thread::Builder::new()
         .name(format!("deliver-c{i}"))
@@ -376,28 +334,27 @@ pub fn run(
         })
 }
 
-fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
-    let ctx = consumer.context();
+fn poll_loop(consumer: &DeliverConsumer, shared: &Shared) {
+    let member = &**consumer.context();
+    let role = &member.role;
     let all = |_: &str, _: i32| true;
     let mut last_commit = Instant::now();
     let before = shared.config.commit == Commit::BeforeDelivery;
-    let name = std::thread::current().name().unwrap_or("").to_string();
+    let name = member.name().to_string();
     while !shared.stop.is_stopped() {
-        ctx.heartbeat.tick();
+        member.heartbeat.tick();
         crate::liveness::debug_stall(&name, &shared.stop);
-        ctx.drain_done(Duration::ZERO);
+        role.drain_done(member, Duration::ZERO);
         if last_commit.elapsed() >= shared.config.commit_interval {
-            ctx.commit(consumer, CommitMode::Async, &all);
+            member.commit(consumer, CommitMode::Async, &all);
             last_commit = Instant::now();
         }
-        if !flush_stash(consumer, ctx, shared) {
-            // Still full: keep serving the group (rebalances, heartbeats)
-            // without fetching; anything already fetched joins the stash.
+        if !role.flush_stash(consumer) {
+            // The channel is full: keep serving the group (rebalances,
+            // heartbeats) without fetching; what was fetched already joins
+            // the stash.
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
-                let w = take(ctx, shared, &m);
-                if let Ok(mut st) = ctx.state.lock() {
-                    st.stash.push_back(w);
-                }
+                role.stash(take(member, shared, &m));
             }
             continue;
         }
@@ -408,38 +365,67 @@ fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared) {
                 warn!("consume error: {e}");
             }
             Some(Ok(m)) => {
-                let mut batch = vec![take(ctx, shared, &m)];
+                let mut batch = vec![take(member, shared, &m)];
                 drop(m);
                 if before {
                     // At-most-once: what is already fetched is committed
                     // (synchronously, once) before any of it is sent.
                     while batch.len() < 500 {
                         match consumer.poll(Duration::ZERO) {
-                            Some(Ok(m)) => batch.push(take(ctx, shared, &m)),
+                            Some(Ok(m)) => batch.push(take(member, shared, &m)),
                             _ => break,
                         }
                     }
-                    if let Ok(mut st) = ctx.state.lock() {
+                    member.with_offsets(|o| {
                         for w in &batch {
-                            st.offsets.done(&w.msg.topic, w.msg.partition, w.msg.offset);
+                            let m = &w.msg;
+                            o.done(&m.topic, m.partition, m.offset, &m.lease);
                         }
-                    }
-                    ctx.commit(consumer, CommitMode::Sync, &all);
+                    });
+                    member.commit(consumer, CommitMode::Sync, &all);
                 }
                 for w in batch {
-                    hand_on(consumer, ctx, shared, w, &mut last_commit);
+                    hand_on(consumer, shared, w, &mut last_commit);
                 }
             }
         }
     }
     // Stop fetching; finish or abandon what is in flight; commit; leave.
-    if let Ok(mut st) = ctx.state.lock() {
-        let n = st.abandon_stash(&all);
-        shared.metrics.abandoned.add(n as u64);
-    }
-    ctx.wait_in_flight(Instant::now() + shared.config.shutdown_timeout, &all);
-    ctx.commit(consumer, CommitMode::Sync, &all);
+    let stashed = role.take_stash(&all);
+    shared.metrics.abandoned.add(stashed.len() as u64);
+    member.with_offsets(|o| {
+        for w in &stashed {
+            o.abandon(&w.msg.topic, w.msg.partition, w.msg.offset, &w.msg.lease);
+        }
+    });
+    wait_in_flight(member, Instant::now() + shared.config.shutdown_timeout);
+    member.commit(consumer, CommitMode::Sync, &all);
     consumer.unsubscribe();
+}
+
+/// Waits until nothing is in flight (every message finished or abandoned)
+/// or `deadline`.
+fn wait_in_flight(member: &DeliverMember, deadline: Instant) {
+    let shared = &member.role.shared;
+    loop {
+        member.role.drain_done(member, Duration::ZERO);
+        let open = member.with_offsets(|o| o.in_flight(&|_, _| true));
+        if open == 0 {
+            return;
+        }
+        member.heartbeat.tick();
+        if Instant::now() >= deadline {
+            let positions = member.with_offsets(|o| format!("{:?}", o.summary()));
+            warn!(
+                "{open} messages still in flight at the deadline ({positions}; channel {} busy {} requeued {}); they will be redelivered",
+                shared.work_rx.len(),
+                shared.metrics.busy.get(),
+                shared.metrics.requeued.get()
+            );
+            return;
+        }
+        member.role.drain_done(member, Duration::from_millis(20));
+    }
 }
 
 /// How long a consumer waits for room in a full channel before it stashes
@@ -451,82 +437,37 @@ const WAIT_FOR_ROOM: Duration = Duration::from_secs(1);
 
 /// Dispatches `w`, waiting up to [`WAIT_FOR_ROOM`] for room (done reports
 /// and commits keep flowing meanwhile), or stashes it behind earlier
-/// stashed ones (order kept).
-fn hand_on(
-    consumer: &BaseConsumer<ConsumerCtx>,
-    ctx: &ConsumerCtx,
-    shared: &Shared,
-    w: Work,
-    last_commit: &mut Instant,
-) {
-    let stash = |w: Work| {
-        if let Ok(mut st) = ctx.state.lock() {
-            st.stash.push_back(w);
-        }
-    };
-    let queued = ctx
-        .state
-        .lock()
-        .map(|st| !st.stash.is_empty())
-        .unwrap_or(true);
-    if queued || shared.saturated() {
-        return stash(w);
+/// stashed ones of its partition (order kept).
+fn hand_on(consumer: &DeliverConsumer, shared: &Shared, w: Work, last_commit: &mut Instant) {
+    let member = &**consumer.context();
+    let role = &member.role;
+    if role.must_wait(&w) || shared.saturated() {
+        return role.stash(w);
     }
     let deadline = Instant::now() + WAIT_FOR_ROOM;
     let mut w = w;
     loop {
         match shared.dispatch_waiting(w, Duration::from_millis(20)) {
             Ok(()) => return,
-            Err(back) => w = back,
+            Err(Refused::Lane(back)) => return role.stash(back),
+            Err(Refused::Full(back)) => w = back,
         }
         if shared.stop.is_stopped() || Instant::now() >= deadline {
-            return stash(w);
+            return role.stash(w);
         }
-        ctx.heartbeat.tick();
-        ctx.drain_done(Duration::ZERO);
+        member.heartbeat.tick();
+        role.drain_done(member, Duration::ZERO);
         if last_commit.elapsed() >= shared.config.commit_interval {
-            ctx.commit(consumer, CommitMode::Async, &|_, _| true);
+            member.commit(consumer, CommitMode::Async, &|_, _| true);
             *last_commit = Instant::now();
         }
     }
 }
 
-/// Moves stashed messages on; true when the stash is empty (fetching resumed).
-fn flush_stash(consumer: &BaseConsumer<ConsumerCtx>, ctx: &ConsumerCtx, shared: &Shared) -> bool {
-    let Ok(mut st) = ctx.state.lock() else {
-        return true;
-    };
-    while let Some(w) = st.stash.pop_front() {
-        match if shared.saturated() {
-            Err(w)
-        } else {
-            shared.dispatch(w)
-        } {
-            Ok(()) => {}
-            Err(w) => {
-                st.stash.push_front(w);
-                if !st.paused {
-                    if let Ok(a) = consumer.assignment() {
-                        let _ = consumer.pause(&a);
-                    }
-                    st.paused = true;
-                    shared.metrics.pauses.inc();
-                }
-                return false;
-            }
-        }
-    }
-    if st.paused {
-        if let Ok(a) = consumer.assignment() {
-            let _ = consumer.resume(&a);
-        }
-        st.paused = false;
-    }
-    true
-}
-
-/// Detaches a message, registers its offset and counts it.
-fn take(ctx: &ConsumerCtx, shared: &Shared, m: &rdkafka::message::BorrowedMessage<'_>) -> Work {
+/// Detaches a message (through panic-free accessors), registers its offset
+/// and counts it.
+fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Work {
+    let role = &member.role;
     let payload = m.payload().unwrap_or_default().to_vec();
     shared.aggregates.record(
         m.topic(),
@@ -535,29 +476,17 @@ fn take(ctx: &ConsumerCtx, shared: &Shared, m: &rdkafka::message::BorrowedMessag
         m.timestamp().to_millis(),
     );
     shared.metrics.consumed.inc();
-    let topic = match ctx.state.lock() {
-        Ok(mut st) => {
-            st.offsets.polled(m.topic(), m.partition(), m.offset());
-            st.topic_name(m.topic())
-        }
-        Err(_) => Arc::from(m.topic()),
-    };
+    let lease = member.with_offsets(|o| o.polled(m.topic(), m.partition(), m.offset()));
     Work {
         msg: Msg {
-            topic,
+            topic: role.topic_name(m.topic()),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload,
-            headers: m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            done: ctx.done_tx.clone(),
+            headers: record::headers(m),
+            lease,
+            done: role.done_tx.clone(),
         },
         attempts: 0,
         parking: None,

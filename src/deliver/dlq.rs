@@ -11,14 +11,14 @@ use crossbeam_channel::Sender;
 use log::warn;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::Header;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 
 use super::retry::backoff;
 use super::{Shared, Stage, Work};
 use crate::config::KafkaConfig;
-use crate::kafka::{Context, KafkaStats, client_config};
+use crate::kafka::{Context, KafkaStats, client_config, record};
 
 pub const REASON: &str = "kbridge-dlq-reason";
 pub const STATUS: &str = "kbridge-dlq-status";
@@ -111,13 +111,8 @@ impl DeadLetters {
         );
         let payload = w.msg.payload.clone();
         let key = w.msg.key.clone();
-        let mut headers = OwnedHeaders::new_with_capacity(w.msg.headers.len() + 4);
-        for (k, v) in &w.msg.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
+        // The record's own headers byte for byte, whatever their bytes.
+        let mut headers = record::owned(&w.msg.headers, 4);
         let status = status.map(|s| s.to_string()).unwrap_or_default();
         let attempts = w.attempts.to_string();
         let source = format!("{}/{}@{}", w.msg.topic, w.msg.partition, w.msg.offset);

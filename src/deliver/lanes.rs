@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::{Shared, Stage, Work};
+use super::{Refused, Shared, Stage, Work};
 
 #[derive(Default)]
 pub struct Lanes {
@@ -27,22 +27,31 @@ pub struct Lanes {
 
 impl Lanes {
     /// Sends `w` on through `send` when its key's lane is free; parks it
-    /// behind the lane otherwise. `Err` when the lane was free but `send`
-    /// refused (full channel): the caller keeps the message.
+    /// behind the lane otherwise, unless the lane holds `cap` already.
+    /// `Err` gives the message back: `Lane` for a full lane, `Full` when
+    /// the lane was free but `send` refused (full channel).
     #[allow(clippy::result_large_err)] // the caller's own message comes back
-    pub fn admit(&self, w: Work, send: impl FnOnce(Work) -> Result<(), Work>) -> Result<(), Work> {
+    pub fn admit(
+        &self,
+        w: Work,
+        cap: usize,
+        send: impl FnOnce(Work) -> Result<(), Work>,
+    ) -> Result<(), Refused> {
         let Some(key) = w.msg.key.clone() else {
-            return send(w);
+            return send(w).map_err(Refused::Full);
         };
         let Ok(mut busy) = self.busy.lock() else {
-            return Err(w);
+            return Err(Refused::Full(w));
         };
         if let Some(q) = busy.get_mut(&key) {
+            if q.len() >= cap {
+                return Err(Refused::Lane(w));
+            }
             q.push_back(w);
             self.parked.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        send(w)?;
+        send(w).map_err(Refused::Full)?;
         busy.insert(key, VecDeque::new());
         Ok(())
     }
@@ -67,6 +76,23 @@ impl Lanes {
     /// Messages waiting behind a busy lane.
     pub fn parked(&self) -> usize {
         self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Takes out the waiting messages whose lease ended (revocation); the
+    /// lanes stay busy until their message in motion is given up too.
+    pub fn drain_ended(&self) -> Vec<Work> {
+        let Ok(mut busy) = self.busy.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for q in busy.values_mut() {
+            let (gone, keep): (VecDeque<Work>, VecDeque<Work>) =
+                q.drain(..).partition(|w| w.msg.lease.ended());
+            *q = keep;
+            out.extend(gone);
+        }
+        self.parked.fetch_sub(out.len(), Ordering::Relaxed);
+        out
     }
 
     /// Takes every waiting message out (stop).
@@ -110,6 +136,7 @@ pub fn spawn_requeue(
             let _watch = watch;
             let mut heap: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
             let mut seq = 0u64;
+            let mut revocations = 0;
             let m = &shared.metrics;
             loop {
                 shared.requeue_beat.tick();
@@ -123,6 +150,21 @@ pub fn spawn_requeue(
                     }
                     return;
                 }
+                let now_revoked = shared
+                    .revocations
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if now_revoked != revocations {
+                    // Partitions were revoked: what waits for them goes now
+                    // (their next owner reads it again), not at its time.
+                    revocations = now_revoked;
+                    let (gone, keep): (Vec<_>, Vec<_>) =
+                        heap.drain().partition(|Reverse(d)| d.3.msg.lease.ended());
+                    heap = keep.into_iter().collect();
+                    m.requeued.add(-(gone.len() as i64));
+                    for Reverse(Due(_, _, _, w)) in gone {
+                        shared.abandon(w);
+                    }
+                }
                 while let Some(Reverse(Due(at, ..))) = heap.peek() {
                     if *at > Instant::now() {
                         break;
@@ -130,23 +172,24 @@ pub fn spawn_requeue(
                     let Some(Reverse(Due(_, _, stage, w))) = heap.pop() else {
                         break;
                     };
+                    if w.msg.lease.ended() {
+                        m.requeued.add(-1);
+                        shared.abandon(w);
+                        continue;
+                    }
                     let tx = match stage {
                         Stage::Enrich => shared.enrich_tx.as_ref().unwrap_or(&shared.work_tx),
                         Stage::Send => &shared.work_tx,
                     };
-                    // Blocking is fine here: senders never wait on this thread.
-                    let mut w = w;
-                    loop {
-                        match tx.send_timeout(w, Duration::from_millis(100)) {
-                            Ok(()) => {
-                                m.requeued.add(-1);
-                                break;
-                            }
-                            Err(e) if !shared.stop.is_stopped() => w = e.into_inner(),
-                            Err(e) => {
-                                heap.push(Reverse(Due(Instant::now(), seq, stage, e.into_inner())));
-                                break;
-                            }
+                    // A full channel is tried again shortly; the thread
+                    // never blocks, so revocations and stops are seen.
+                    match tx.try_send(w) {
+                        Ok(()) => m.requeued.add(-1),
+                        Err(e) => {
+                            seq += 1;
+                            let again = Instant::now() + Duration::from_millis(20);
+                            heap.push(Reverse(Due(again, seq, stage, e.into_inner())));
+                            break;
                         }
                     }
                 }

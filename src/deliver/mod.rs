@@ -21,13 +21,13 @@
 //! in-flight messages, commit synchronously and leave the group → senders
 //! drain → requeue thread → dead-letter producer flush.
 
+mod backoff;
 mod batch;
 pub mod config;
 mod consumer;
 mod dlq;
 mod enrich;
 mod lanes;
-pub mod offsets;
 pub mod outbound;
 pub mod replay;
 pub mod retry;
@@ -47,6 +47,7 @@ pub use config::DeliverConfig;
 
 use crate::aggregates::Aggregates;
 use crate::config::KafkaConfig;
+use crate::kafka::offsets::Lease;
 use crate::kafka::probe::{self, Probe, Replication, TopicPlan};
 use crate::kafka::{KafkaStats, client_config};
 use crate::pool::WorkerPool;
@@ -60,14 +61,37 @@ pub struct Msg {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Record headers as bytes (any producer can write any bytes).
+    pub headers: Vec<crate::kafka::record::Header>,
+    /// The partition tenure this message was taken under: once it ended
+    /// (revocation), the message is given up, never sent.
+    pub lease: Lease,
     /// The done channel of the consumer thread that owns the offset.
     pub done: Sender<Done>,
 }
 
-/// "This offset is finished" (delivered, parked or dropped; `true`) or
-/// abandoned at stop (`false`: it is redelivered, never committed past).
-pub type Done = (Arc<str>, i32, i64, bool);
+/// An offset is finished (delivered, parked or dropped; `finished`) or
+/// abandoned (stop, revocation: it is redelivered, never committed past).
+pub struct Done {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub finished: bool,
+    pub lease: Lease,
+}
+
+impl Msg {
+    /// Tells the owning consumer thread this offset is finished or given up.
+    fn report(self, finished: bool) {
+        let _ = self.done.send(Done {
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            finished,
+            lease: self.lease,
+        });
+    }
+}
 
 /// A message on its way, with its attempts so far.
 pub struct Work {
@@ -78,6 +102,22 @@ pub struct Work {
     pub parking: Option<(String, Option<u16>)>,
     /// Failed enrichment lookups so far.
     pub enrich_attempts: u32,
+}
+
+/// Why a message could not be handed on (it comes back to its owner).
+pub enum Refused {
+    /// The next channel is full, or what waits is: every partition waits.
+    Full(Work),
+    /// Its key's lane is full: only its partition waits.
+    Lane(Work),
+}
+
+impl Refused {
+    pub fn into_inner(self) -> Work {
+        match self {
+            Refused::Full(w) | Refused::Lane(w) => w,
+        }
+    }
 }
 
 /// Which channel a requeued message goes back into.
@@ -103,6 +143,9 @@ pub(crate) struct Shared {
     pub fatal: Sender<String>,
     /// Turns with the requeue thread's loop.
     pub requeue_beat: crate::liveness::Heartbeat,
+    /// Bumped at each revocation: the requeue thread then gives up the
+    /// waiting messages whose lease ended, without waiting for their time.
+    pub revocations: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -116,16 +159,19 @@ impl Shared {
     }
 
     /// Hands a freshly polled message on without blocking; `Err` gives it
-    /// back when the next channel is full.
+    /// back when the next channel is full or its key's lane is.
     // The message comes back by value to its owner's stash: no allocation.
     #[allow(clippy::result_large_err)]
-    pub fn dispatch(&self, w: Work) -> Result<(), Work> {
+    pub fn dispatch(&self, w: Work) -> Result<(), Refused> {
         let tx = self.first_stage(&w);
         match self.config.ordering {
-            config::Ordering::Key if w.msg.key.is_some() => self
-                .lanes
-                .admit(w, |w| tx.try_send(w).map_err(|e| e.into_inner())),
-            _ => tx.try_send(w).map_err(|e| e.into_inner()),
+            #[allow(clippy::result_large_err)]
+            config::Ordering::Key if w.msg.key.is_some() => {
+                self.lanes.admit(w, self.lane_capacity(), |w| {
+                    tx.try_send(w).map_err(|e| e.into_inner())
+                })
+            }
+            _ => tx.try_send(w).map_err(|e| Refused::Full(e.into_inner())),
         }
     }
 
@@ -134,44 +180,73 @@ impl Shared {
     /// inside the lanes (their lock would stall the senders that release
     /// them): it is tried, and on a full channel the caller waits a moment.
     #[allow(clippy::result_large_err)]
-    pub fn dispatch_waiting(&self, w: Work, wait: Duration) -> Result<(), Work> {
+    pub fn dispatch_waiting(&self, w: Work, wait: Duration) -> Result<(), Refused> {
         if self.config.ordering == config::Ordering::Key && w.msg.key.is_some() {
-            return self
-                .dispatch(w)
-                .inspect_err(|_| std::thread::sleep(Duration::from_millis(1)));
+            return self.dispatch(w).inspect_err(|r| {
+                if matches!(r, Refused::Full(_)) {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+            });
         }
         self.first_stage(&w)
             .send_timeout(w, wait)
-            .map_err(|e| e.into_inner())
+            .map_err(|e| Refused::Full(e.into_inner()))
     }
 
-    /// True when consumers should stop handing out messages.
+    /// Messages one key's lane may hold before its partition waits: a
+    /// sixteenth of the channel, so a hot key whose head is retrying holds
+    /// back its own partition only.
+    pub fn lane_capacity(&self) -> usize {
+        (self.config.channel_capacity / 16).max(1)
+    }
+
+    /// True when consumers should stop handing out messages: what waits for
+    /// a retry or behind a key holds as much as the channel.
     pub fn saturated(&self) -> bool {
-        self.lanes.parked() >= self.config.channel_capacity
+        let waiting = self.lanes.parked() + self.metrics.requeued.get().max(0) as usize;
+        waiting >= self.config.channel_capacity
     }
 
     /// The message is finished: free its key lane and report its offset.
     pub fn finish(&self, w: Work) {
-        if self.config.ordering == config::Ordering::Key
-            && let Some(k) = &w.msg.key
-            && let Some(next) = self.lanes.release(k)
-        {
-            let stage = if self.first_stage(&next).same_channel(&self.work_tx) {
-                Stage::Send
-            } else {
-                Stage::Enrich
-            };
-            self.requeue(Instant::now(), stage, next);
-        }
-        let m = w.msg;
-        let _ = m.done.send((m.topic, m.partition, m.offset, true));
+        self.release_lane(&w);
+        w.msg.report(true);
     }
 
-    /// Gives `w` up (stop): counted, and its owner stops waiting for it.
+    /// Gives `w` up (stop, revocation): counted, its key lane moves on, and
+    /// its owner stops waiting for it (the offset is redelivered).
     pub fn abandon(&self, w: Work) {
         self.metrics.abandoned.inc();
-        let m = w.msg;
-        let _ = m.done.send((m.topic, m.partition, m.offset, false));
+        self.release_lane(&w);
+        w.msg.report(false);
+    }
+
+    /// `w` no longer holds its key's lane: the next message of the key goes
+    /// on (or is given up too, when its lease ended).
+    fn release_lane(&self, w: &Work) {
+        if self.config.ordering != config::Ordering::Key {
+            return;
+        }
+        let Some(k) = &w.msg.key else { return };
+        while let Some(next) = self.lanes.release(k) {
+            if !next.msg.lease.ended() {
+                let stage = if self.first_stage(&next).same_channel(&self.work_tx) {
+                    Stage::Send
+                } else {
+                    Stage::Enrich
+                };
+                self.requeue(Instant::now(), stage, next);
+                return;
+            }
+            self.metrics.abandoned.inc();
+            next.msg.report(false);
+        }
+    }
+
+    /// Partitions were revoked (their leases ended).
+    pub fn revoked(&self) {
+        self.revocations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Puts `w` back into `stage` at `at` (counted as in motion until then).
@@ -229,6 +304,7 @@ pub fn spawn(
         stop: stopper.token(),
         fatal: fatal.clone(),
         requeue_beat: Default::default(),
+        revocations: Default::default(),
         config: config.clone(),
     });
     let kafka_stats = Arc::new(KafkaStats::default());
@@ -248,10 +324,16 @@ pub fn spawn(
     probe.check(dlq.client(), &admin_config, &plan, Duration::from_secs(5));
 
     let mut consumers = Vec::with_capacity(threads);
-    let mut consumer_views = Vec::with_capacity(threads);
+    let mut members = Vec::with_capacity(threads);
     for i in 0..threads {
-        let (c, view) = consumer::build(&config, kafka, shared.clone(), fatal.clone(), i)?;
-        consumer_views.push(view);
+        let c = consumer::build(
+            &config,
+            kafka,
+            shared.clone(),
+            shared.metrics.group.clone(),
+            i,
+        )?;
+        members.push(c.context().clone());
         consumers.push(c);
     }
     let mut urls = vec![shared.config.target_url.as_str()];
@@ -266,7 +348,7 @@ pub fn spawn(
     let consumers = consumers
         .into_iter()
         .enumerate()
-        .map(|(i, c)| consumer::run(c, shared.clone(), i))
+        .map(|(i, c)| consumer::run(c, i))
         .collect::<Result<Vec<_>, _>>()?;
     let probe_thread = {
         let (dlq, probe) = (dlq.clone(), probe.clone());
@@ -280,7 +362,7 @@ pub fn spawn(
         shared,
         kafka_stats,
         pools,
-        consumer_views,
+        members,
         probe,
         threads,
     ));

@@ -15,12 +15,12 @@ use log::info;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::kafka::client_config;
+use crate::kafka::{client_config, record};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -126,23 +126,19 @@ pub fn replay(kafka: &KafkaConfig, from: &str, to: &str, max: Option<u64>) -> an
         {
             continue;
         }
+        // Headers as bytes, whatever they hold; the parking ones stay behind.
         let mut headers = OwnedHeaders::new();
-        if let Some(h) = m.headers() {
-            for h in h.iter().filter(|h| !h.key.starts_with("kbridge-dlq-")) {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
+        record::each_header(&m, |k, v| {
+            if !k.starts_with(b"kbridge-dlq-") {
+                headers = record::with_header(std::mem::take(&mut headers), k, v);
             }
-        }
-        headers = headers.insert(Header {
-            key: "kbridge-replayed-from",
-            value: Some(from),
         });
+        headers = record::with_header(headers, b"kbridge-replayed-from", Some(from.as_bytes()));
         let mut r: BaseRecord<'_, [u8], [u8], Box<(i32, i64)>> =
-            BaseRecord::with_opaque_to(to, Box::new((m.partition(), m.offset())))
-                .payload(m.payload().unwrap_or_default())
-                .headers(headers);
+            BaseRecord::with_opaque_to(to, Box::new((m.partition(), m.offset()))).headers(headers);
+        if let Some(v) = m.payload() {
+            r = r.payload(v);
+        }
         if let Some(k) = m.key() {
             r = r.key(k);
         }

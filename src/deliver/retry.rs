@@ -70,6 +70,11 @@ fn within(ranges: &[(u16, u16)], s: u16) -> bool {
     ranges.iter().any(|(a, b)| (*a..=*b).contains(&s))
 }
 
+/// Is a call answered `status` retried (not delivered, dropped or parked)?
+pub fn is_retried(rules: &StatusRules, status: u16) -> bool {
+    !(200..300).contains(&status) && !within(&rules.drop, status) && within(&rules.retry, status)
+}
+
 /// Exponential backoff with jitter: attempt 1 waits about `initial`, each
 /// further attempt doubles, capped at `max`; the wait is drawn from
 /// [half, full] of that so that many failing messages do not retry in step.

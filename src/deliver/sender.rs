@@ -2,7 +2,9 @@
 //! `batch_linger_ms`), POST it to `target_url` through one shared ureq agent
 //! under the `max_in_flight` semaphore and the optional rate limit, then act
 //! on the classified outcome. A failing message is requeued with backoff,
-//! never waited for in place, so it does not stall the others.
+//! never waited for in place, so it does not stall the others; a sick
+//! endpoint is slowed as a whole at the gate (`backoff`), which also caps
+//! the calls in flight at `max_in_flight`.
 //!
 //! A message counts as delivered only when the configured endpoint answered
 //! 2xx to the POST that carried it: redirects are not followed (a POST
@@ -14,51 +16,17 @@ use std::io::Read as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::warn;
 
+use super::backoff::{Gate, Verdict};
 use super::batch::{body_of, bulk_item_statuses};
 use super::config::BatchFormat;
 use super::dlq::DeadLetters;
 use super::outbound::origin;
-use super::retry::{Action, CallResult, classify, parse_retry_after};
+use super::retry::{Action, CallResult, classify, is_retried, parse_retry_after};
 use super::{Shared, Stage, Work};
 use crate::pool::WorkerPool;
-
-/// Caps concurrent calls: a token is taken before a call and given back after.
-pub struct Semaphore {
-    tokens_tx: Sender<()>,
-    tokens_rx: Receiver<()>,
-}
-
-impl Semaphore {
-    pub fn new(n: usize) -> Self {
-        let (tokens_tx, tokens_rx) = crossbeam_channel::bounded(n);
-        for _ in 0..n {
-            let _ = tokens_tx.send(());
-        }
-        Semaphore {
-            tokens_tx,
-            tokens_rx,
-        }
-    }
-    pub fn acquire(&self) -> Permit<'_> {
-        let _ = self.tokens_rx.recv();
-        Permit(self)
-    }
-    /// Permits given out now.
-    pub fn in_use(&self) -> usize {
-        self.tokens_tx.capacity().unwrap_or(0) - self.tokens_rx.len()
-    }
-}
-
-pub struct Permit<'a>(&'a Semaphore);
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.tokens_tx.send(());
-    }
-}
 
 /// Spaces calls to at most `per_s` messages a second (0 = no limit).
 pub struct RateLimit {
@@ -109,9 +77,9 @@ pub fn spawn_pool(
             .tls_config(c.outbound.tls())
             .build(),
     );
-    let semaphore = Arc::new(Semaphore::new(c.max_in_flight));
+    let gate = Arc::new(Gate::new(c.max_in_flight, c.backoff_initial, c.backoff_max));
     let rate = Arc::new(RateLimit::new(c.rate_limit_per_s));
-    shared.metrics.set_semaphore(semaphore.clone());
+    shared.metrics.set_gate(gate.clone());
     let size = c.senders;
     Ok(WorkerPool::spawn(
         "deliver-s",
@@ -140,11 +108,13 @@ pub fn spawn_pool(
                 }
                 let _task = g.task();
                 shared.metrics.busy.add(1);
-                if first.parking.is_some() {
+                if first.msg.lease.ended() {
+                    shared.abandon(first);
+                } else if first.parking.is_some() {
                     dlq.park(first);
                 } else {
                     let batch = gather(&shared, &rx, first, &dlq);
-                    send(&shared, &agent, &semaphore, &rate, &dlq, batch);
+                    send(&shared, &agent, &gate, &rate, &dlq, batch, stop_deadline);
                 }
                 shared.metrics.busy.add(-1);
             }
@@ -168,6 +138,7 @@ fn gather(shared: &Shared, rx: &Receiver<Work>, first: Work, dlq: &DeadLetters) 
             Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
         };
         match next {
+            Ok(w) if w.msg.lease.ended() => shared.abandon(w),
             Ok(w) if w.parking.is_some() => dlq.park(w),
             Ok(w) => batch.push(w),
             Err(()) => break,
@@ -176,35 +147,64 @@ fn gather(shared: &Shared, rx: &Receiver<Work>, first: Work, dlq: &DeadLetters) 
     batch
 }
 
+/// One call for `batch`: through the gate, under the leases of its
+/// messages (a message whose partition was revoked meanwhile is given up,
+/// never sent), then each message's outcome.
 fn send(
     shared: &Shared,
     agent: &ureq::Agent,
-    sem: &Semaphore,
+    gate: &Gate,
     rate: &RateLimit,
     dlq: &DeadLetters,
     batch: Vec<Work>,
+    stop_deadline: Option<Instant>,
 ) {
     let c = &shared.config;
+    rate.take(batch.len());
+    // At stop a closed gate is not waited out: the messages go back.
+    let give_up = |closed: bool| {
+        batch.iter().all(|w| w.msg.lease.ended())
+            || (shared.stop.is_stopped()
+                && (closed || stop_deadline.is_some_and(|d| Instant::now() > d)))
+    };
+    let Some(ticket) = gate.enter(&give_up) else {
+        for w in batch {
+            shared.abandon(w);
+        }
+        return;
+    };
+    let mut busy = Vec::with_capacity(batch.len());
+    let mut live = Vec::with_capacity(batch.len());
+    for w in batch {
+        match w.msg.lease.enter() {
+            Some(b) => {
+                busy.push(b);
+                live.push(w);
+            }
+            None => shared.abandon(w),
+        }
+    }
+    if live.is_empty() {
+        gate.release(ticket);
+        return;
+    }
+    let batch = live;
     let (content_type, body) = body_of(c.batch_size, c.batch_format, &c.es_index, &batch);
     let mut headers = headers_of(content_type, &batch);
     if let Some(a) = &c.outbound.authorization {
         headers.push(("Authorization", a.expose().to_string()));
     }
-    rate.take(batch.len());
     let started = Instant::now();
     let bulk = c.batch_format == BatchFormat::EsBulk && c.batch_size > 1;
-    let answer = {
-        let _permit = sem.acquire();
-        shared.metrics.calls.inc();
-        call(
-            agent,
-            &c.target_url,
-            &headers,
-            &body,
-            c.follow_redirects,
-            bulk,
-        )
-    };
+    shared.metrics.calls.inc();
+    let answer = call(
+        agent,
+        &c.target_url,
+        &headers,
+        &body,
+        c.follow_redirects,
+        bulk,
+    );
     shared
         .metrics
         .call_latency
@@ -229,6 +229,11 @@ fn send(
         }
         Err(e) => (CallResult::Transport(e), None, None),
     };
+    let retried = match &result {
+        CallResult::Status { status, .. } => is_retried(&c.rules, *status),
+        CallResult::Transport(_) => true,
+    };
+    gate.finished(ticket, Verdict::of(&result, retried));
     for (i, mut w) in batch.into_iter().enumerate() {
         w.attempts += 1;
         // `_bulk` answers 200 with a status per item: judge each by its own.
@@ -254,6 +259,9 @@ fn send(
         }
         apply(shared, dlq, w, action, r);
     }
+    // The leases are left only now: a revocation waits until every outcome
+    // of this call is applied.
+    drop(busy);
 }
 
 /// The headers of a call: the Kafka coordinates of one message, or the
@@ -438,17 +446,6 @@ mod tests {
         assert_eq!(resolve(b, "c").as_deref(), Some("http://h:1/a/c"));
         assert_eq!(resolve("http://h", "c").as_deref(), Some("http://h/c"));
         assert_eq!(resolve(b, "//o/p").as_deref(), Some("http://o/p"));
-    }
-
-    #[test]
-    fn semaphore_counts_permits() {
-        let s = Semaphore::new(2);
-        let a = s.acquire();
-        assert_eq!(s.in_use(), 1);
-        let b = s.acquire();
-        assert_eq!(s.in_use(), 2);
-        drop((a, b));
-        assert_eq!(s.in_use(), 0);
     }
 
     #[test]

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use log::warn;
 
 use super::Shared;
-use super::consumer::ConsumerView;
+use super::backoff::Gate;
+use super::consumer::DeliverMember;
 use super::retry::CallResult;
-use super::sender::Semaphore;
 use crate::kafka::KafkaStats;
+use crate::kafka::member::GroupCounters;
 use crate::kafka::probe::Probe;
 use crate::metrics::{Counter, Gauge, Latency, Prom};
 use crate::pool::{PoolView, render_pools};
@@ -26,13 +27,10 @@ pub struct DeliverMetrics {
     pub dropped: Counter,
     pub dlq_errors: Counter,
     pub calls: Counter,
-    pub commits: Counter,
-    pub commit_errors: Counter,
+    /// Commits, joins and assignments of the consumer threads.
+    pub group: Arc<GroupCounters>,
     pub consume_errors: Counter,
     pub pauses: Counter,
-    /// Consumer threads that have received their first assignment (joined
-    /// the group); the role is ready once one has.
-    pub members_joined: Counter,
     /// Messages left unfinished at stop or revocation (redelivered later).
     pub abandoned: Counter,
     pub enriched: Counter,
@@ -42,7 +40,7 @@ pub struct DeliverMetrics {
     /// Messages waiting for their retry time or their lane.
     pub requeued: Gauge,
     pub call_latency: Latency,
-    semaphore: OnceLock<Arc<Semaphore>>,
+    gate: OnceLock<Arc<Gate>>,
     max_in_flight: usize,
     last_failure_log: AtomicU64,
     unlogged_failures: AtomicU64,
@@ -52,16 +50,24 @@ impl DeliverMetrics {
     pub fn new(max_in_flight: usize) -> Self {
         DeliverMetrics {
             max_in_flight,
+            group: Arc::default(),
             ..Default::default()
         }
     }
 
-    pub fn set_semaphore(&self, s: Arc<Semaphore>) {
-        let _ = self.semaphore.set(s);
+    pub fn set_gate(&self, g: Arc<Gate>) {
+        let _ = self.gate.set(g);
+    }
+
+    /// (calls in flight, calls allowed at once, gate closed, times closed).
+    pub fn gate(&self) -> (usize, usize, bool, u64) {
+        self.gate
+            .get()
+            .map_or((0, self.max_in_flight, false, 0), |g| g.snapshot())
     }
 
     pub fn in_flight_calls(&self) -> usize {
-        self.semaphore.get().map_or(0, |s| s.in_use())
+        self.gate().0
     }
 
     /// Logs failed calls at most once per 10 s, with the count since.
@@ -92,7 +98,7 @@ pub struct DeliverTelemetry {
     shared: Arc<Shared>,
     dlq_stats: Arc<KafkaStats>,
     pools: Vec<PoolView>,
-    consumers: Vec<ConsumerView>,
+    consumers: Vec<Arc<DeliverMember>>,
     probe: Arc<Probe>,
     threads: usize,
     rates: Rates<2>,
@@ -103,7 +109,7 @@ impl DeliverTelemetry {
         shared: Arc<Shared>,
         dlq_stats: Arc<KafkaStats>,
         pools: Vec<PoolView>,
-        consumers: Vec<ConsumerView>,
+        consumers: Vec<Arc<DeliverMember>>,
         probe: Arc<Probe>,
         threads: usize,
     ) -> Self {
@@ -139,7 +145,7 @@ impl DeliverTelemetry {
     fn assignment(&self) -> (usize, usize) {
         self.consumers
             .iter()
-            .filter_map(|c| c.state.lock().ok().map(|s| s.assigned()))
+            .map(|c| c.assigned())
             .fold((0, 0), |(sum, idle), n| {
                 (sum + n, idle + usize::from(n == 0))
             })
@@ -147,14 +153,10 @@ impl DeliverTelemetry {
 
     fn consumer_totals(&self) -> (usize, usize) {
         self.consumers.iter().fold((0, 0), |(open, stashed), c| {
-            let s = c.state.lock();
-            match s {
-                Ok(s) => (
-                    open + s.offsets.in_flight(|_, _| true),
-                    stashed + s.stashed(),
-                ),
-                Err(_) => (open, stashed),
-            }
+            (
+                open + c.with_offsets(|o| o.in_flight(&|_, _| true)),
+                stashed + c.role.stashed(),
+            )
         })
     }
 }
@@ -170,7 +172,7 @@ impl Telemetry for DeliverTelemetry {
         }
         crate::liveness::stalled_numbered(
             "deliver-c",
-            self.consumers.iter().map(|c| &*c.heartbeat),
+            self.consumers.iter().map(|c| &c.heartbeat),
             [
                 ("deliver-requeue", &self.shared.requeue_beat),
                 ("deliver-probe", &self.probe.heartbeat),
@@ -190,8 +192,8 @@ impl Telemetry for DeliverTelemetry {
         let mut lines = vec![format!(
             "pool=deliver-c pool-size={} events/s={in_s:.0} unfinished={open} stashed={stashed} lag={lag} commits={} errors={}",
             self.threads,
-            m.commits.get(),
-            m.consume_errors.get() + m.commit_errors.get()
+            m.group.commits.get(),
+            m.consume_errors.get() + m.group.commit_errors.get()
         )];
         for (i, p) in self.pools.iter().enumerate() {
             if i == 0 {
@@ -257,12 +259,12 @@ impl Telemetry for DeliverTelemetry {
             (
                 "kbridge_deliver_commits_total",
                 "Offset commits.",
-                &m.commits,
+                &m.group.commits,
             ),
             (
                 "kbridge_deliver_commit_errors_total",
                 "Failed offset commits.",
-                &m.commit_errors,
+                &m.group.commit_errors,
             ),
             (
                 "kbridge_deliver_consume_errors_total",
@@ -354,7 +356,7 @@ impl Telemetry for DeliverTelemetry {
             "gauge",
             "Consumer threads that have joined the group (received an assignment, maybe empty).",
             &[],
-            m.members_joined.get(),
+            m.group.members_joined.get(),
         );
         p.single(
             "kbridge_deliver_members_without_partitions",
@@ -423,7 +425,7 @@ impl Telemetry for DeliverTelemetry {
                     .unwrap_or_else(|| "no answer yet".into())
             ));
         }
-        if self.shared.metrics.members_joined.get() == 0 {
+        if self.shared.metrics.group.members_joined.get() == 0 {
             return Err(format!(
                 "joining consumer group {} (no assignment yet)",
                 self.shared.config.group_id

@@ -3,8 +3,11 @@
 //! client librdkafka stranded), topic creation with the AdminClient, and
 //! the reachability probe behind `/ready`.
 
+pub mod member;
+pub mod offsets;
 pub mod probe;
 pub mod rebalance;
+pub mod record;
 pub mod stranded;
 
 use std::sync::Arc;
@@ -228,7 +231,8 @@ pub fn consumer_defaults(pace: Pace) -> Vec<(&'static str, &'static str)> {
 /// (default), statistics to [`KafkaStats`], fatal errors to the app, which
 /// stops the process with a non-zero code so systemd restarts it.
 pub struct Context {
-    pub name: &'static str,
+    /// The client's name in logs and metrics (`deliver-c0`, `ingest`).
+    pub name: Arc<str>,
     pub stats: Arc<KafkaStats>,
     pub fatal: Sender<String>,
     /// This client's brokers, for [`stranded`] (one per client).
@@ -238,9 +242,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(name: &'static str, stats: Arc<KafkaStats>, fatal: Sender<String>) -> Context {
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        stats: Arc<KafkaStats>,
+        fatal: Sender<String>,
+    ) -> Context {
         Context {
-            name,
+            name: name.into(),
             stats,
             fatal,
             stranded: Arc::default(),
@@ -258,7 +266,7 @@ impl ClientContext for Context {
             .filter(|b| b.nodeid >= 0)
             .count();
         if self.stranded.observe(learned) {
-            stranded::ask_cluster(self.stranded.clone(), self.name, self.fatal.clone());
+            stranded::ask_cluster(self.stranded.clone(), self.name.clone(), self.fatal.clone());
         }
     }
 

@@ -97,7 +97,8 @@ impl Watch {
 
 /// Asks the cluster from a fresh client on a thread of its own; when it
 /// lists a broker, reports client `name` as stranded through `fatal` (once).
-pub fn ask_cluster(watch: Arc<Watch>, name: &'static str, fatal: Sender<String>) {
+pub fn ask_cluster(watch: Arc<Watch>, name: Arc<str>, fatal: Sender<String>) {
+    let shown = name.clone();
     let run = move || match cluster_brokers() {
         Ok(n) if n > 0 => {
             watch.reported.store(true, Ordering::Relaxed);
@@ -125,7 +126,7 @@ pub fn ask_cluster(watch: Arc<Watch>, name: &'static str, fatal: Sender<String>)
         .spawn(run)
         .is_err()
     {
-        warn!(target: "kbridge::kafka", "{name}: cannot start the cross-check thread");
+        warn!(target: "kbridge::kafka", "{shown}: cannot start the cross-check thread");
     }
 }
 
