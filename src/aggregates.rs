@@ -66,6 +66,19 @@ impl Aggregates {
         self.record_at(topic, payload, field, timestamp_ms, now_ms());
     }
 
+    /// Counts a consumed message whose `field` value was already read
+    /// (see [`inspect`]).
+    pub fn record_value(&self, topic: &str, value: Option<String>, timestamp_ms: Option<i64>) {
+        let Some(t) = self.topic(topic) else { return };
+        t.consumed.inc();
+        if let Some(v) = value {
+            t.count_value(v);
+        }
+        let now = now_ms();
+        let ms = timestamp_ms.filter(|m| *m > 0).unwrap_or(now);
+        t.count_minute(ms_to_minute(ms), ms_to_minute(now));
+    }
+
     /// [`Self::record`] with the clock read at `now` (Unix ms).
     pub fn record_at(
         &self,
@@ -183,6 +196,23 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Is `payload` one JSON value, and its top-level `field` (see
+/// [`field_value`]; `"(none)"` when absent, nothing when `field` is
+/// empty), in one pass over an object. JSON nested deeper than serde's
+/// recursion limit counts as JSON (it is checked without building it).
+pub fn inspect(payload: &[u8], field: &str) -> (bool, Option<String>) {
+    if !field.is_empty() {
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        if let Ok(v) = FieldSeed(field).deserialize(&mut de) {
+            let json = de.end().is_ok();
+            let v = if json { v } else { None };
+            return (json, Some(v.unwrap_or_else(|| "(none)".into())));
+        }
+    }
+    let json = serde_json::from_slice::<&serde_json::value::RawValue>(payload).is_ok();
+    (json, (!field.is_empty()).then(|| "(none)".into()))
+}
+
 /// The top-level `field` of a JSON object as text (strings as they are,
 /// numbers and booleans as JSON), without building the whole document.
 pub fn field_value(payload: &[u8], field: &str) -> Option<String> {
@@ -226,6 +256,34 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inspect_tells_json_from_the_rest_in_the_same_pass() {
+        assert_eq!(
+            inspect(br#"{"type":"a"}"#, "type"),
+            (true, Some("a".into()))
+        );
+        assert_eq!(
+            inspect(b"{\n\"type\": 1\n}\n", "type"),
+            (true, Some("1".into()))
+        );
+        assert_eq!(
+            inspect(br#"{"x":1}"#, "type"),
+            (true, Some("(none)".into()))
+        );
+        assert_eq!(inspect(br#"[1,2]"#, "type"), (true, Some("(none)".into())));
+        assert_eq!(
+            inspect(br#"{"type":"a"} trailing"#, "type"),
+            (false, Some("(none)".into()))
+        );
+        for bad in [&b""[..], b"not json", b"\xff", b"{\"a\":"] {
+            assert!(!inspect(bad, "type").0, "{bad:?}");
+            assert!(!inspect(bad, "").0, "{bad:?}");
+        }
+        assert_eq!(inspect(b"7", ""), (true, None));
+        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+        assert!(inspect(deep.as_bytes(), "type").0);
+    }
 
     #[test]
     fn field_value_reads_top_level_strings_and_numbers() {

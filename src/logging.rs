@@ -266,6 +266,40 @@ pub fn reopen() {
     }
 }
 
+/// A log line that repeats is written at most once per 10 s, with the
+/// count of events since (STYLE 12): [`Every::hit`] counts one event and
+/// says when to write.
+#[derive(Debug, Default)]
+pub struct Every {
+    /// Seconds since the epoch of the last line written.
+    last: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+impl Every {
+    /// Counts an event; `Some(n)` when a line is due now, `n` events
+    /// since the last one (this one included).
+    pub fn hit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let n = self.unlogged.fetch_add(1, Relaxed) + 1;
+        let last = self.last.load(Relaxed);
+        if (now >= last + 10 || last == 0)
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.unlogged.store(0, Relaxed);
+            return Some(n);
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

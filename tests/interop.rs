@@ -13,13 +13,13 @@ use crate::collect::{Collect, assert_exactly, collect_ini};
 use crate::util::sink::Sink;
 use crate::util::*;
 
-struct Tansu {
-    port: u16,
+pub(crate) struct Tansu {
+    pub(crate) port: u16,
     child: Child,
 }
 
 impl Tansu {
-    fn start() -> Tansu {
+    pub(crate) fn start() -> Tansu {
         let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
             panic!("TANSU_BIN is not set: run the tests with scripts/test, which installs tansu")
         });

@@ -16,6 +16,7 @@ mod ingest;
 mod ingest_tls;
 mod interop;
 mod kafka_security;
+mod old_brokers;
 mod ops;
 mod security;
 mod util;

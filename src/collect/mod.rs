@@ -20,9 +20,8 @@ pub mod retry;
 mod telemetry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use log::{error, info};
@@ -64,8 +63,7 @@ pub struct CollectMetrics {
     /// Commits, joins and assignments of the consumer threads.
     pub group: Arc<GroupCounters>,
     pub fsync: Latency,
-    last_error_log: AtomicU64,
-    unlogged_errors: AtomicU64,
+    error_log: crate::logging::Every,
 }
 
 pub struct RetryCtx {
@@ -114,20 +112,8 @@ impl Shared {
 
     /// Counts a write error; logs once per 10 s with the count since.
     fn write_failed(&self, topic: &str, e: &std::io::Error) {
-        let m = &self.metrics;
-        m.write_errors.inc();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let n = m.unlogged_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let last = m.last_error_log.load(Ordering::Relaxed);
-        if now >= last + 10
-            && m.last_error_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            m.unlogged_errors.store(0, Ordering::Relaxed);
+        self.metrics.write_errors.inc();
+        if let Some(n) = self.metrics.error_log.hit() {
             error!(
                 "{n} write errors (latest for topic {topic}: {e}); messages go to the retry topic"
             );
@@ -217,6 +203,13 @@ pub fn spawn(
     fatal: Sender<String>,
 ) -> anyhow::Result<Handle> {
     check_directory(&config.record_directory)?;
+    let mut config = config;
+    crate::kafka::protocol::settle(
+        kafka,
+        &mut config.consumer,
+        "[collect.consumer]",
+        config.shutdown_timeout.as_millis() as u64,
+    )?;
     let stopper = Stopper::new();
     let metrics = Arc::new(CollectMetrics::default());
     let retry_stats = Arc::new(KafkaStats::default());

@@ -207,6 +207,22 @@ pub fn consumer_section(
     shutdown_timeout_ms: u64,
 ) -> Vec<(String, String)> {
     let merged = librdkafka_section(c, &crate::kafka::consumer_defaults(pace));
+    // The role commits its offsets itself, only past finished work: with
+    // either of these librdkafka would commit past what is not done.
+    for key in ["enable.auto.commit", "enable.auto.offset.store"] {
+        if let Some((_, v)) = merged.iter().rev().find(|(k, _)| k == key)
+            && v.trim() != "false"
+        {
+            c.error(
+                key,
+                format!(
+                    "must stay false: {role} commits offsets itself, only past messages that are {}; \
+                     librdkafka would commit past messages not yet done; got {v:?}",
+                    if role == "collect" { "on disk" } else { "delivered or parked" }
+                ),
+            );
+        }
+    }
     let get = |key: &str| merged.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
     let classic = get("group.protocol").is_some_and(|v| v.eq_ignore_ascii_case("classic"));
     if classic {

@@ -30,6 +30,28 @@ pub enum BatchFormat {
     EsBulk,
 }
 
+/// What a record without a value (a tombstone) becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTombstone {
+    /// Done at once, counted (`kbridge_deliver_skipped_total`).
+    Skip,
+    /// Sent: an empty body alone, `null` in a batch.
+    Send,
+    DeadLetter,
+}
+
+/// What a value that is not JSON (an empty one included) becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Parked in the dead-letter topic, reason "value is not JSON".
+    DeadLetter,
+    /// Done at once, counted (`kbridge_deliver_skipped_total`).
+    Skip,
+    /// Sent: its bytes alone (`application/octet-stream`); in a batch a
+    /// JSON string of its text, or `"base64:<base64>"` when it is not UTF-8.
+    Send,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnrichFailure {
     /// Deliver the message without the enrichment.
@@ -84,6 +106,8 @@ pub struct DeliverConfig {
     pub commit_interval: Duration,
     pub ordering: Ordering,
     pub aggregate_field: String,
+    pub on_tombstone: OnTombstone,
+    pub on_invalid_json: OnInvalid,
     pub dlq_suffix: String,
     pub shutdown_timeout: Duration,
     pub enrich: Option<EnrichConfig>,
@@ -168,6 +192,24 @@ impl DeliverConfig {
             &[("none", Ordering::None), ("key", Ordering::Key)],
         );
         let aggregate_field = r.string("aggregate_field", "type");
+        let on_tombstone = r.choice(
+            "on_tombstone",
+            OnTombstone::Skip,
+            &[
+                ("skip", OnTombstone::Skip),
+                ("send", OnTombstone::Send),
+                ("dead_letter", OnTombstone::DeadLetter),
+            ],
+        );
+        let on_invalid_json = r.choice(
+            "on_invalid_json",
+            OnInvalid::DeadLetter,
+            &[
+                ("dead_letter", OnInvalid::DeadLetter),
+                ("skip", OnInvalid::Skip),
+                ("send", OnInvalid::Send),
+            ],
+        );
         let dlq_suffix = r.string("dlq_suffix", ".dlq");
         let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
         if backoff_initial_ms > backoff_max_ms {
@@ -215,6 +257,8 @@ impl DeliverConfig {
             commit_interval: Duration::from_millis(commit_interval_ms),
             ordering,
             aggregate_field,
+            on_tombstone,
+            on_invalid_json,
             dlq_suffix,
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
             enrich,
@@ -362,13 +406,31 @@ mod tests {
                 .consumer
                 .contains(&("group.protocol".into(), "classic".into()))
         );
+        // Unset, it is chosen at start from what the cluster offers
+        // (`kafka::protocol::settle`).
         let (c, e) = load("[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\n");
         assert!(e.0.is_empty(), "{e}");
         assert!(
-            c.unwrap()
+            !c.unwrap()
                 .consumer
-                .contains(&("group.protocol".into(), "consumer".into()))
+                .iter()
+                .any(|(k, _)| k == "group.protocol")
         );
+    }
+
+    #[test]
+    fn automatic_offset_commits_are_refused() {
+        for key in ["enable.auto.commit", "enable.auto.offset.store"] {
+            let (_, e) = load(&format!(
+                "[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\n[deliver.consumer]\n{key} = true\n"
+            ));
+            assert!(
+                e.to_string().contains(&format!(
+                    "d.ini:6 [deliver.consumer] {key}: must stay false: deliver commits offsets itself, only past messages that are delivered or parked"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -23,8 +23,9 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 
-use super::config::{Commit, DeliverConfig};
-use super::{Done, Msg, Refused, Shared, Work};
+use super::config::{Commit, DeliverConfig, OnInvalid, OnTombstone};
+use super::{Done, Msg, Refused, Shared, ValueKind, Work};
+use crate::aggregates;
 use crate::config::KafkaConfig;
 use crate::kafka::member::{self, GroupCounters, Member, Role, RoleConsumer, Spec};
 use crate::kafka::record;
@@ -353,8 +354,10 @@ fn poll_loop(consumer: &DeliverConsumer, shared: &Shared) {
             // The channel is full: keep serving the group (rebalances,
             // heartbeats) without fetching; what was fetched already joins
             // the stash.
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
-                role.stash(take(member, shared, &m));
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10))
+                && let Some(w) = take(member, shared, &m)
+            {
+                role.stash(w);
             }
             continue;
         }
@@ -365,14 +368,14 @@ fn poll_loop(consumer: &DeliverConsumer, shared: &Shared) {
                 warn!("consume error: {e}");
             }
             Some(Ok(m)) => {
-                let mut batch = vec![take(member, shared, &m)];
+                let mut batch: Vec<Work> = take(member, shared, &m).into_iter().collect();
                 drop(m);
                 if before {
                     // At-most-once: what is already fetched is committed
                     // (synchronously, once) before any of it is sent.
                     while batch.len() < 500 {
                         match consumer.poll(Duration::ZERO) {
-                            Some(Ok(m)) => batch.push(take(member, shared, &m)),
+                            Some(Ok(m)) => batch.extend(take(member, shared, &m)),
                             _ => break,
                         }
                     }
@@ -465,31 +468,61 @@ fn hand_on(consumer: &DeliverConsumer, shared: &Shared, w: Work, last_commit: &m
 }
 
 /// Detaches a message (through panic-free accessors), registers its offset
-/// and counts it.
-fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Work {
+/// and counts it; decides what a value that is no JSON becomes (see
+/// `on_tombstone`, `on_invalid_json`): `None` when it is done already.
+fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Option<Work> {
     let role = &member.role;
-    let payload = m.payload().unwrap_or_default().to_vec();
-    shared.aggregates.record(
-        m.topic(),
-        &payload,
-        &shared.config.aggregate_field,
-        m.timestamp().to_millis(),
-    );
+    let c = &shared.config;
+    let value = m.payload();
+    let (json, field) = match value {
+        Some(v) => aggregates::inspect(v, &c.aggregate_field),
+        None => (
+            false,
+            (!c.aggregate_field.is_empty()).then(|| "(none)".to_string()),
+        ),
+    };
+    shared
+        .aggregates
+        .record_value(m.topic(), field, m.timestamp().to_millis());
     shared.metrics.consumed.inc();
     let lease = member.with_offsets(|o| o.polled(m.topic(), m.partition(), m.offset()));
-    Work {
+    let (kind, skip, park) = match (value, json) {
+        (_, true) => (ValueKind::Json, false, None),
+        (None, _) => match c.on_tombstone {
+            OnTombstone::Skip => (ValueKind::Tombstone, true, None),
+            OnTombstone::Send => (ValueKind::Tombstone, false, None),
+            OnTombstone::DeadLetter => (ValueKind::Tombstone, false, Some("tombstone (no value)")),
+        },
+        (Some(_), false) => match c.on_invalid_json {
+            OnInvalid::Skip => (ValueKind::Other, true, None),
+            OnInvalid::Send => (ValueKind::Other, false, None),
+            OnInvalid::DeadLetter => (ValueKind::Other, false, Some("value is not JSON")),
+        },
+    };
+    if skip {
+        member.with_offsets(|o| o.done(m.topic(), m.partition(), m.offset(), &lease));
+        match kind {
+            ValueKind::Tombstone => shared.metrics.skipped_tombstones.inc(),
+            _ => shared.metrics.skipped_invalid.inc(),
+        }
+        return None;
+    }
+    Some(Work {
         msg: Msg {
             topic: role.topic_name(m.topic()),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
-            payload,
+            payload: value.unwrap_or_default().to_vec(),
+            kind,
             headers: record::headers(m),
             lease,
             done: role.done_tx.clone(),
         },
         attempts: 0,
-        parking: None,
+        parking: park.map(|why| (why.to_string(), None)),
         enrich_attempts: 0,
-    }
+        solo: false,
+        shrunk: 0,
+    })
 }

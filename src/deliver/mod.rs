@@ -60,7 +60,9 @@ pub struct Msg {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
+    /// The value (empty for a tombstone: see `kind`).
     pub payload: Vec<u8>,
+    pub kind: ValueKind,
     /// Record headers as bytes (any producer can write any bytes).
     pub headers: Vec<crate::kafka::record::Header>,
     /// The partition tenure this message was taken under: once it ended
@@ -68,6 +70,17 @@ pub struct Msg {
     pub lease: Lease,
     /// The done channel of the consumer thread that owns the offset.
     pub done: Sender<Done>,
+}
+
+/// What a record's value is, as far as the call is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// One JSON value (maybe over several lines).
+    Json,
+    /// No value at all.
+    Tombstone,
+    /// Anything else: sent only with `on_invalid_json = send`.
+    Other,
 }
 
 /// An offset is finished (delivered, parked or dropped; `finished`) or
@@ -102,6 +115,11 @@ pub struct Work {
     pub parking: Option<(String, Option<u16>)>,
     /// Failed enrichment lookups so far.
     pub enrich_attempts: u32,
+    /// Sent alone, never in a batch (its batch was too large for the
+    /// endpoint: 413).
+    pub solo: bool,
+    /// How far its dead-letter copy was shrunk to fit the broker (see `dlq`).
+    pub shrunk: u8,
 }
 
 /// Why a message could not be handed on (it comes back to its owner).
@@ -249,8 +267,12 @@ impl Shared {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Puts `w` back into `stage` at `at` (counted as in motion until then).
+    /// Puts `w` back into `stage` at `at` (counted as in motion until then);
+    /// a message whose partition was revoked is given up instead.
     pub fn requeue(&self, at: Instant, stage: Stage, w: Work) {
+        if w.msg.lease.ended() {
+            return self.abandon(w);
+        }
         self.metrics.requeued.add(1);
         if let Err(e) = self.requeue_tx.send((at, stage, w)) {
             // The requeue thread is gone: stopping.
@@ -283,6 +305,13 @@ pub fn spawn(
     let stopper = Stopper::new();
     let admin_config = client_config(kafka, &[]);
     let partitions = count_partitions(&admin_config, &config.topics)?;
+    let mut config = config;
+    crate::kafka::protocol::settle(
+        kafka,
+        &mut config.consumer,
+        "[deliver.consumer]",
+        config.shutdown_timeout.as_millis() as u64,
+    )?;
     let threads = config.max_threads.min(partitions.max(1));
     let (work_tx, work_rx) = crossbeam_channel::bounded(config.channel_capacity);
     let (enrich_tx, enrich_rx) = match config.enrich {

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::warn;
 
 use super::backoff::{Gate, Verdict};
-use super::batch::{body_of, bulk_item_statuses};
+use super::batch::{body_of, bulk_item_statuses, headers_of};
 use super::config::BatchFormat;
 use super::dlq::DeadLetters;
 use super::outbound::origin;
@@ -87,8 +87,14 @@ pub fn spawn_pool(
         &shared.fatal.clone(),
         move |_, g| {
             let mut stop_deadline: Option<Instant> = None;
+            // A message that must go alone, met while gathering a batch.
+            let mut carried: Option<Work> = None;
             loop {
-                let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                let received = match carried.take() {
+                    Some(w) => Ok(w),
+                    None => rx.recv_timeout(Duration::from_millis(100)),
+                };
+                let first = match received {
                     Ok(w) => w,
                     Err(RecvTimeoutError::Disconnected) => return,
                     Err(RecvTimeoutError::Timeout) => {
@@ -113,7 +119,8 @@ pub fn spawn_pool(
                 } else if first.parking.is_some() {
                     dlq.park(first);
                 } else {
-                    let batch = gather(&shared, &rx, first, &dlq);
+                    let (batch, alone) = gather(&shared, &rx, first, &dlq);
+                    carried = alone;
                     send(&shared, &agent, &gate, &rate, &dlq, batch, stop_deadline);
                 }
                 shared.metrics.busy.add(-1);
@@ -122,9 +129,19 @@ pub fn spawn_pool(
     ))
 }
 
-/// Up to `batch_size` messages, waiting at most `batch_linger` for more.
-fn gather(shared: &Shared, rx: &Receiver<Work>, first: Work, dlq: &DeadLetters) -> Vec<Work> {
-    let n = shared.config.batch_size;
+/// Up to `batch_size` messages, waiting at most `batch_linger` for more;
+/// a message that must go alone ends the batch and comes back second.
+fn gather(
+    shared: &Shared,
+    rx: &Receiver<Work>,
+    first: Work,
+    dlq: &DeadLetters,
+) -> (Vec<Work>, Option<Work>) {
+    let n = if first.solo {
+        1
+    } else {
+        shared.config.batch_size
+    };
     let mut batch = vec![first];
     let deadline = Instant::now() + shared.config.batch_linger;
     while batch.len() < n {
@@ -140,11 +157,12 @@ fn gather(shared: &Shared, rx: &Receiver<Work>, first: Work, dlq: &DeadLetters) 
         match next {
             Ok(w) if w.msg.lease.ended() => shared.abandon(w),
             Ok(w) if w.parking.is_some() => dlq.park(w),
+            Ok(w) if w.solo => return (batch, Some(w)),
             Ok(w) => batch.push(w),
             Err(()) => break,
         }
     }
-    batch
+    (batch, None)
 }
 
 /// One call for `batch`: through the gate, under the leases of its
@@ -234,7 +252,15 @@ fn send(
         CallResult::Transport(_) => true,
     };
     gate.finished(ticket, Verdict::of(&result, retried));
+    // Too large for the endpoint as a batch: each message goes again
+    // alone (no attempt spent), so one huge record parks only itself.
+    let split = batch.len() > 1 && matches!(result, CallResult::Status { status: 413, .. });
     for (i, mut w) in batch.into_iter().enumerate() {
+        if split {
+            w.solo = true;
+            shared.requeue(Instant::now(), Stage::Send, w);
+            continue;
+        }
         w.attempts += 1;
         // `_bulk` answers 200 with a status per item: judge each by its own.
         let own = items
@@ -262,44 +288,6 @@ fn send(
     // The leases are left only now: a revocation waits until every outcome
     // of this call is applied.
     drop(busy);
-}
-
-/// The headers of a call: the Kafka coordinates of one message, or the
-/// span of a batch; the idempotency key lets a receiver drop redeliveries.
-fn headers_of(content_type: &str, batch: &[Work]) -> Vec<(&'static str, String)> {
-    let first = &batch[0].msg;
-    let mut h = vec![("Content-Type", content_type.to_string())];
-    if batch.len() == 1 {
-        h.push(("X-Kafka-Topic", first.topic.to_string()));
-        h.push(("X-Kafka-Partition", first.partition.to_string()));
-        h.push(("X-Kafka-Offset", first.offset.to_string()));
-        h.push((
-            "Idempotency-Key",
-            format!("{}-{}-{}", first.topic, first.partition, first.offset),
-        ));
-        if let Some(k) = &first.key {
-            match std::str::from_utf8(k) {
-                Ok(s) if s.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
-                    h.push(("X-Kafka-Key", s.to_string()))
-                }
-                _ => {
-                    h.push(("X-Kafka-Key", hex(k)));
-                    h.push(("X-Kafka-Key-Encoding", "hex".into()));
-                }
-            }
-        }
-    } else {
-        let last = &batch[batch.len() - 1].msg;
-        h.push(("X-Kafka-Batch-Size", batch.len().to_string()));
-        h.push((
-            "Idempotency-Key",
-            format!(
-                "{}-{}-{}+{}-{}-{}",
-                first.topic, first.partition, first.offset, last.topic, last.partition, last.offset
-            ),
-        ));
-    }
-    h
 }
 
 fn apply(shared: &Shared, dlq: &DeadLetters, w: Work, action: Action, result: &CallResult) {
@@ -428,10 +416,6 @@ fn resolve(base: &str, location: &str) -> Option<String> {
     let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
     let dir = if dir.is_empty() { "/" } else { dir };
     Some(format!("{}{dir}{location}", &base[..path_start]))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

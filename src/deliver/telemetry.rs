@@ -1,9 +1,8 @@
 //! Deliver's counters, stats lines, `/metrics` text and readiness. Metric
 //! names are spelled here and nowhere else.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::warn;
 
@@ -25,6 +24,10 @@ pub struct DeliverMetrics {
     pub retries: Counter,
     pub dead_lettered: Counter,
     pub dropped: Counter,
+    /// Records done without a call: tombstones (`on_tombstone = skip`) and
+    /// values that are not JSON (`on_invalid_json = skip`).
+    pub skipped_tombstones: Counter,
+    pub skipped_invalid: Counter,
     pub dlq_errors: Counter,
     pub calls: Counter,
     /// Commits, joins and assignments of the consumer threads.
@@ -42,8 +45,10 @@ pub struct DeliverMetrics {
     pub call_latency: Latency,
     gate: OnceLock<Arc<Gate>>,
     max_in_flight: usize,
-    last_failure_log: AtomicU64,
-    unlogged_failures: AtomicU64,
+    failure_log: crate::logging::Every,
+    /// Dead-letter copies dropped for good (see `dlq`).
+    pub dlq_dropped: Counter,
+    pub dlq_drop_log: crate::logging::Every,
 }
 
 impl DeliverMetrics {
@@ -72,19 +77,7 @@ impl DeliverMetrics {
 
     /// Logs failed calls at most once per 10 s, with the count since.
     pub fn log_failure(&self, topic: &str, r: &CallResult) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let n = self.unlogged_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let last = self.last_failure_log.load(Ordering::Relaxed);
-        if now >= last + 10
-            && self
-                .last_failure_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.unlogged_failures.store(0, Ordering::Relaxed);
+        if let Some(n) = self.failure_log.hit() {
             let what = match r {
                 CallResult::Status { status, .. } => format!("HTTP {status}"),
                 CallResult::Transport(e) => e.clone(),
@@ -224,7 +217,7 @@ impl Telemetry for DeliverTelemetry {
     fn prometheus(&self, out: &mut String) {
         let m = &self.shared.metrics;
         let mut p = Prom::new(out);
-        let counters: [(&str, &str, &Counter); 15] = [
+        let counters: [(&str, &str, &Counter); 16] = [
             (
                 "kbridge_deliver_consumed_total",
                 "Messages consumed.",
@@ -254,6 +247,11 @@ impl Telemetry for DeliverTelemetry {
                 "kbridge_deliver_dead_letter_errors_total",
                 "Failed attempts to park a message.",
                 &m.dlq_errors,
+            ),
+            (
+                "kbridge_deliver_dead_letter_dropped_total",
+                "Messages that could be neither delivered nor parked (a permanent produce error): lost, logged as ERROR.",
+                &m.dlq_dropped,
             ),
             ("kbridge_deliver_calls_total", "HTTP calls made.", &m.calls),
             (
@@ -300,6 +298,43 @@ impl Telemetry for DeliverTelemetry {
         for (name, help, c) in counters {
             p.single(name, "counter", help, &[], c.get());
         }
+        p.describe(
+            "kbridge_deliver_skipped_total",
+            "counter",
+            "Records done without a call (on_tombstone, on_invalid_json = skip).",
+        );
+        for (reason, c) in [
+            ("tombstone", &m.skipped_tombstones),
+            ("invalid_json", &m.skipped_invalid),
+        ] {
+            p.sample(
+                "kbridge_deliver_skipped_total",
+                &[("reason", reason)],
+                c.get(),
+            );
+        }
+        let (_, limit, closed, closings) = m.gate();
+        p.single(
+            "kbridge_deliver_endpoint_concurrency",
+            "gauge",
+            "Calls the endpoint may get at once now (max_in_flight while healthy; fewer while it struggles).",
+            &[],
+            limit,
+        );
+        p.single(
+            "kbridge_deliver_endpoint_closed",
+            "gauge",
+            "1 while the endpoint is waited out (Retry-After or overload backoff).",
+            &[],
+            u8::from(closed),
+        );
+        p.single(
+            "kbridge_deliver_endpoint_backoffs_total",
+            "counter",
+            "Times the endpoint as a whole was waited out.",
+            &[],
+            closings,
+        );
         let rx = &self.shared.work_rx;
         p.single(
             "kbridge_deliver_channel_length",

@@ -241,8 +241,19 @@ impl IngestConfig {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())
         };
-        if get("enable.idempotence") == Some("true") {
-            if !matches!(get("acks"), Some("all" | "-1")) {
+        let all = matches!(get("acks").map(str::trim), Some("all" | "-1"));
+        if ack == AckMode::Kafka && !all {
+            // 200 promises every in-sync replica has the record.
+            pr.error(
+                "acks",
+                format!(
+                    "must be all (or -1) with [ingest] ack = kafka, whose 200 means every in-sync replica has \
+                     the record; got {:?} (ack = queued answers 202 before Kafka has it)",
+                    get("acks").unwrap_or("")
+                ),
+            );
+        } else if get("enable.idempotence") == Some("true") {
+            if !all {
                 pr.error(
                     "acks",
                     format!(
@@ -365,10 +376,32 @@ mod tests {
 
     #[test]
     fn conflicting_producer_settings_are_rejected_together() {
-        let (_, errors) = load("[ingest]\n[ingest.producer]\nacks = 1\n");
+        let (_, errors) = load("[ingest]\nack = queued\n[ingest.producer]\nacks = 1\n");
         assert!(
-            errors.to_string().contains("i.ini:3 [ingest.producer] acks: must be all when enable.idempotence = true, got \"1\""),
+            errors.to_string().contains("i.ini:4 [ingest.producer] acks: must be all when enable.idempotence = true, got \"1\""),
             "{errors}"
+        );
+    }
+
+    #[test]
+    fn acks_below_all_void_the_200_of_ack_kafka() {
+        for acks in ["0", "1"] {
+            let (_, errors) = load(&format!(
+                "[ingest]\n[ingest.producer]\nacks = {acks}\nenable.idempotence = false\n"
+            ));
+            assert!(
+                errors.to_string().contains(&format!(
+                    "i.ini:3 [ingest.producer] acks: must be all (or -1) with [ingest] ack = kafka, whose 200 means every in-sync replica has the record; got \"{acks}\""
+                )),
+                "{errors}"
+            );
+        }
+        let (_, errors) = load(
+            "[ingest]\nack = queued\n[ingest.producer]\nacks = 1\nenable.idempotence = false\n",
+        );
+        assert!(
+            errors.0.is_empty(),
+            "queued promises nothing of Kafka: {errors}"
         );
     }
 }

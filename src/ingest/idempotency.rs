@@ -101,11 +101,13 @@ impl<W> Window<W> {
     }
 
     /// Records the first attempt's answer; returns the parked waiters, who
-    /// get the same answer. 5xx answers are not kept.
+    /// get the same answer. 5xx answers are not kept (nothing was stored,
+    /// a retry may store it), except 504: the records may be stored, and a
+    /// retry must not store them twice.
     pub fn finish(&mut self, key: &str, answer: &Answer, now: Instant) -> Vec<W> {
         let waiters = match self.entries.remove(key) {
             Some(Entry::InFlight { body_hash, waiters }) => {
-                if answer.status < 500 {
+                if answer.status < 500 || answer.status == 504 {
                     self.bytes += cost(key, answer);
                     self.entries.insert(
                         key.to_string(),

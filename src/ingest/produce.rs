@@ -37,6 +37,9 @@ pub enum Outcome {
         code: String,
         message: String,
         retriable: bool,
+        /// librdkafka cannot tell whether the broker stored it (a timeout
+        /// after the request was sent: `POSSIBLY_PERSISTED`).
+        possibly_stored: bool,
     },
 }
 
@@ -140,7 +143,19 @@ impl ProducerContext for IngestContext {
                 partition: m.partition(),
                 offset: m.offset(),
             },
-            Err((e, _)) => failed(e),
+            Err((e, m)) => {
+                // SAFETY: `m` is the live message of this delivery report.
+                let status = unsafe { rdkafka::bindings::rd_kafka_message_status(m.ptr()) };
+                let mut o = failed(e);
+                if let Outcome::Failed {
+                    possibly_stored, ..
+                } = &mut o
+                {
+                    *possibly_stored = status
+                        != rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
+                }
+                o
+            }
         };
         if pending.settle(index, outcome) {
             self.settled(pending);
@@ -170,6 +185,7 @@ fn failed(e: &KafkaError) -> Outcome {
             .unwrap_or_else(|| "Unknown".into()),
         message: e.to_string(),
         retriable,
+        possibly_stored: false,
     }
 }
 
@@ -253,10 +269,15 @@ pub fn answer(topic: &str, outcomes: &[Outcome]) -> (u16, String) {
     (status, body.to_string())
 }
 
-/// The answer of a request with failed records, as a JSON value.
+/// The answer of a request with failed records, as a JSON value. A record
+/// Kafka may have stored without saying so (a timeout after sending) is
+/// 504 "possibly stored", never "nothing stored": the idempotency entry of
+/// such an answer is kept, so a retry with the same key gets the same
+/// answer instead of storing the record a second time.
 fn answer_value(topic: &str, outcomes: &[Outcome]) -> (u16, serde_json::Value) {
     let mut ok = 0usize;
     let mut any_permanent = false;
+    let mut any_unknown = false;
     let offsets: Vec<serde_json::Value> = outcomes
         .iter()
         .map(|o| match o {
@@ -268,10 +289,20 @@ fn answer_value(topic: &str, outcomes: &[Outcome]) -> (u16, serde_json::Value) {
                 code,
                 message,
                 retriable,
+                possibly_stored,
             } => {
                 any_permanent |= !retriable;
-                let status = if *retriable { 503 } else { 500 };
-                json!({ "status": status, "error_code": code, "error": message })
+                any_unknown |= *possibly_stored;
+                let status = match (*possibly_stored, *retriable) {
+                    (true, _) => 504,
+                    (false, true) => 503,
+                    (false, false) => 500,
+                };
+                let mut v = json!({ "status": status, "error_code": code, "error": message });
+                if *possibly_stored {
+                    v["possibly_stored"] = json!(true);
+                }
+                v
             }
             Outcome::Waiting => {
                 json!({ "status": 500, "error_code": "Unsettled", "error": "record not settled" })
@@ -280,6 +311,7 @@ fn answer_value(topic: &str, outcomes: &[Outcome]) -> (u16, serde_json::Value) {
         .collect();
     let status = match (ok, outcomes.len()) {
         (o, n) if o == n => 200,
+        (0, _) if any_unknown => 504,
         (0, _) if any_permanent => 500,
         (0, _) => 503,
         _ => 207,
@@ -287,8 +319,14 @@ fn answer_value(topic: &str, outcomes: &[Outcome]) -> (u16, serde_json::Value) {
     let mut body = json!({ "topic": topic, "offsets": offsets });
     if status >= 500 {
         body["status"] = json!(status);
-        body["error"] =
-            json!("Kafka did not acknowledge the records; nothing of this request is stored");
+        body["error"] = if any_unknown {
+            json!(
+                "Kafka did not confirm the records in time: they may be stored; a retry with the same \
+                 Idempotency-Key gets this answer again, a retry without one may store them twice"
+            )
+        } else {
+            json!("Kafka did not acknowledge the records; nothing of this request is stored")
+        };
     }
     (status, body)
 }
@@ -302,6 +340,7 @@ mod tests {
             code: "MessageTimedOut".into(),
             message: "timed out".into(),
             retriable,
+            possibly_stored: false,
         }
     }
 
@@ -353,6 +392,27 @@ mod tests {
     fn total_failure_is_503_when_retriable_else_500() {
         assert_eq!(answer("t", &[fail(true), fail(true)]).0, 503);
         assert_eq!(answer("t", &[fail(true), fail(false)]).0, 500);
+    }
+
+    #[test]
+    fn records_that_may_be_stored_are_504_never_nothing_stored() {
+        let unknown = Outcome::Failed {
+            code: "MessageTimedOut".into(),
+            message: "timed out".into(),
+            retriable: true,
+            possibly_stored: true,
+        };
+        let (s, b) = answer("t", &[unknown.clone(), fail(true)]);
+        assert_eq!(s, 504);
+        assert_eq!(b["offsets"][0]["status"], 504);
+        assert_eq!(b["offsets"][0]["possibly_stored"], true);
+        assert_eq!(b["offsets"][1]["status"], 503);
+        assert!(b["error"].as_str().unwrap().contains("may be stored"));
+        let ok = Outcome::Acked {
+            partition: 0,
+            offset: 1,
+        };
+        assert_eq!(answer("t", &[ok, unknown]).0, 207);
     }
 
     #[test]

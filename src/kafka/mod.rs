@@ -6,6 +6,7 @@
 pub mod member;
 pub mod offsets;
 pub mod probe;
+pub mod protocol;
 pub mod rebalance;
 pub mod record;
 pub mod stranded;
@@ -45,11 +46,10 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("queued.max.messages.kbytes", "1024"),
     ("max.partition.fetch.bytes", "262144"),
     ("fetch.queue.backoff.ms", "10"),
-    // KIP-848 (Kafka 4): the broker assigns incrementally, a member starts
-    // consuming as soon as it joins (no group-wide stop, no
-    // group.initial.rebalance.delay.ms), and partitions of every topic
-    // spread over every member. `classic` remains for older brokers.
-    ("group.protocol", "consumer"),
+    // `group.protocol` is chosen at start when unset (`protocol::settle`):
+    // KIP-848 where the cluster offers it (Kafka 4: the broker assigns
+    // incrementally, a member starts consuming as soon as it joins, no
+    // group-wide stop), `classic` where it does not.
 ];
 
 /// The (topic, partition) pairs of a partition list (rebalance callbacks).

@@ -60,6 +60,12 @@ impl Broker {
         Broker::with_args(1, &[], &["--secure"])
     }
 
+    /// One node of another Apache Kafka release (e.g. `3.9.1`, which offers
+    /// only the classic consumer group protocol).
+    pub fn start_version(version: &str) -> Broker {
+        Broker::with_args(1, &[], &["--kafka", version])
+    }
+
     fn with_nodes(nodes: usize) -> Broker {
         Broker::with(nodes, &[])
     }
@@ -71,7 +77,14 @@ impl Broker {
     fn with_args(nodes: usize, props: &[String], extra: &[&str]) -> Broker {
         let dir = TempDir::new("kafka");
         let nodes_arg = nodes.to_string();
-        let mut args = vec!["start", "--port", "0", "--nodes", &nodes_arg];
+        // `--kafka` goes first (see scripts/broker).
+        let (version, extra): (Vec<&str>, Vec<&str>) = match extra {
+            ["--kafka", v, rest @ ..] => (vec!["--kafka", v], rest.to_vec()),
+            _ => (vec![], extra.to_vec()),
+        };
+        let mut args = vec!["start"];
+        args.extend(version);
+        args.extend(["--port", "0", "--nodes", &nodes_arg]);
         args.extend(extra);
         for p in props {
             args.extend(["--set", p]);
