@@ -5,7 +5,10 @@
 //! and even when a pooled connection is then reused — measured as the
 //! largest cost of a call on a busy machine. This resolver answers IP
 //! literals at once and caches names for [`TTL`], so a call costs a lookup
-//! only when its name's entry is stale.
+//! only when its name's entry is stale. That lookup runs on a thread of its
+//! own within the call's deadline (a resolver that hangs cannot hold a
+//! sender past it), and when it fails or is late the stale addresses are
+//! used, if there are any.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -34,7 +37,7 @@ impl Resolver for CachingResolver {
         &self,
         uri: &Uri,
         _config: &Config,
-        _timeout: NextTimeout,
+        timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
         let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
@@ -48,20 +51,25 @@ impl Resolver for CachingResolver {
             return Ok(out);
         }
         let key = (host.to_string(), port);
-        let cached = self.cache.lock().ok().and_then(|c| {
-            c.get(&key)
-                .filter(|(at, _)| at.elapsed() < TTL)
-                .map(|(_, a)| a.clone())
-        });
-        let addrs = match cached {
+        let (fresh, stale) = match self.cache.lock() {
+            Ok(c) => match c.get(&key) {
+                Some((at, a)) if at.elapsed() < TTL => (Some(a.clone()), None),
+                Some((_, a)) => (None, Some(a.clone())),
+                None => (None, None),
+            },
+            Err(_) => (None, None),
+        };
+        let addrs = match fresh {
             Some(a) => a,
-            None => {
-                let a: Vec<SocketAddr> = (host, port).to_socket_addrs()?.take(16).collect();
-                if let Ok(mut c) = self.cache.lock() {
-                    c.insert(key, (Instant::now(), a.clone()));
+            None => match lookup(host, port, (*timeout.after).min(Duration::from_secs(60))) {
+                Ok(a) => {
+                    if let Ok(mut c) = self.cache.lock() {
+                        c.insert(key, (Instant::now(), a.clone()));
+                    }
+                    a
                 }
-                a
-            }
+                Err(e) => stale.ok_or(e)?,
+            },
         };
         for a in addrs {
             out.push(a);
@@ -71,6 +79,27 @@ impl Resolver for CachingResolver {
         } else {
             Ok(out)
         }
+    }
+}
+
+/// The system resolver's answer for `host`, waited for at most `within`.
+fn lookup(host: &str, port: u16, within: Duration) -> Result<Vec<SocketAddr>, ureq::Error> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("http-dns".into())
+        .spawn(move || {
+            let found = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|a| a.take(16).collect::<Vec<_>>());
+            let _ = tx.send(found);
+        })
+        .map_err(ureq::Error::Io)?;
+    match rx.recv_timeout(within) {
+        Ok(Ok(a)) if !a.is_empty() => Ok(a),
+        Ok(Ok(_)) => Err(ureq::Error::HostNotFound),
+        Ok(Err(e)) => Err(ureq::Error::Io(e)),
+        Err(_) => Err(ureq::Error::Timeout(ureq::Timeout::Resolve)),
     }
 }
 
@@ -105,5 +134,39 @@ mod tests {
             .unwrap();
         assert!(got.iter().all(|a| a.port() == 9));
         assert_eq!(r.cache.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_lookup_uses_the_stale_addresses_and_a_slow_one_ends_at_the_deadline() {
+        let r = CachingResolver::default();
+        let c = Config::default();
+        let stale: SocketAddr = "10.9.9.9:80".parse().unwrap();
+        let name = ("no-such-host.invalid".to_string(), 80);
+        r.cache
+            .lock()
+            .unwrap()
+            .insert(name, (Instant::now() - 2 * TTL, vec![stale]));
+        let got = r
+            .resolve(
+                &"http://no-such-host.invalid/x".parse().unwrap(),
+                &c,
+                NextTimeout::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            got[0], stale,
+            "the stale entry serves when the lookup fails"
+        );
+        let t = NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::Exact(Duration::ZERO),
+            ..NextTimeout::default()
+        };
+        let started = Instant::now();
+        let e = r.resolve(&"http://other-host.invalid/x".parse().unwrap(), &c, t);
+        assert!(e.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "bounded by the deadline"
+        );
     }
 }

@@ -9,6 +9,10 @@
 //!   committed, a retry topic for write errors;
 //! - `aggregates`: counts the deliver role keeps for the dashboard;
 //! - `kafka`: client configuration, statistics, topic creation, the probe;
+//!   the one consumer group member both consumer roles run (`member`: context,
+//!   rebalance, commits, with the role's differences as a `Role`), its offset
+//!   tracker with leases (`offsets`), panic-free record access (`record`),
+//!   and the choice of group protocol (`protocol`);
 //! - `admin`, `stats`: `/health`, `/ready`, `/metrics` and the 1 s stats
 //!   log, reading roles only through `stats::Telemetry`;
 //! - `config`, `metrics`, `pool`, `shutdown`, `systemd`, `http`, `logging`:

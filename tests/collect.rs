@@ -74,6 +74,12 @@ pub(crate) fn stored(root: &Path, topic: &str) -> (Vec<Stored>, Vec<PathBuf>) {
     (files, temps)
 }
 
+impl Stored {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 pub(crate) fn id_of(line: &str) -> String {
     let v: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("torn or invalid line {line:?}: {e}"));

@@ -3,14 +3,17 @@
 //! the interoperability check: `TANSU_BIN`).
 
 mod bench;
+mod broker_events;
 mod cli;
 mod cluster;
 mod collect;
 mod dashboard;
 mod deliver;
+mod deliver_edges;
 mod deliver_tls;
 mod faults;
 mod hostile;
+mod hostile_records;
 mod hostile_sink;
 mod ingest;
 mod ingest_tls;
@@ -19,4 +22,5 @@ mod kafka_security;
 mod old_brokers;
 mod ops;
 mod security;
+mod sick_endpoint;
 mod util;

@@ -70,6 +70,10 @@ pub struct EnrichConfig {
     pub into: String,
     pub cache_ttl: Duration,
     pub cache_max: usize,
+    /// Bytes the cache may hold (keys and answers).
+    pub cache_max_bytes: usize,
+    /// Longer lookup keys are not looked up (a lookup failure).
+    pub key_max_bytes: usize,
     pub on_error: EnrichFailure,
     /// Messages whose `route_field` value is listed here are enriched;
     /// empty `routes` = every message.
@@ -281,6 +285,8 @@ fn enrich_config(r: &mut crate::config::SectionReader<'_>) -> Option<EnrichConfi
     let into = r.string("enrich_into", "enrichment");
     let ttl = r.int("enrich_cache_ttl_s", 300u64, 0..=86_400);
     let cache_max = r.int("enrich_cache_max", 10_000usize, 0..=10_000_000);
+    let cache_max_bytes = r.int("enrich_cache_max_bytes", 16usize << 20, 0..=1 << 34);
+    let key_max_bytes = r.int("enrich_key_max_bytes", 256usize, 1..=65_536);
     let on_error = r.choice(
         "enrich_on_error",
         EnrichFailure::Deliver,
@@ -311,6 +317,8 @@ fn enrich_config(r: &mut crate::config::SectionReader<'_>) -> Option<EnrichConfi
         into,
         cache_ttl: Duration::from_secs(ttl),
         cache_max,
+        cache_max_bytes,
+        key_max_bytes,
         on_error,
         route_field,
         routes,

@@ -205,9 +205,22 @@ impl DeliverRole {
             return true;
         }
         let mut full = false;
+        let cap = shared.lane_capacity();
         let mut lane_blocked: Vec<Part> = Vec::new();
         for (part, q) in st.waiting.iter_mut() {
+            if full {
+                break;
+            }
+            // Messages of a key whose lane is full keep their order and
+            // wait; other keys of the partition go past them.
+            let mut blocked_keys: Vec<Vec<u8>> = Vec::new();
+            let mut kept = VecDeque::with_capacity(q.len());
             while let Some(w) = q.pop_front() {
+                let waits = w.msg.key.as_ref().is_some_and(|k| blocked_keys.contains(k));
+                if waits {
+                    kept.push_back(w);
+                    continue;
+                }
                 let refused = if shared.saturated() {
                     Err(Refused::Full(w))
                 } else {
@@ -216,24 +229,27 @@ impl DeliverRole {
                 match refused {
                     Ok(()) => st.count -= 1,
                     Err(Refused::Full(w)) => {
-                        q.push_front(w);
+                        kept.push_back(w);
+                        kept.extend(q.drain(..));
                         full = true;
-                        break;
                     }
                     Err(Refused::Lane(w)) => {
-                        q.push_front(w);
-                        lane_blocked.push(part.clone());
-                        break;
+                        blocked_keys.extend(w.msg.key.clone());
+                        kept.push_back(w);
                     }
                 }
             }
-            if full {
-                break;
+            // Held back behind full lanes: the partition stops fetching
+            // once that is as much as one lane holds.
+            if kept.len() >= cap {
+                lane_blocked.push(part.clone());
             }
+            *q = kept;
         }
         st.waiting.retain(|_, q| !q.is_empty());
-        // A partition waits on its own while its stash does and the channel
-        // has room; when the channel is full the whole assignment waits.
+        // A partition waits on its own while its stash is that long and the
+        // channel has room; when the channel is full the whole assignment
+        // waits.
         for part in lane_blocked {
             if st.paused.insert(part.clone()) {
                 let _ = consumer.pause(&one(&part));
@@ -243,7 +259,7 @@ impl DeliverRole {
         let ready: Vec<Part> = st
             .paused
             .iter()
-            .filter(|k| !st.waiting.contains_key(*k))
+            .filter(|k| st.waiting.get(*k).is_none_or(|q| q.len() < cap))
             .cloned()
             .collect();
         for part in ready {

@@ -27,7 +27,15 @@ pub fn wanted(e: &EnrichConfig, payload: &[u8]) -> bool {
         || field_value(payload, &e.route_field).is_some_and(|v| e.routes.contains(&v))
 }
 
-type Cache = Mutex<HashMap<String, (Instant, Value)>>;
+/// Cached lookup answers: key → (when, answer, bytes held), and the total
+/// bytes held (keys and answers), capped by `enrich_cache_max_bytes`.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<String, (Instant, Value, usize)>,
+    bytes: usize,
+}
+
+type Cache = Mutex<Entries>;
 
 pub fn spawn_pool(
     shared: Arc<Shared>,
@@ -128,8 +136,15 @@ fn lookup(
     let Some(key) = field_value(payload, &e.field) else {
         return Ok(None);
     };
+    if key.len() > e.key_max_bytes {
+        return Err(format!(
+            "the lookup key is {} bytes, more than enrich_key_max_bytes ({})",
+            key.len(),
+            e.key_max_bytes
+        ));
+    }
     if let Ok(c) = cache.lock()
-        && let Some((at, v)) = c.get(&key)
+        && let Some((at, v, _)) = c.map.get(&key)
         && at.elapsed() < e.cache_ttl
     {
         return Ok(Some(v.clone()));
@@ -152,18 +167,33 @@ fn lookup(
     }
     let v: Value =
         serde_json::from_slice(&body).map_err(|err| format!("lookup answer is not JSON: {err}"))?;
-    if e.cache_max > 0
-        && let Ok(mut c) = cache.lock()
-    {
-        if c.len() >= e.cache_max {
-            c.retain(|_, (at, _)| at.elapsed() < e.cache_ttl);
-            if c.len() >= e.cache_max {
-                c.clear();
-            }
-        }
-        c.insert(key, (Instant::now(), v.clone()));
-    }
+    remember(cache, e, key, &v, body.len());
     Ok(Some(v))
+}
+
+/// Caches `v` for `key` within `enrich_cache_max` entries and
+/// `enrich_cache_max_bytes` (an answer costs about its size as read, a
+/// parsed value holds a few times that: counted twice): expired entries go
+/// first, then everything.
+fn remember(cache: &Cache, e: &EnrichConfig, key: String, v: &Value, answer_bytes: usize) {
+    let cost = key.len() + 2 * answer_bytes + 64;
+    if e.cache_max == 0 || cost > e.cache_max_bytes {
+        return;
+    }
+    let Ok(mut c) = cache.lock() else { return };
+    let c = &mut *c;
+    if c.map.len() >= e.cache_max || c.bytes + cost > e.cache_max_bytes {
+        c.map.retain(|_, (at, _, _)| at.elapsed() < e.cache_ttl);
+        c.bytes = c.map.values().map(|(_, _, n)| n).sum();
+        if c.map.len() >= e.cache_max || c.bytes + cost > e.cache_max_bytes {
+            c.map.clear();
+            c.bytes = 0;
+        }
+    }
+    if let Some((_, _, old)) = c.map.insert(key, (Instant::now(), v.clone(), cost)) {
+        c.bytes -= old;
+    }
+    c.bytes += cost;
 }
 
 /// The message with `answer` under `into`; `None` when it is not an object.
@@ -253,6 +283,8 @@ mod tests {
             into: "geo".into(),
             cache_ttl: Duration::from_secs(1),
             cache_max: 10,
+            cache_max_bytes: 4096,
+            key_max_bytes: 16,
             on_error: EnrichFailure::Deliver,
             route_field: "type".into(),
             routes: routes.iter().map(|s| s.to_string()).collect(),
@@ -298,6 +330,29 @@ mod tests {
         );
         let deep = format!("{{\"d\":{}{}}}", "[".repeat(500), "]".repeat(500));
         assert!(merge(deep.as_bytes(), "geo", Value::Null).is_some());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_entries_and_bytes_and_keys_in_length() {
+        let e = cfg(&[]);
+        let cache = Cache::default();
+        let v = serde_json::json!({"c": "NL"});
+        for i in 0..25 {
+            remember(&cache, &e, format!("k{i}"), &v, 100);
+            let c = cache.lock().unwrap();
+            assert!(c.map.len() <= e.cache_max, "{} entries", c.map.len());
+            assert!(c.bytes <= e.cache_max_bytes, "{} bytes", c.bytes);
+            assert_eq!(c.bytes, c.map.values().map(|x| x.2).sum::<usize>());
+        }
+        remember(&cache, &e, "huge".into(), &v, 1 << 20);
+        assert!(
+            !cache.lock().unwrap().map.contains_key("huge"),
+            "larger than the cache"
+        );
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let long = format!("{{\"ip\":\"{}\"}}", "9".repeat(17));
+        let err = lookup(&agent, None, &cache, &e, long.as_bytes()).unwrap_err();
+        assert!(err.contains("more than enrich_key_max_bytes (16)"), "{err}");
     }
 
     #[test]

@@ -217,14 +217,23 @@ pub enum Pace {
 
 /// [`CONSUMER_DEFAULTS`] with the prefetch of `pace`.
 pub fn consumer_defaults(pace: Pace) -> Vec<(&'static str, &'static str)> {
-    CONSUMER_DEFAULTS
+    let mut d: Vec<(&str, &str)> = CONSUMER_DEFAULTS
         .iter()
         .map(|&(k, v)| match (pace, k) {
             (Pace::Files, "queued.max.messages.kbytes") => (k, "2048"),
             (Pace::PerCall, "max.partition.fetch.bytes") => (k, "65536"),
             _ => (k, v),
         })
-        .collect()
+        .collect();
+    if pace == Pace::PerCall {
+        // librdkafka prefetches until 100,000 messages or the kbytes above:
+        // small messages cost it about 300 bytes each beyond their payload,
+        // so count them too. 10,000 per thread is half a second at the
+        // 20,000 calls/s deliver makes: measured under a 429 storm over
+        // 300,000 small events, peak RSS 39 against 59 MiB.
+        d.push(("queued.min.messages", "10000"));
+    }
+    d
 }
 
 /// Client context of every kbridge client: librdkafka logs go to `log`

@@ -3,12 +3,14 @@
 //! (librdkafka and, independently, kafka-python), and private brokers for
 //! tests that stop or restart one.
 
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod kafka_proxy;
 pub mod murmur2;
 pub mod process;
 pub mod raw;
+pub mod records;
 pub mod sink;
 pub mod tls;
 
@@ -423,9 +425,12 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
-/// The built `kbridge` binary.
+/// The built `kbridge` binary (`KBRIDGE_TEST_BIN` names another build, e.g.
+/// `target/release/kbridge`, to run the process tests against it).
 pub fn kbridge_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kbridge"))
+    std::env::var_os("KBRIDGE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kbridge")))
 }
 
 /// A free loopback port (bound then released).
@@ -435,6 +440,23 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Partitions the cluster lists for `topic` (0 when it does not exist).
+pub fn partition_count(brokers: &str, topic: &str) -> usize {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    c.fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()
+        .and_then(|md| {
+            md.topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map(|t| t.partitions().len())
+        })
+        .unwrap_or(0)
 }
 
 /// Creates `topic` with `partitions` partitions.
