@@ -1,5 +1,5 @@
 //! collect's group member: one collector thread (`collect-c<i>`) running a
-//! `kafka::member` with this role. It writes each message to the open file
+//! `kafka::member` with collect's role (`role`). It writes each message to the open file
 //! of its partition; the member's tracker holds the position at the first
 //! offset of that file (and of each retry-topic produce not yet
 //! acknowledged), so a commit never passes a line that is not durable. A
@@ -13,223 +13,24 @@
 //! era of file names, logged once as a WARN.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::archive;
 use super::config::Format;
-use super::files::{OpenFile, Pending, date_of, promote_all, should_close};
+use super::files::{OpenFile, date_of, promote_all, should_close};
 use super::lines::{Coordinates, envelope_line, raw_line};
 use super::retry::{parse_source, retry_wait};
+use super::role::{Archive, CollectConsumer, CollectMember, CollectRole, PartState};
 use super::{RETRY_AT, RETRY_SOURCE, Shared};
-use crate::kafka::member::{self, GroupCounters, Member, Role, RoleConsumer, Spec};
-use crate::kafka::offsets::Lease;
+use crate::kafka::member::{self, GroupCounters, Spec};
 use crate::kafka::record;
-
-/// (topic, partition, offset, acknowledged, lease) of a retry-topic produce.
-pub type RetryDone = (String, i32, i64, bool, Lease);
-
-pub type CollectMember = Member<CollectRole>;
-type CollectConsumer = RoleConsumer<CollectRole>;
-
-/// Where a partition's archive stands (known from its first message on).
-#[derive(Debug, Clone, Copy)]
-struct Archive {
-    era: u32,
-    /// The highest offset filed in this era.
-    high: Option<i64>,
-}
-
-#[derive(Default)]
-pub struct PartState {
-    file: Option<OpenFile>,
-    diverted_until: Option<Instant>,
-    /// A paused retry-topic partition resumes then.
-    delayed_until: Option<Instant>,
-    archive: Option<Archive>,
-    /// Durable files waiting for their commit to be confirmed.
-    pending: Vec<Pending>,
-}
-
-impl PartState {
-    pub fn file_open(&self) -> bool {
-        self.file.is_some()
-    }
-    pub fn delayed(&self) -> bool {
-        self.delayed_until.is_some()
-    }
-}
-
-type Parts = HashMap<(String, i32), PartState>;
-
-/// What collect adds to a group member.
-pub struct CollectRole {
-    pub(super) shared: Arc<Shared>,
-    pub parts: Mutex<Parts>,
-    done_tx: Sender<RetryDone>,
-    done_rx: Receiver<RetryDone>,
-}
-
-impl Role for CollectRole {
-    /// Makes the selected partitions' files durable and waits for their
-    /// retry-topic acknowledgements; the member then commits.
-    fn revoking(
-        &self,
-        member: &CollectMember,
-        consumer: &CollectConsumer,
-        select: &dyn Fn(&str, i32) -> bool,
-    ) {
-        if let Ok(mut parts) = self.parts.lock() {
-            for ((t, p), st) in parts.iter_mut().filter(|((t, p), _)| select(t, *p)) {
-                if let Some(f) = st.file.take() {
-                    // Not durable: not committed, so re-read by the next owner.
-                    let _ = self.close_file(member, t, *p, st, f);
-                }
-            }
-        }
-        let _ = self.shared.retry.flush(self.shared.config.shutdown_timeout);
-        self.apply_done(member, consumer);
-    }
-
-    fn forget(&self, revoked: &[(String, i32)]) {
-        if let Ok(mut parts) = self.parts.lock() {
-            for k in revoked {
-                parts.remove(k);
-            }
-        }
-    }
-
-    fn assigned(
-        &self,
-        _member: &CollectMember,
-        consumer: &CollectConsumer,
-        tpl: &TopicPartitionList,
-    ) {
-        // librdkafka keeps a partition paused across a revoke and re-assign,
-        // but the delay that paused it (a retry not yet due) went with the
-        // revocation: fetch again, and pause again if it is still early.
-        let _ = consumer.resume(tpl);
-    }
-
-    /// Files below a confirmed position are committed: now they get their
-    /// final names.
-    fn committed(&self, positions: &[(String, i32, i64)]) {
-        let Ok(mut parts) = self.parts.lock() else {
-            return;
-        };
-        for (t, p, pos) in positions {
-            let Some(st) = parts.get_mut(&(t.clone(), *p)) else {
-                continue;
-            };
-            let (due, keep): (Vec<Pending>, Vec<Pending>) =
-                st.pending.drain(..).partition(|f| f.span.last < *pos);
-            st.pending = keep;
-            for (f, e) in promote_all(due) {
-                warn!(
-                    "cannot give {} its final name: {e}; tried again later",
-                    f.path.display()
-                );
-                st.pending.push(f);
-            }
-        }
-    }
-}
-
-impl CollectRole {
-    /// Makes `f` durable (pending until committed); on failure its offsets
-    /// are read again from its first (returned as the error).
-    fn close_file(
-        &self,
-        member: &CollectMember,
-        topic: &str,
-        p: i32,
-        st: &mut PartState,
-        f: OpenFile,
-    ) -> Result<(), (i64, std::io::Error)> {
-        let (first, last) = (f.first, f.last);
-        let start = Instant::now();
-        match f.close() {
-            Ok(pending) => {
-                let m = &self.shared.metrics;
-                m.fsync.record_us(start.elapsed().as_micros() as u64);
-                m.files_closed.inc();
-                st.pending.push(pending);
-                if let Some(a) = &mut st.archive {
-                    a.high = Some(a.high.map_or(last, |h| h.max(last)));
-                }
-                member.with_offsets(|o| {
-                    if let Some(t) = o.get_mut(topic, p) {
-                        t.done(first);
-                    }
-                });
-                Ok(())
-            }
-            Err(e) => {
-                member.with_offsets(|o| o.entry(topic, p).rewind(first));
-                Err((first, e))
-            }
-        }
-    }
-
-    fn apply_done(&self, member: &CollectMember, consumer: &CollectConsumer) {
-        let Ok(mut parts) = self.parts.lock() else {
-            return;
-        };
-        for (t, p, o, ok, lease) in self.done_rx.try_iter() {
-            if ok {
-                member.with_offsets(|x| x.done(&t, p, o, &lease));
-                continue;
-            }
-            // The retry topic refused it: read it again from there.
-            let Some(st) = parts.get_mut(&(t.clone(), p)) else {
-                continue;
-            };
-            if lease.ended() {
-                continue;
-            }
-            let back = member.with_offsets(|x| {
-                let track = x.entry(&t, p);
-                let back = track.position().map_or(o, |pos| pos.min(o));
-                track.rewind(back);
-                back
-            });
-            if let Some(f) = st.file.take() {
-                f.discard();
-            }
-            // Files from `back` on were never committed: they are written
-            // again from the offsets read again.
-            let (stale, keep): (Vec<Pending>, Vec<Pending>) =
-                st.pending.drain(..).partition(|f| f.span.first >= back);
-            st.pending = keep;
-            for f in stale {
-                let _ = std::fs::remove_file(&f.path);
-            }
-            if let Some(a) = &mut st.archive {
-                a.high = st
-                    .pending
-                    .iter()
-                    .map(|f| f.span.last)
-                    .max()
-                    .or(a.high.filter(|h| *h < back));
-            }
-            let _ = consumer.seek(&t, p, Offset::Offset(back), Duration::from_secs(5));
-        }
-    }
-
-    /// Closes every open file, waits for the retry acknowledgements.
-    fn finish_all(&self, member: &CollectMember, consumer: &CollectConsumer) {
-        self.revoking(member, consumer, &|_, _| true);
-    }
-}
 
 pub fn build(
     shared: Arc<Shared>,
@@ -367,6 +168,7 @@ fn divert(consumer: &CollectConsumer, topic: &str, p: i32, st: &mut PartState, f
     let member = &**consumer.context();
     st.diverted_until = Some(Instant::now() + member.role.shared.config.retry_delay);
     member.with_offsets(|o| o.entry(topic, p).rewind(from));
+    st.next = Some(from);
     let _ = consumer.seek(topic, p, Offset::Offset(from), Duration::from_secs(5));
 }
 
@@ -435,6 +237,7 @@ fn restart(consumer: &CollectConsumer, topic: &str, p: i32, st: &mut PartState, 
     st.archive = Some(Archive { era, high: None });
     regression_logged(member, topic, p, offset, era);
     member.with_offsets(|o| o.entry(topic, p).restart(offset));
+    st.next = None;
 }
 
 /// Files one message; `now` is the time its poll began.
@@ -457,13 +260,12 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
             .archive
             .insert(recover(member, dir_topic, topic, p, offset)),
     };
-    let next = member.with_offsets(|o| o.get(topic, p).and_then(|t| t.next()));
-    if next.is_some_and(|n| offset < n) || archive.high.is_some_and(|h| offset <= h) {
+    if st.next.is_some_and(|n| offset < n) || archive.high.is_some_and(|h| offset <= h) {
         restart(consumer, topic, p, st, offset);
     }
-    // The wall clock is read only for retry-topic messages.
+    // The wall clock (and the headers) are read only for retry-topic messages.
     let retry_at: Option<i64> = retry_of
-        .and(header(RETRY_AT))
+        .and_then(|_| header(RETRY_AT))
         .and_then(|v| String::from_utf8(v).ok()?.parse().ok());
     let wait = match retry_at {
         Some(_) => retry_wait(retry_at, now_ms(), shared.config.retry_delay),
@@ -479,6 +281,7 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
         return;
     }
     shared.metrics.consumed.inc();
+    st.next = Some(offset + 1);
     if st.diverted_until.is_some_and(|d| d > now) {
         let lease = member.with_offsets(|o| o.polled(topic, p, offset));
         shared.to_retry(m, &role.done_tx, lease);
@@ -538,8 +341,6 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
                 return;
             }
         }
-    } else {
-        member.with_offsets(|o| o.entry(topic, p).seen(offset));
     }
     let written = st.file.as_mut().map(|f| f.append(offset, &line, now));
     if let Some(Err(e)) = written {

@@ -30,7 +30,7 @@ pub struct Coordinates<'a> {
 /// `value` as one line of `raw` output.
 pub fn raw_line(value: Option<&[u8]>) -> Cow<'_, [u8]> {
     let value = value.unwrap_or_default();
-    if !value.contains(&b'\n') && !value.contains(&b'\r') {
+    if memchr::memchr2(b'\n', b'\r', value).is_none() {
         return Cow::Borrowed(value);
     }
     if let Some(joined) = one_line_json(value) {

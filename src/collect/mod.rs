@@ -17,6 +17,7 @@ mod consumer;
 pub mod files;
 pub mod lines;
 pub mod retry;
+mod role;
 mod telemetry;
 
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use rdkafka::producer::{
 use rdkafka::statistics::Statistics;
 
 pub use config::CollectConfig;
-use consumer::RetryDone;
+use role::RetryDone;
 pub use telemetry::CollectTelemetry;
 
 use crate::config::KafkaConfig;
@@ -304,7 +305,7 @@ pub fn spawn(
             )?);
         }
     }
-    let members: Vec<Arc<consumer::CollectMember>> =
+    let members: Vec<Arc<role::CollectMember>> =
         consumers.iter().map(|c| c.context().clone()).collect();
     let threads = consumers
         .into_iter()

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Shared, consumer};
+use super::{Shared, role};
 use crate::kafka::KafkaStats;
 use crate::kafka::probe::Probe;
 use crate::metrics::{Counter, Prom};
@@ -14,7 +14,7 @@ use crate::stats::{Rates, Telemetry};
 pub struct CollectTelemetry {
     pub(super) shared: Arc<Shared>,
     /// One per consumer thread.
-    pub(super) members: Vec<Arc<consumer::CollectMember>>,
+    pub(super) members: Vec<Arc<role::CollectMember>>,
     pub(super) probe: Arc<Probe>,
     pub(super) threads: usize,
     pub(super) rates: Rates<2>,
@@ -26,7 +26,7 @@ impl CollectTelemetry {
     /// Counts partitions over every consumer thread. A thread may hold its
     /// partitions' lock through an fsync: then its last count stands in,
     /// so `/metrics` and the stats line never wait on a disk.
-    fn count_parts(&self, kind: usize, pick: fn(&consumer::PartState) -> bool) -> usize {
+    fn count_parts(&self, kind: usize, pick: fn(&role::PartState) -> bool) -> usize {
         self.members
             .iter()
             .zip(&self.last_counts)
@@ -42,7 +42,7 @@ impl CollectTelemetry {
     }
 
     fn files_open(&self) -> usize {
-        self.count_parts(0, consumer::PartState::file_open)
+        self.count_parts(0, role::PartState::file_open)
     }
 
     /// (topic, partition, lag) over every consumer thread, one row each.
@@ -176,7 +176,7 @@ impl Telemetry for CollectTelemetry {
             "gauge",
             "Retry-topic partitions paused until their next message is due.",
             &[],
-            self.count_parts(1, consumer::PartState::delayed),
+            self.count_parts(1, role::PartState::delayed),
         );
         p.latency(
             "kbridge_collect_fsync_duration_seconds",

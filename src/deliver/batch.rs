@@ -21,19 +21,22 @@ use crate::kafka::record::{base64, hex};
 /// `X-Kafka-Key-Size` says how long the key was.
 pub const MAX_HEADER_KEY: usize = 1024;
 
+/// Does `v` hold a line break (a JSON value spread over lines)?
+fn has_line_break(v: &[u8]) -> bool {
+    memchr::memchr2(b'\n', b'\r', v).is_some()
+}
+
 /// A message's value as one batch item; `line`: for a line format.
 fn item(m: &Msg, line: bool) -> Cow<'_, [u8]> {
     match m.kind {
         ValueKind::Tombstone => Cow::Borrowed(b"null"),
-        ValueKind::Json if line && m.payload.iter().any(|b| *b == b'\n' || *b == b'\r') => {
-            Cow::Owned(
-                m.payload
-                    .iter()
-                    .copied()
-                    .filter(|b| *b != b'\n' && *b != b'\r')
-                    .collect(),
-            )
-        }
+        ValueKind::Json if line && has_line_break(&m.payload) => Cow::Owned(
+            m.payload
+                .iter()
+                .copied()
+                .filter(|b| *b != b'\n' && *b != b'\r')
+                .collect(),
+        ),
         ValueKind::Json => Cow::Borrowed(&m.payload),
         ValueKind::Other => {
             let text = match std::str::from_utf8(&m.payload) {
@@ -132,10 +135,19 @@ pub fn headers_of(content_type: &str, batch: &[Work]) -> Vec<(&'static str, Stri
         }
     } else {
         let last = &batch[batch.len() - 1].msg;
+        // The coordinates in a fixed binary form (topic, then partition
+        // and offset big-endian per message): no text built per message.
         let mut digest = Sha256::new();
+        let mut topic: Option<&str> = None;
         for w in batch {
             let m = &w.msg;
-            digest.update(format!("{}/{}@{}\n", m.topic, m.partition, m.offset));
+            if topic != Some(&*m.topic) {
+                topic = Some(&m.topic);
+                digest.update((m.topic.len() as u32).to_be_bytes());
+                digest.update(m.topic.as_bytes());
+            }
+            digest.update(m.partition.to_be_bytes());
+            digest.update(m.offset.to_be_bytes());
         }
         h.push(("X-Kafka-Batch-Size", batch.len().to_string()));
         h.push((

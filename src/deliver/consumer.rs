@@ -12,7 +12,7 @@
 //! messages up instead of sending them; the callback waits only for calls
 //! already under way (bounded by `shutdown_timeout_ms`), then commits.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::config::{Commit, DeliverConfig, OnInvalid, OnTombstone};
+use super::stash::{Part, Stash};
 use super::{Done, Msg, Refused, Shared, ValueKind, Work};
 use crate::aggregates;
 use crate::config::KafkaConfig;
@@ -31,21 +32,7 @@ use crate::kafka::member::{self, GroupCounters, Member, Role, RoleConsumer, Spec
 use crate::kafka::record;
 
 pub type DeliverMember = Member<DeliverRole>;
-type DeliverConsumer = RoleConsumer<DeliverRole>;
-
-/// A partition's name as messages carry it.
-type Part = (Arc<str>, i32);
-
-/// Polled messages waiting for room, per partition, in offset order.
-#[derive(Default)]
-struct Stash {
-    waiting: HashMap<Part, VecDeque<Work>>,
-    count: usize,
-    /// The next channel was full: every partition of the member is paused.
-    full: bool,
-    /// Partitions paused on their own (a key lane at its capacity).
-    paused: HashSet<Part>,
-}
+pub(super) type DeliverConsumer = RoleConsumer<DeliverRole>;
 
 /// What deliver adds to a group member.
 pub struct DeliverRole {
@@ -105,7 +92,7 @@ impl Role for DeliverRole {
     fn forget(&self, revoked: &[(String, i32)]) {
         let gone = |(t, p): &Part| revoked.iter().any(|(rt, rp)| **rt == **t && rp == p);
         if let Ok(mut st) = self.stash.lock() {
-            st.paused.retain(|k| !gone(k));
+            st.forget(&gone);
         }
     }
 
@@ -119,7 +106,7 @@ impl Role for DeliverRole {
         // A newly assigned partition takes the member's state: paused while
         // the channel is full (the flush resumes the whole assignment),
         // fetching otherwise.
-        let full = self.stash.lock().map(|st| st.full).unwrap_or(false);
+        let full = self.stash.lock().map(|st| st.full()).unwrap_or(false);
         let _ = if full {
             consumer.pause(tpl)
         } else {
@@ -160,153 +147,36 @@ impl DeliverRole {
         });
     }
 
+    pub fn stashed(&self) -> usize {
+        self.stash.lock().map(|s| s.count()).unwrap_or(0)
+    }
+
     /// Takes the selected partitions' stashed messages out (never handed
     /// out, so redelivered later).
     fn take_stash(&self, select: &dyn Fn(&str, i32) -> bool) -> Vec<Work> {
-        let Ok(mut st) = self.stash.lock() else {
-            return Vec::new();
-        };
-        let keys: Vec<Part> = st
-            .waiting
-            .keys()
-            .filter(|(t, p)| select(t, *p))
-            .cloned()
-            .collect();
-        let mut out = Vec::new();
-        for k in keys {
-            out.extend(st.waiting.remove(&k).unwrap_or_default());
-        }
-        st.count -= out.len();
-        out
+        self.stash
+            .lock()
+            .map(|mut s| s.take(select))
+            .unwrap_or_default()
     }
 
-    pub fn stashed(&self) -> usize {
-        self.stash.lock().map(|s| s.count).unwrap_or(0)
-    }
-
-    /// Puts `w` at the end of its partition's stash.
     fn stash(&self, w: Work) {
-        if let Ok(mut st) = self.stash.lock() {
-            let k = (w.msg.topic.clone(), w.msg.partition);
-            st.waiting.entry(k).or_default().push_back(w);
-            st.count += 1;
+        if let Ok(mut s) = self.stash.lock() {
+            s.push(w);
         }
     }
 
-    /// Moves stashed messages on, pausing and resuming partitions to match;
-    /// false while the channel is full (then nothing new is fetched).
+    /// See [`Stash::flush`].
     fn flush_stash(&self, consumer: &DeliverConsumer) -> bool {
-        let shared = &self.shared;
-        let Ok(mut guard) = self.stash.lock() else {
-            return true;
-        };
-        let st = &mut *guard;
-        if st.count == 0 && !st.full {
-            return true;
-        }
-        let mut full = false;
-        let cap = shared.lane_capacity();
-        let mut lane_blocked: Vec<Part> = Vec::new();
-        for (part, q) in st.waiting.iter_mut() {
-            if full {
-                break;
-            }
-            // Messages of a key whose lane is full keep their order and
-            // wait; other keys of the partition go past them.
-            let mut blocked_keys: Vec<Vec<u8>> = Vec::new();
-            let mut kept = VecDeque::with_capacity(q.len());
-            while let Some(w) = q.pop_front() {
-                let waits = w.msg.key.as_ref().is_some_and(|k| blocked_keys.contains(k));
-                if waits {
-                    kept.push_back(w);
-                    continue;
-                }
-                let refused = if shared.saturated() {
-                    Err(Refused::Full(w))
-                } else {
-                    shared.dispatch(w)
-                };
-                match refused {
-                    Ok(()) => st.count -= 1,
-                    Err(Refused::Full(w)) => {
-                        kept.push_back(w);
-                        kept.extend(q.drain(..));
-                        full = true;
-                    }
-                    Err(Refused::Lane(w)) => {
-                        blocked_keys.extend(w.msg.key.clone());
-                        kept.push_back(w);
-                    }
-                }
-            }
-            // Held back behind full lanes: the partition stops fetching
-            // once that is as much as one lane holds.
-            if kept.len() >= cap {
-                lane_blocked.push(part.clone());
-            }
-            *q = kept;
-        }
-        st.waiting.retain(|_, q| !q.is_empty());
-        // A partition waits on its own while its stash is that long and the
-        // channel has room; when the channel is full the whole assignment
-        // waits.
-        for part in lane_blocked {
-            if st.paused.insert(part.clone()) {
-                let _ = consumer.pause(&one(&part));
-                shared.metrics.pauses.inc();
-            }
-        }
-        let ready: Vec<Part> = st
-            .paused
-            .iter()
-            .filter(|k| st.waiting.get(*k).is_none_or(|q| q.len() < cap))
-            .cloned()
-            .collect();
-        for part in ready {
-            st.paused.remove(&part);
-            if !st.full {
-                let _ = consumer.resume(&one(&part));
-            }
-        }
-        match (full, st.full) {
-            (true, false) => {
-                if let Ok(a) = consumer.assignment() {
-                    let _ = consumer.pause(&a);
-                }
-                st.full = true;
-                shared.metrics.pauses.inc();
-            }
-            (false, true) => {
-                if let Ok(a) = consumer.assignment() {
-                    let _ = consumer.resume(&a);
-                }
-                for part in &st.paused {
-                    let _ = consumer.pause(&one(part));
-                }
-                st.full = false;
-            }
-            _ => {}
-        }
-        !full
+        self.stash
+            .lock()
+            .map(|mut s| s.flush(&self.shared, consumer))
+            .unwrap_or(true)
     }
 
-    /// True when `w` must wait behind stashed messages of its partition (or
-    /// behind a full channel).
     fn must_wait(&self, w: &Work) -> bool {
-        self.stash.lock().is_ok_and(|st| {
-            st.full
-                || (st.count > 0
-                    && st
-                        .waiting
-                        .contains_key(&(w.msg.topic.clone(), w.msg.partition)))
-        })
+        self.stash.lock().is_ok_and(|s| s.must_wait(w))
     }
-}
-
-fn one((t, p): &Part) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(t, *p);
-    tpl
 }
 
 /// Creates consumer `i` and subscribes it (build before spawn).

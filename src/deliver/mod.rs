@@ -32,6 +32,7 @@ pub mod outbound;
 pub mod replay;
 pub mod retry;
 mod sender;
+mod stash;
 mod telemetry;
 
 use std::sync::Arc;

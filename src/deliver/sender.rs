@@ -26,6 +26,7 @@ use super::dlq::DeadLetters;
 use super::outbound::origin;
 use super::retry::{Action, CallResult, classify, is_retried, parse_retry_after};
 use super::{Shared, Stage, Work};
+use crate::kafka::offsets::Busy;
 use crate::pool::WorkerPool;
 
 /// Spaces calls to at most `per_s` messages a second (0 = no limit).
@@ -191,15 +192,25 @@ fn send(
         }
         return;
     };
-    let mut busy = Vec::with_capacity(batch.len());
+    // Each partition's lease is entered once for the call (a batch holds
+    // messages of a few partitions at most: no atomics per message).
+    let mut busy: Vec<(crate::kafka::offsets::Lease, Option<Busy>)> = Vec::new();
     let mut live = Vec::with_capacity(batch.len());
     for w in batch {
-        match w.msg.lease.enter() {
-            Some(b) => {
-                busy.push(b);
-                live.push(w);
+        let lease = &w.msg.lease;
+        let entered = match busy.iter().find(|(l, _)| l.same(lease)) {
+            Some((_, b)) => b.is_some(),
+            None => {
+                let b = lease.enter();
+                let ok = b.is_some();
+                busy.push((lease.clone(), b));
+                ok
             }
-            None => shared.abandon(w),
+        };
+        if entered {
+            live.push(w);
+        } else {
+            shared.abandon(w);
         }
     }
     if live.is_empty() {

@@ -28,7 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 #[derive(Debug, Clone, Default)]
 pub struct Lease(Arc<LeaseState>);
 
+// A line of its own: the `Arc`'s counts change with every message taken and
+// finished, and must not evict the flags the senders read.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 struct LeaseState {
     ended: AtomicBool,
     /// Work of this lease inside a call now (see [`Lease::enter`]).
