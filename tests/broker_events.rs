@@ -171,3 +171,38 @@ fn records_deleted_below_the_committed_offset_and_beyond_leave_the_archive_whole
     assert_eq!(eras.len(), 1);
     assert_eq!(committed(&b, &group, &topic, 1), vec![60]);
 }
+
+#[test]
+fn a_crash_between_a_commit_and_the_rename_is_mended_at_the_next_assignment() {
+    let b = brokers();
+    let topic = unique_topic("ev-rename");
+    create_topic(&b, &topic, 1);
+    produce(&b, &topic, &events("r", 10));
+    let dir = TempDir::new("ev-rename");
+    let group = unique_topic("g");
+    let ini = collect_ini(&b, &group, &topic, &dir.0, "idle_close_s = 1");
+    let mut c = Collect::start(&ini);
+    wait_until("the 10 filed", Duration::from_secs(60), || {
+        filed(&dir.0, &topic) >= 10
+    });
+    assert!(c.stop());
+    // The state such a crash leaves: the offsets committed, the file still
+    // under its pending name. No message comes for the partition again.
+    let (files, _) = stored(&dir.0, &topic);
+    assert_eq!(files.len(), 1);
+    let done = files[0].path().to_path_buf();
+    let name = done.file_name().unwrap().to_string_lossy().into_owned();
+    let pending = done.with_file_name(format!(".{name}.pending"));
+    std::fs::rename(&done, &pending).unwrap();
+    assert_eq!(committed(&b, &group, &topic, 1), vec![10]);
+
+    let mut c = Collect::start(&ini);
+    wait_until(
+        "the file named final again",
+        Duration::from_secs(30),
+        || done.exists(),
+    );
+    assert!(c.stop());
+    assert!(!pending.exists());
+    crate::collect::assert_exactly(&dir.0, &topic, &b, 10);
+}

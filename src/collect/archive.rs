@@ -105,6 +105,21 @@ pub fn plan(found: &[Found], first: i64) -> Plan {
     p
 }
 
+/// The pending files below `committed`, the group's committed offset: they
+/// were committed, and only their rename was cut short (pure).
+pub fn committed_pending(found: &[Found], committed: i64) -> Vec<Pending> {
+    found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Pending(path, s) if s.last < committed => Some(Pending {
+                path: path.clone(),
+                span: *s,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Every file of `topic`'s `partition` under `root/<dir_topic>/<date>/`.
 pub fn scan(root: &Path, dir_topic: &str, topic: &str, partition: i32) -> io::Result<Vec<Found>> {
     let mut out = Vec::new();
@@ -227,6 +242,22 @@ mod tests {
         // Old eras' finals never make a regression by themselves.
         let p = plan(&found, 10);
         assert_eq!((p.era, p.regression, p.high), (1, false, Some(9)));
+    }
+
+    #[test]
+    fn pending_files_below_the_committed_offset_are_the_committed_ones() {
+        let found = vec![
+            Found::Final(s(0, 99, 0)),
+            pending(100, 199, 0),
+            pending(200, 299, 0),
+            Found::Temp(PathBuf::from("t")),
+        ];
+        let c: Vec<i64> = committed_pending(&found, 200)
+            .iter()
+            .map(|f| f.span.first)
+            .collect();
+        assert_eq!(c, vec![100]);
+        assert!(committed_pending(&found, 100).is_empty());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::Shared;
 use super::files::{OpenFile, Pending, promote_all};
+use super::{Shared, archive};
 use crate::kafka::member::{Member, Role, RoleConsumer};
 use crate::kafka::offsets::Lease;
 
@@ -107,6 +107,26 @@ impl Role for CollectRole {
         // but the delay that paused it (a retry not yet due) went with the
         // revocation: fetch again, and pause again if it is still early.
         let _ = consumer.resume(tpl);
+        // A crash between a commit and the renames it allowed leaves
+        // pending files below the committed offset; a partition that gets
+        // no message again would keep them pending for good.
+        let Ok(committed) = consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) else {
+            return;
+        };
+        let root = &self.shared.config.record_directory;
+        for e in committed.elements() {
+            let Offset::Offset(c) = e.offset() else {
+                continue;
+            };
+            let topic = e.topic();
+            let dir_topic = self.shared.retry_source(topic).unwrap_or(topic);
+            let Ok(found) = archive::scan(root, dir_topic, topic, e.partition()) else {
+                continue;
+            };
+            for (f, err) in promote_all(archive::committed_pending(&found, c)) {
+                warn!("cannot give {} its final name: {err}", f.path.display());
+            }
+        }
     }
 
     /// Files below a confirmed position are committed: now they get their

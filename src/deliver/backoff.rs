@@ -8,8 +8,9 @@
 //!   signal overload — 429, 503, timeouts, refused or broken connections —
 //!   for an exponential backoff from `backoff_initial_ms` (doubling while
 //!   it stays sick); one such call halves the calls allowed at once. Other
-//!   statuses, 500 among them, are the message's own trouble, not the
-//!   endpoint's: they slow nothing but the message;
+//!   retried statuses, 500 among them, may be the message's own trouble:
+//!   one slows only its message, but three in a row (an endpoint that
+//!   fails everything) close the gate the same way;
 //! - a gate that opens again lets one call through (the probe); each call
 //!   that succeeds doubles the calls allowed at once, up to `max_in_flight`,
 //!   and a success ends the doubling of the backoff.
@@ -32,8 +33,11 @@ const STRIKES: u32 = 3;
 pub enum Verdict {
     /// The endpoint answered (any status it is not asked to retry).
     Healthy,
-    /// 408, 429, 5xx or a transport error; with the endpoint's
-    /// `Retry-After`, if it sent one.
+    /// Another retried status (500 among them): maybe the message's own
+    /// trouble; only a run of them closes the gate.
+    Failed,
+    /// Overloaded: 408, 429, 503, 504, a call without an answer, or any
+    /// retried status with the endpoint's `Retry-After`.
     Sick(Option<Duration>),
 }
 
@@ -52,7 +56,7 @@ impl Verdict {
                 status: 408 | 429 | 503 | 504,
                 ..
             } => Verdict::Sick(None),
-            CallResult::Status { .. } => Verdict::Healthy,
+            CallResult::Status { .. } => Verdict::Failed,
             CallResult::Transport(_) => Verdict::Sick(None),
         }
     }
@@ -119,6 +123,14 @@ impl GateState {
                 self.failures = 0;
                 self.closings = 0;
                 self.limit = (self.limit * 2).min(self.max);
+            }
+            Verdict::Failed => {
+                let already = self.closed(now);
+                self.failures += 1;
+                if !already && self.failures >= STRIKES {
+                    let wait = backoff(self.closings + 1, self.initial, self.cap, jitter);
+                    self.close(now + wait, already);
+                }
             }
             Verdict::Sick(retry_after) => {
                 // Calls that were under way when the gate closed add no
@@ -357,6 +369,37 @@ mod tests {
         assert_eq!(
             Verdict::of(&CallResult::Transport("reset".into()), true),
             Verdict::Sick(None)
+        );
+        let own = CallResult::Status {
+            status: 500,
+            retry_after: None,
+        };
+        assert_eq!(Verdict::of(&own, true), Verdict::Failed);
+    }
+
+    #[test]
+    fn a_500_slows_only_its_message_but_a_run_of_them_closes_the_gate() {
+        let t0 = Instant::now();
+        let mut g = GateState::new(8, I, M);
+        for _ in 0..2 {
+            assert!(g.try_start(t0));
+            g.finished(Verdict::Failed, t0, 1.0);
+        }
+        assert_eq!(
+            (g.limit(), g.closed(t0)),
+            (8, false),
+            "no halving for a 500"
+        );
+        assert!(g.try_start(t0));
+        g.finished(Verdict::Healthy, t0, 1.0);
+        for _ in 0..3 {
+            assert!(g.try_start(t0));
+            g.finished(Verdict::Failed, t0, 1.0);
+        }
+        assert_eq!(
+            g.wait(t0),
+            Some(I),
+            "three in a row: an endpoint that fails everything"
         );
     }
 }

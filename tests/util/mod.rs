@@ -492,7 +492,22 @@ pub fn produce(brokers: &str, topic: &str, records: &[(Option<String>, String)])
         if let Some(k) = k {
             r = r.key(k.as_str());
         }
-        p.send(r).map_err(|(e, _)| e).unwrap();
+        // A full queue (100,000 records) is waited out.
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
+            }
+        }
     }
     p.flush(Duration::from_secs(30)).unwrap();
 }
