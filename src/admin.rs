@@ -3,6 +3,14 @@
 //! `/metrics` (Prometheus text of every role), `/log-level`, and the
 //! dashboard (`/`, `/assets/…`, `/api/…`, see [`crate::dashboard`]). It
 //! reads the roles through [`Telemetry`] and never imports a role.
+//!
+//! It answers only requests whose `Host` is an IP address, `localhost`, or
+//! a name of `[admin] allowed_hosts`: a web page of another name that the
+//! attacker makes resolve to this machine (DNS rebinding) is same-origin
+//! for the browser, but its requests carry its own name and get 421. The
+//! one request that changes state, `PUT /log-level`, is a method no page
+//! can send to another origin without a preflight, and no CORS header is
+//! ever sent.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -21,6 +29,7 @@ use crate::stats::Telemetry;
 pub fn spawn(
     listener: TcpListener,
     limits: &HttpLimits,
+    allowed_hosts: &[String],
     roles: Vec<Arc<dyn Telemetry>>,
     sources: Sources,
     stop: StopToken,
@@ -32,6 +41,7 @@ pub fn spawn(
     let addr = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
     let server = stats.start("admin", listener, limits, None, None)?;
+    let allowed_hosts = allowed_hosts.to_vec();
     log::info!("admin on http://{addr} (dashboard at /; /health, /ready, /metrics)");
     if !addr.ip().is_loopback() {
         log::warn!(
@@ -46,6 +56,15 @@ pub fn spawn(
                 &server,
                 &stop,
                 |mut req| {
+                    let host = http::header_value(&req, "Host");
+                    if !host_allowed(host, &allowed_hosts) {
+                        let msg = format!(
+                            "Host {:?} is not a name of this admin server: use its IP address or localhost, \
+                             or add the name to [admin] allowed_hosts",
+                            host.unwrap_or_default()
+                        );
+                        return http::send(req, error_reply(421, &msg, json!({})));
+                    }
                     let (path, query) = http::split_url(req.url());
                     let (path, query) = (path.to_string(), query.to_string());
                     let reply = match (req.method(), path.as_str()) {
@@ -68,6 +87,27 @@ pub fn spawn(
                 || {},
             );
         })?)
+}
+
+/// Is `host` (a `Host` header, maybe with a port) a name this server
+/// answers to: an IP address, `localhost`, or one of `allowed` (pure)?
+/// Without a header (HTTP/1.0) the request came from no browser page.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host.map(str::trim) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
 }
 
 /// `PUT /log-level` with a body such as `debug` or
@@ -146,5 +186,38 @@ fn route(
             ),
             json!({}),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_localhost_and_allowed_names_are_answered() {
+        let allowed = vec!["kbridge.internal".to_string()];
+        for ok in [
+            "127.0.0.1:8081",
+            "127.0.0.1",
+            "[::1]:8081",
+            "10.1.2.3:8081",
+            "localhost:8081",
+            "LOCALHOST",
+            "app.localhost",
+            "kbridge.internal:8081",
+            "kbridge.internal.",
+        ] {
+            assert!(host_allowed(Some(ok), &allowed), "{ok}");
+        }
+        for bad in [
+            "attacker.example",
+            "attacker.example:8081",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "",
+        ] {
+            assert!(!host_allowed(Some(bad), &allowed), "{bad}");
+        }
+        assert!(host_allowed(None, &[]));
     }
 }

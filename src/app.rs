@@ -276,6 +276,7 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     let admin = crate::admin::spawn(
         admin_listener,
         &config.common.admin.limits,
+        &config.common.admin.allowed_hosts,
         telemetry.clone(),
         crate::dashboard::Sources {
             aggregates: deliver_handle.as_ref().map(|_| aggregates.clone()),

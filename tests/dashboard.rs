@@ -350,6 +350,7 @@ fn the_admin_server_serves_the_page_its_assets_and_a_summary_without_deliver() {
     let admin = kbridge::admin::spawn(
         listener,
         &kbridge::config::limits::HttpLimits::admin(),
+        &[],
         vec![ing.telemetry()],
         sources,
         stop.token(),

@@ -82,6 +82,7 @@ fn lying_and_huge_content_lengths_get_413_on_ingest_and_admin() {
     let admin = kbridge::admin::spawn(
         admin_listener,
         &kbridge::config::limits::HttpLimits::admin(),
+        &[],
         vec![ing.telemetry()],
         kbridge::dashboard::Sources::default(),
         stop.token(),

@@ -23,4 +23,5 @@ mod old_brokers;
 mod ops;
 mod security;
 mod sick_endpoint;
+mod strict_http;
 mod util;

@@ -30,6 +30,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// A non-loopback `listen` was asked for explicitly.
     pub allow_remote: bool,
+    /// Host names the admin server answers to besides IP addresses and
+    /// `localhost` (`[admin] allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
     pub limits: limits::HttpLimits,
 }
 
@@ -88,6 +91,7 @@ impl CommonConfig {
         let admin = AdminConfig {
             listen: a.socket_addr("listen", "127.0.0.1:8081"),
             allow_remote: a.bool("allow_remote", false),
+            allowed_hosts: ini::comma_list(&a.string("allowed_hosts", "")),
             limits: limits::HttpLimits::read(&mut a, limits::HttpLimits::admin()),
         };
         if !admin.allow_remote && !admin.listen.ip().is_loopback() {

@@ -74,6 +74,12 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
     let route = shared.paths.get(path).copied();
     let who = match &shared.auth {
         None => None,
+        // Two tokens are one too many: which one a proxy in front read is
+        // anyone's guess.
+        Some(_) if http::header_count(&req, "Authorization") > 1 => {
+            let msg = "more than one Authorization header";
+            return shared.reply(req, route, started, error_reply(400, msg, json!({})));
+        }
         Some(auth) => match auth.check(header_value(&req, "Authorization"), route) {
             Ok(name) => Some(name),
             Err(denied) => {
@@ -342,7 +348,13 @@ fn parse_query(shared: &Shared, query: &str, route: usize) -> Result<Option<i32>
                         json!({}),
                     ));
                 }
-                partition = Some(p);
+                if partition.replace(p).is_some() {
+                    return Err((
+                        400,
+                        "query parameter partition given more than once".into(),
+                        json!({}),
+                    ));
+                }
             }
             other => {
                 return Err((

@@ -183,6 +183,7 @@ fn next_request(
             .until(Instant::now() + limits.header_timeout);
     }
     let head = read_head(reader, limits)?;
+    host_once(&head)?;
     let framing = framing(&head, limits)?;
     let keep_alive = keep_alive(&head);
     if framing != Framing::None {
@@ -416,6 +417,44 @@ fn keep_alive(head: &Head) -> bool {
     head.version >= HTTPVersion(1, 1) || connection_has(head, "keep-alive")
 }
 
+/// HTTP/1.1 requests carry exactly one `Host` (RFC 9112 §3.2): none, or two
+/// that a proxy and this server could read differently, is refused.
+fn host_once(head: &Head) -> Result<(), Fail> {
+    if head.version < HTTPVersion(1, 1) {
+        return Ok(());
+    }
+    match head
+        .headers
+        .iter()
+        .filter(|h| h.field.equiv("Host"))
+        .count()
+    {
+        1 => Ok(()),
+        0 => Err(Fail::Refuse(
+            400,
+            "an HTTP/1.1 request needs a Host header".into(),
+        )),
+        _ => Err(Fail::Refuse(400, "more than one Host header".into())),
+    }
+}
+
+/// The size of a chunk-size line: 1 to 16 hex digits (RFC 9112 §7.1: no
+/// sign, no space before it), then optional space and extensions.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let (size, rest) = match line.iter().position(|b| !b.is_ascii_hexdigit()) {
+        Some(i) => line.split_at(i),
+        None => (line, &[][..]),
+    };
+    let rest_ok = rest
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t'))
+        .is_none_or(|b| *b == b';');
+    if size.is_empty() || size.len() > 16 || !rest_ok {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(size).ok()?, 16).ok()
+}
+
 /// The body's framing, refusing what a proxy in front could read otherwise
 /// (request smuggling): both `Content-Length` and `Transfer-Encoding`,
 /// differing or malformed lengths, codings other than `chunked`.
@@ -529,13 +568,13 @@ fn read_body(
                     Ok(None) => return Err(bad("chunk size line above 1024 bytes")),
                     Err(e) => return Err(io_fail(e, "request body")),
                 }
-                let size = line.split(|b| *b == b';').next().unwrap_or(&[]);
-                let size = std::str::from_utf8(size)
+                let size = chunk_size(&line).ok_or_else(|| bad("invalid chunk size"))?;
+                // Checked before any arithmetic: a size near u64::MAX is a
+                // body too large, not an overflow.
+                let size = <usize as std::convert::TryFrom<u64>>::try_from(size)
                     .ok()
-                    .map(|s| s.trim_matches([' ', '\t']))
-                    .filter(|s| !s.is_empty() && s.len() <= 16)
-                    .and_then(|s| usize::from_str_radix(s, 16).ok())
-                    .ok_or_else(|| bad("invalid chunk size"))?;
+                    .filter(|n| body.len().saturating_add(*n) <= limits.max_body_bytes)
+                    .ok_or_else(|| too_large(limits))?;
                 if size == 0 {
                     // Trailer fields are read and dropped, within the
                     // header limits.
@@ -549,9 +588,6 @@ fn read_body(
                         }
                     }
                     return Ok((body, Some(reservation)));
-                }
-                if body.len() + size > limits.max_body_bytes {
-                    return Err(too_large(limits));
                 }
                 if !reservation.grow(size) {
                     return Err(busy(&ctx.budget));
@@ -588,10 +624,7 @@ fn refuse(write: &mut RefinedTcpStream, status: u16, reason: &str, section: &str
     } else {
         reason.to_string()
     };
-    let body = format!(
-        "{{\"status\":{status},\"error\":\"{}\"}}",
-        reason.replace('\\', "\\\\").replace('"', "\\\"")
-    );
+    let body = format!("{{\"status\":{status},\"error\":{}}}", json_string(&reason));
     let retry = if status == 503 {
         "Retry-After: 1\r\n"
     } else {
@@ -603,6 +636,25 @@ fn refuse(write: &mut RefinedTcpStream, status: u16, reason: &str, section: &str
     );
     let _ = write.write_all(msg.as_bytes());
     let _ = write.flush();
+}
+
+/// `s` as a JSON string: quotes, backslashes and every control character
+/// escaped, so a refusal that quotes a client's bytes is still JSON.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Before closing after an answer, reads (and drops) what the client still
@@ -645,6 +697,50 @@ mod tests {
             Err(Fail::Gone) => 0,
             Ok(_) => 200,
         }
+    }
+
+    #[test]
+    fn http_1_1_needs_exactly_one_host() {
+        let with = |lines: &[&str]| match host_once(&head(lines)) {
+            Ok(()) => 200,
+            Err(Fail::Refuse(s, _)) => s,
+            Err(Fail::Gone) => 0,
+        };
+        assert_eq!(with(&["Host: a"]), 200);
+        assert_eq!(with(&[]), 400);
+        assert_eq!(with(&["Host: a", "Host: b"]), 400);
+        assert_eq!(with(&["Host: a", "host: a"]), 400);
+        let mut old = head(&[]);
+        old.version = HTTPVersion(1, 0);
+        assert!(host_once(&old).is_ok(), "HTTP/1.0 may omit it");
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_digits_only() {
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"5;ext=1"), Some(5));
+        assert_eq!(chunk_size(b"5 ; ext"), Some(5));
+        assert_eq!(chunk_size(b"5  "), Some(5));
+        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
+        for bad in [
+            &b"+5"[..],
+            b" 5",
+            b"\t5",
+            b"-1",
+            b"",
+            b"5x",
+            b"0x5",
+            b"5 x",
+            b"11111111111111111",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn refusals_are_json_whatever_they_quote() {
+        let s = json_string("Expect: a\tb\u{1}\"c\\");
+        assert_eq!(s, r#""Expect: a\u0009b\u0001\"c\\""#);
     }
 
     #[test]
