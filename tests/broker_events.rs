@@ -53,6 +53,53 @@ fn assert_kept(before: &BTreeMap<PathBuf, Vec<u8>>, root: &Path, topic: &str) {
     }
 }
 
+/// A one-partition topic whose archive a collect run filed and stopped on.
+struct Filed {
+    b: String,
+    topic: String,
+    dir: TempDir,
+    group: String,
+    ini: String,
+}
+
+impl Filed {
+    /// `n` events `<prefix>-<i>` in a new topic, filed by collect (with
+    /// `extra` settings), which then stopped.
+    fn new(name: &str, prefix: &str, n: usize, extra: &str) -> Filed {
+        let b = brokers();
+        let topic = unique_topic(name);
+        create_topic(&b, &topic, 1);
+        produce(&b, &topic, &events(prefix, n));
+        let dir = TempDir::new(name);
+        let group = unique_topic("g");
+        let ini = collect_ini(
+            &b,
+            &group,
+            &topic,
+            &dir.0,
+            &format!("idle_close_s = 1\n{extra}"),
+        );
+        let f = Filed {
+            b,
+            topic,
+            dir,
+            group,
+            ini,
+        };
+        f.collect_until(n, Duration::from_secs(60));
+        f
+    }
+
+    /// Runs collect again until `n` lines are filed in all, then stops it.
+    fn collect_until(&self, n: usize, timeout: Duration) {
+        let mut c = Collect::start(&self.ini);
+        wait_until(&format!("{n} lines filed"), timeout, || {
+            filed(&self.dir.0, &self.topic) >= n
+        });
+        assert!(c.stop());
+    }
+}
+
 #[test]
 fn a_topic_deleted_and_created_again_keeps_every_filed_line_and_files_the_new_ones_once() {
     let b = brokers();
@@ -97,36 +144,16 @@ fn a_topic_deleted_and_created_again_keeps_every_filed_line_and_files_the_new_on
 
 #[test]
 fn a_group_reset_to_earliest_files_again_in_a_new_era_and_erases_nothing() {
-    let b = brokers();
-    let topic = unique_topic("ev-reset");
-    create_topic(&b, &topic, 1);
-    produce(&b, &topic, &events("old", 50));
-    let dir = TempDir::new("ev-reset");
-    let group = unique_topic("g");
-    let ini = collect_ini(
-        &b,
-        &group,
-        &topic,
-        &dir.0,
-        "idle_close_s = 1\nrotate_bytes = 1500",
-    );
-    let mut c = Collect::start(&ini);
-    wait_until("the 50 filed", Duration::from_secs(60), || {
-        filed(&dir.0, &topic) >= 50
-    });
-    assert!(c.stop());
-    let before = snapshot(&dir.0, &topic);
+    let f = Filed::new("ev-reset", "old", 50, "rotate_bytes = 1500");
+    let (b, topic, dir) = (&f.b, &f.topic, &f.dir);
+    let before = snapshot(&dir.0, topic);
 
-    reset_group_to_earliest(&b, &group, &topic);
-    produce(&b, &topic, &events("new", 10));
-    let mut c = Collect::start(&ini);
-    wait_until("read again from the start", Duration::from_secs(90), || {
-        filed(&dir.0, &topic) >= 110
-    });
-    assert!(c.stop());
+    reset_group_to_earliest(b, &f.group, topic);
+    produce(b, topic, &events("new", 10));
+    f.collect_until(110, Duration::from_secs(90));
 
-    assert_kept(&before, &dir.0, &topic);
-    let eras = ids_by_era(&dir.0, &topic);
+    assert_kept(&before, &dir.0, topic);
+    let eras = ids_by_era(&dir.0, topic);
     assert_eq!(eras.get(&0), Some(&once("old", 0..50)));
     let mut again = once("old", 0..50);
     again.extend(once("new", 0..10));
@@ -139,64 +166,40 @@ fn a_group_reset_to_earliest_files_again_in_a_new_era_and_erases_nothing() {
 
 #[test]
 fn records_deleted_below_the_committed_offset_and_beyond_leave_the_archive_whole() {
-    let b = brokers();
-    let topic = unique_topic("ev-truncate");
-    create_topic(&b, &topic, 1);
-    produce(&b, &topic, &events("a", 30));
-    let dir = TempDir::new("ev-truncate");
-    let group = unique_topic("g");
-    let ini = collect_ini(&b, &group, &topic, &dir.0, "idle_close_s = 1");
-    let mut c = Collect::start(&ini);
-    wait_until("the 30 filed", Duration::from_secs(60), || {
-        filed(&dir.0, &topic) >= 30
-    });
-    assert!(c.stop());
-    let before = snapshot(&dir.0, &topic);
+    let f = Filed::new("ev-truncate", "a", 30, "");
+    let (b, topic, dir) = (&f.b, &f.topic, &f.dir);
+    let before = snapshot(&dir.0, topic);
 
     // 30 more, then the log's head is cut at 45: 30..44 are gone before
     // collect could read them, and its committed offset (30) is out of range.
-    produce(&b, &topic, &events("b", 30));
-    delete_records(&b, &topic, 0, 45);
-    let mut c = Collect::start(&ini);
-    wait_until("what is left filed", Duration::from_secs(90), || {
-        filed(&dir.0, &topic) >= 45
-    });
-    assert!(c.stop());
+    produce(b, topic, &events("b", 30));
+    delete_records(b, topic, 0, 45);
+    f.collect_until(45, Duration::from_secs(90));
 
-    assert_kept(&before, &dir.0, &topic);
-    let eras = ids_by_era(&dir.0, &topic);
+    assert_kept(&before, &dir.0, topic);
+    let eras = ids_by_era(&dir.0, topic);
     let mut want = once("a", 0..30);
     want.extend(once("b", 15..30));
     assert_eq!(eras.get(&0), Some(&want), "no offset went back: one era");
     assert_eq!(eras.len(), 1);
-    assert_eq!(committed(&b, &group, &topic, 1), vec![60]);
+    assert_eq!(committed(b, &f.group, topic, 1), vec![60]);
 }
 
 #[test]
 fn a_crash_between_a_commit_and_the_rename_is_mended_at_the_next_assignment() {
-    let b = brokers();
-    let topic = unique_topic("ev-rename");
-    create_topic(&b, &topic, 1);
-    produce(&b, &topic, &events("r", 10));
-    let dir = TempDir::new("ev-rename");
-    let group = unique_topic("g");
-    let ini = collect_ini(&b, &group, &topic, &dir.0, "idle_close_s = 1");
-    let mut c = Collect::start(&ini);
-    wait_until("the 10 filed", Duration::from_secs(60), || {
-        filed(&dir.0, &topic) >= 10
-    });
-    assert!(c.stop());
+    let f = Filed::new("ev-rename", "r", 10, "");
+    let (b, topic, dir) = (&f.b, &f.topic, &f.dir);
     // The state such a crash leaves: the offsets committed, the file still
     // under its pending name. No message comes for the partition again.
-    let (files, _) = stored(&dir.0, &topic);
+    let (files, _) = stored(&dir.0, topic);
     assert_eq!(files.len(), 1);
     let done = files[0].path().to_path_buf();
     let name = done.file_name().unwrap().to_string_lossy().into_owned();
     let pending = done.with_file_name(format!(".{name}.pending"));
     std::fs::rename(&done, &pending).unwrap();
-    assert_eq!(committed(&b, &group, &topic, 1), vec![10]);
+    assert_eq!(committed(b, &f.group, topic, 1), vec![10]);
 
-    let mut c = Collect::start(&ini);
+    let mut c = Collect::start(&f.ini);
     wait_until(
         "the file named final again",
         Duration::from_secs(30),
@@ -204,5 +207,5 @@ fn a_crash_between_a_commit_and_the_rename_is_mended_at_the_next_assignment() {
     );
     assert!(c.stop());
     assert!(!pending.exists());
-    crate::collect::assert_exactly(&dir.0, &topic, &b, 10);
+    crate::collect::assert_exactly(&dir.0, topic, b, 10);
 }

@@ -40,6 +40,22 @@ fn hostile() -> Vec<Raw> {
     ]
 }
 
+/// A one-partition topic holding [`hostile`] records: (brokers, topic, records).
+fn hostile_topic(prefix: &str) -> (String, String, Vec<Raw>) {
+    let b = brokers();
+    let topic = unique_topic(prefix);
+    create_topic(&b, &topic, 1);
+    let recs = hostile();
+    produce_raw(
+        &b,
+        &topic,
+        Some(0),
+        &recs,
+        &[("message.max.bytes", "2000000")],
+    );
+    (b, topic, recs)
+}
+
 /// Every call body is well formed for its format: one record, one item.
 fn assert_framed(format: &str, body: &[u8]) {
     let json = |b: &[u8]| {
@@ -65,17 +81,7 @@ fn assert_framed(format: &str, body: &[u8]) {
 
 #[test]
 fn deliver_in_every_batch_format_sends_good_records_and_parks_the_rest() {
-    let b = brokers();
-    let topic = unique_topic("hx-rec");
-    create_topic(&b, &topic, 1);
-    let recs = hostile();
-    produce_raw(
-        &b,
-        &topic,
-        Some(0),
-        &recs,
-        &[("message.max.bytes", "2000000")],
-    );
+    let (b, topic, recs) = hostile_topic("hx-rec");
     for format in ["single", "ndjson", "json_array", "es_bulk"] {
         // `_bulk` callers read the answer, the others ignore it.
         let sink = Arc::new(Sink::start(Arc::new(|_, _| {
@@ -171,17 +177,7 @@ fn lines_on_disk(root: &Path, topic: &str) -> Vec<Vec<u8>> {
 
 #[test]
 fn collect_writes_exactly_one_line_per_record_whatever_its_bytes() {
-    let b = brokers();
-    let topic = unique_topic("hx-col");
-    create_topic(&b, &topic, 1);
-    let recs = hostile();
-    produce_raw(
-        &b,
-        &topic,
-        Some(0),
-        &recs,
-        &[("message.max.bytes", "2000000")],
-    );
+    let (b, topic, recs) = hostile_topic("hx-col");
     for format in ["raw", "envelope"] {
         let dir = TempDir::new("hx-col");
         let mut c = Collect::start(&collect_ini(

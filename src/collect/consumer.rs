@@ -29,7 +29,7 @@ use super::lines::{Coordinates, envelope_line, raw_line};
 use super::retry::{parse_source, retry_wait};
 use super::role::{Archive, CollectConsumer, CollectMember, CollectRole, PartState};
 use super::{RETRY_AT, RETRY_SOURCE, Shared};
-use crate::kafka::member::{self, GroupCounters, Spec};
+use crate::kafka::member::{self, Spec};
 use crate::kafka::record;
 
 pub fn build(
@@ -37,7 +37,6 @@ pub fn build(
     kafka: &crate::config::KafkaConfig,
     group: &str,
     topics: &[String],
-    counters: Arc<GroupCounters>,
     i: usize,
 ) -> anyhow::Result<CollectConsumer> {
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
@@ -55,7 +54,7 @@ pub fn build(
             topics,
             name: format!("collect-c{i}"),
             fatal: shared.fatal.clone(),
-            counters,
+            counters: shared.metrics.group.clone(),
         },
         role,
     )

@@ -300,7 +300,6 @@ pub fn spawn(
                 kafka,
                 &g.group_id,
                 &topics,
-                shared.metrics.group.clone(),
                 i,
             )?);
         }

@@ -229,12 +229,8 @@ impl CollectRole {
                 let _ = std::fs::remove_file(&f.path);
             }
             if let Some(a) = &mut st.archive {
-                a.high = st
-                    .pending
-                    .iter()
-                    .map(|f| f.span.last)
-                    .max()
-                    .or(a.high.filter(|h| *h < back));
+                let kept = st.pending.iter().map(|f| f.span.last);
+                a.high = kept.chain(a.high.filter(|h| *h < back)).max();
             }
             let _ = consumer.seek(&t, p, Offset::Offset(back), Duration::from_secs(5));
         }

@@ -28,7 +28,7 @@ use super::stash::{Part, Stash};
 use super::{Done, Msg, Refused, Shared, ValueKind, Work};
 use crate::aggregates;
 use crate::config::KafkaConfig;
-use crate::kafka::member::{self, GroupCounters, Member, Role, RoleConsumer, Spec};
+use crate::kafka::member::{self, Member, Role, RoleConsumer, Spec};
 use crate::kafka::record;
 
 pub type DeliverMember = Member<DeliverRole>;
@@ -55,17 +55,10 @@ impl Role for DeliverRole {
         // From here on nothing of these partitions starts a call: senders,
         // lanes and the requeue thread give their messages up.
         let leases = member.with_offsets(|o| o.end(select));
-        let stashed = self.take_stash(select);
-        member.with_offsets(|o| {
-            for w in &stashed {
-                let m = &w.msg;
-                o.abandon(&m.topic, m.partition, m.offset, &m.lease);
-            }
-        });
+        self.give_up_stash(member, select);
         for w in self.shared.lanes.drain_ended() {
             self.shared.abandon(w);
         }
-        self.shared.revoked();
         // Calls under way end within the request timeout.
         let deadline = Instant::now() + self.shared.config.shutdown_timeout;
         loop {
@@ -151,13 +144,20 @@ impl DeliverRole {
         self.stash.lock().map(|s| s.count()).unwrap_or(0)
     }
 
-    /// Takes the selected partitions' stashed messages out (never handed
-    /// out, so redelivered later).
-    fn take_stash(&self, select: &dyn Fn(&str, i32) -> bool) -> Vec<Work> {
-        self.stash
+    /// Gives up the selected partitions' stashed messages (never handed
+    /// out, so redelivered later): counted, and no commit passes them.
+    fn give_up_stash(&self, member: &DeliverMember, select: &dyn Fn(&str, i32) -> bool) {
+        let stashed = self
+            .stash
             .lock()
             .map(|mut s| s.take(select))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.shared.metrics.abandoned.add(stashed.len() as u64);
+        member.with_offsets(|o| {
+            for w in &stashed {
+                o.abandon(&w.msg.topic, w.msg.partition, w.msg.offset, &w.msg.lease);
+            }
+        });
     }
 
     fn stash(&self, w: Work) {
@@ -184,7 +184,6 @@ pub fn build(
     config: &DeliverConfig,
     kafka: &KafkaConfig,
     shared: Arc<Shared>,
-    counters: Arc<GroupCounters>,
     i: usize,
 ) -> anyhow::Result<DeliverConsumer> {
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
@@ -203,7 +202,7 @@ pub fn build(
             topics: &config.topics,
             name: format!("deliver-c{i}"),
             fatal: shared.fatal.clone(),
-            counters,
+            counters: shared.metrics.group.clone(),
         },
         role,
     )
@@ -280,13 +279,7 @@ fn poll_loop(consumer: &DeliverConsumer, shared: &Shared) {
         }
     }
     // Stop fetching; finish or abandon what is in flight; commit; leave.
-    let stashed = role.take_stash(&all);
-    shared.metrics.abandoned.add(stashed.len() as u64);
-    member.with_offsets(|o| {
-        for w in &stashed {
-            o.abandon(&w.msg.topic, w.msg.partition, w.msg.offset, &w.msg.lease);
-        }
-    });
+    role.give_up_stash(member, &all);
     wait_in_flight(member, Instant::now() + shared.config.shutdown_timeout);
     member.commit(consumer, CommitMode::Sync, &all);
     consumer.unsubscribe();

@@ -136,7 +136,7 @@ pub fn spawn_requeue(
             let _watch = watch;
             let mut heap: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
             let mut seq = 0u64;
-            let mut revocations = 0;
+            let mut last_scan = Instant::now();
             let m = &shared.metrics;
             loop {
                 shared.requeue_beat.tick();
@@ -150,19 +150,19 @@ pub fn spawn_requeue(
                     }
                     return;
                 }
-                let now_revoked = shared
-                    .revocations
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                if now_revoked != revocations {
-                    // Partitions were revoked: what waits for them goes now
-                    // (their next owner reads it again), not at its time.
-                    revocations = now_revoked;
-                    let (gone, keep): (Vec<_>, Vec<_>) =
-                        heap.drain().partition(|Reverse(d)| d.3.msg.lease.ended());
-                    heap = keep.into_iter().collect();
-                    m.requeued.add(-(gone.len() as i64));
-                    for Reverse(Due(_, _, _, w)) in gone {
-                        shared.abandon(w);
+                // Partitions were revoked: what waits for them goes now
+                // (their next owner reads it again), not at its time.
+                // Looked for every 100 ms, not per message.
+                if last_scan.elapsed() >= Duration::from_millis(100) {
+                    last_scan = Instant::now();
+                    if heap.iter().any(|Reverse(d)| d.3.msg.lease.ended()) {
+                        let (gone, keep): (Vec<_>, Vec<_>) =
+                            heap.drain().partition(|Reverse(d)| d.3.msg.lease.ended());
+                        heap = keep.into_iter().collect();
+                        m.requeued.add(-(gone.len() as i64));
+                        for Reverse(Due(_, _, _, w)) in gone {
+                            shared.abandon(w);
+                        }
                     }
                 }
                 while let Some(Reverse(Due(at, ..))) = heap.peek() {

@@ -131,14 +131,6 @@ pub enum Refused {
     Lane(Work),
 }
 
-impl Refused {
-    pub fn into_inner(self) -> Work {
-        match self {
-            Refused::Full(w) | Refused::Lane(w) => w,
-        }
-    }
-}
-
 /// Which channel a requeued message goes back into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -162,9 +154,6 @@ pub(crate) struct Shared {
     pub fatal: Sender<String>,
     /// Turns with the requeue thread's loop.
     pub requeue_beat: crate::liveness::Heartbeat,
-    /// Bumped at each revocation: the requeue thread then gives up the
-    /// waiting messages whose lease ended, without waiting for their time.
-    pub revocations: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -184,7 +173,6 @@ impl Shared {
     pub fn dispatch(&self, w: Work) -> Result<(), Refused> {
         let tx = self.first_stage(&w);
         match self.config.ordering {
-            #[allow(clippy::result_large_err)]
             config::Ordering::Key if w.msg.key.is_some() => {
                 self.lanes.admit(w, self.lane_capacity(), |w| {
                     tx.try_send(w).map_err(|e| e.into_inner())
@@ -241,31 +229,21 @@ impl Shared {
     }
 
     /// `w` no longer holds its key's lane: the next message of the key goes
-    /// on (or is given up too, when its lease ended).
+    /// on (`requeue` gives it up in turn when its lease ended).
     fn release_lane(&self, w: &Work) {
         if self.config.ordering != config::Ordering::Key {
             return;
         }
-        let Some(k) = &w.msg.key else { return };
-        while let Some(next) = self.lanes.release(k) {
-            if !next.msg.lease.ended() {
-                let stage = if self.first_stage(&next).same_channel(&self.work_tx) {
-                    Stage::Send
-                } else {
-                    Stage::Enrich
-                };
-                self.requeue(Instant::now(), stage, next);
-                return;
-            }
-            self.metrics.abandoned.inc();
-            next.msg.report(false);
+        if let Some(k) = &w.msg.key
+            && let Some(next) = self.lanes.release(k)
+        {
+            let stage = if self.first_stage(&next).same_channel(&self.work_tx) {
+                Stage::Send
+            } else {
+                Stage::Enrich
+            };
+            self.requeue(Instant::now(), stage, next);
         }
-    }
-
-    /// Partitions were revoked (their leases ended).
-    pub fn revoked(&self) {
-        self.revocations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Puts `w` back into `stage` at `at` (counted as in motion until then);
@@ -334,7 +312,6 @@ pub fn spawn(
         stop: stopper.token(),
         fatal: fatal.clone(),
         requeue_beat: Default::default(),
-        revocations: Default::default(),
         config: config.clone(),
     });
     let kafka_stats = Arc::new(KafkaStats::default());
@@ -356,13 +333,7 @@ pub fn spawn(
     let mut consumers = Vec::with_capacity(threads);
     let mut members = Vec::with_capacity(threads);
     for i in 0..threads {
-        let c = consumer::build(
-            &config,
-            kafka,
-            shared.clone(),
-            shared.metrics.group.clone(),
-            i,
-        )?;
+        let c = consumer::build(&config, kafka, shared.clone(), i)?;
         members.push(c.context().clone());
         consumers.push(c);
     }

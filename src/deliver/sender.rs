@@ -115,9 +115,9 @@ pub fn spawn_pool(
                 }
                 let _task = g.task();
                 shared.metrics.busy.add(1);
-                if first.msg.lease.ended() {
-                    shared.abandon(first);
-                } else if first.parking.is_some() {
+                // A message whose partition was revoked is given up where
+                // it would start: in `send` (the lease) or in `park`.
+                if first.parking.is_some() {
                     dlq.park(first);
                 } else {
                     let (batch, alone) = gather(&shared, &rx, first, &dlq);
@@ -156,7 +156,6 @@ fn gather(
             Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
         };
         match next {
-            Ok(w) if w.msg.lease.ended() => shared.abandon(w),
             Ok(w) if w.parking.is_some() => dlq.park(w),
             Ok(w) if w.solo => return (batch, Some(w)),
             Ok(w) => batch.push(w),

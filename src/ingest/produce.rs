@@ -146,15 +146,8 @@ impl ProducerContext for IngestContext {
             Err((e, m)) => {
                 // SAFETY: `m` is the live message of this delivery report.
                 let status = unsafe { rdkafka::bindings::rd_kafka_message_status(m.ptr()) };
-                let mut o = failed(e);
-                if let Outcome::Failed {
-                    possibly_stored, ..
-                } = &mut o
-                {
-                    *possibly_stored = status
-                        != rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
-                }
-                o
+                use rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
+                failed(e, status != RD_KAFKA_MSG_STATUS_NOT_PERSISTED)
             }
         };
         if pending.settle(index, outcome) {
@@ -165,7 +158,9 @@ impl ProducerContext for IngestContext {
 
 pub type Producer = ThreadedProducer<IngestContext>;
 
-fn failed(e: &KafkaError) -> Outcome {
+/// A failed record; `possibly_stored`: it was sent, and no answer says
+/// whether the broker kept it.
+fn failed(e: &KafkaError, possibly_stored: bool) -> Outcome {
     let code = e.rdkafka_error_code();
     use RDKafkaErrorCode as C;
     let retriable = !matches!(
@@ -185,7 +180,7 @@ fn failed(e: &KafkaError) -> Outcome {
             .unwrap_or_else(|| "Unknown".into()),
         message: e.to_string(),
         retriable,
-        possibly_stored: false,
+        possibly_stored,
     }
 }
 
@@ -234,7 +229,8 @@ pub fn produce(producer: &Producer, job: Job, queue_wait: Duration, on_queue_ful
                 }
                 Err((e, back)) => {
                     let (pending, index) = *back.delivery_opaque;
-                    if pending.settle(index, failed(&e)) {
+                    // Refused before sending: nothing can be stored.
+                    if pending.settle(index, failed(&e, false)) {
                         producer.context().settled(pending);
                     }
                     break;

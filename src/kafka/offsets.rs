@@ -45,7 +45,7 @@ impl Lease {
         self.0.ended.load(Ordering::SeqCst)
     }
 
-    pub fn end(&self) {
+    fn end(&self) {
         self.0.ended.store(true, Ordering::SeqCst);
     }
 
@@ -157,22 +157,8 @@ impl PartitionOffsets {
         self.committed = Some(self.committed.map_or(position, |c| c.max(position)));
     }
 
-    /// The last position known committed.
-    pub fn last_committed(&self) -> Option<i64> {
-        self.committed
-    }
-
-    /// One past the highest offset taken.
-    pub fn next(&self) -> Option<i64> {
-        self.next
-    }
-
     pub fn in_flight(&self) -> usize {
         self.open.len()
-    }
-
-    pub fn lease(&self) -> &Lease {
-        &self.lease
     }
 }
 

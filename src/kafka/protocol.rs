@@ -61,11 +61,11 @@ fn heartbeat_versions(line: &str) -> Option<i16> {
 /// Does the cluster offer KIP-848 consumer groups? `None` when no broker
 /// answered within `timeout`.
 pub fn kip848(kafka: &KafkaConfig, timeout: Duration) -> Option<bool> {
-    let mut props: Vec<(String, String)> = vec![
+    let props: Vec<(String, String)> = vec![
         ("debug".into(), "feature".into()),
         ("client.id".into(), "kbridge-protocol-check".into()),
+        ("statistics.interval.ms".into(), "0".into()),
     ];
-    props.push(("statistics.interval.ms".into(), "0".into()));
     let mut config = super::client_config(kafka, &props);
     // Debug lines reach the context only at this level (rdkafka sets it
     // from the `log` crate's, which may be lower).
