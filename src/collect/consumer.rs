@@ -116,7 +116,7 @@ fn poll_loop(consumer: &CollectConsumer) {
     }
     role.finish_all(member, consumer);
     member.commit(consumer, CommitMode::Sync, &all);
-    consumer.unsubscribe();
+    crate::kafka::member::leave(consumer, Instant::now() + shared.config.shutdown_timeout);
 }
 
 /// Rotation, idle close, end of diversions, resumption of delayed retries.

@@ -282,7 +282,7 @@ fn poll_loop(consumer: &DeliverConsumer, shared: &Shared) {
     role.give_up_stash(member, &all);
     wait_in_flight(member, Instant::now() + shared.config.shutdown_timeout);
     member.commit(consumer, CommitMode::Sync, &all);
-    consumer.unsubscribe();
+    crate::kafka::member::leave(consumer, Instant::now() + shared.config.shutdown_timeout);
 }
 
 /// Waits until nothing is in flight (every message finished or abandoned)

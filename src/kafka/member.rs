@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::{debug, info, warn};
@@ -212,6 +212,34 @@ impl<R: Role> Member<R> {
         });
         self.role.committed(positions);
     }
+}
+
+/// Leaves the group, then lets the consumer be closed: unsubscribes and
+/// polls (discarding what was still fetched: none of it is tracked, so no
+/// commit passes it) until the revocation has run and nothing is assigned,
+/// or `deadline`. Closing straight after `unsubscribe` races an assignment
+/// the group sends meanwhile, and librdkafka aborts the process on it
+/// (`rd_kafka_cgrp_terminated: assert: !rd_kafka_assignment_in_progress`,
+/// seen when SIGTERM came during a rebalance); a member that has left has
+/// nothing to race with.
+pub fn leave<R: Role>(consumer: &RoleConsumer<R>, deadline: Instant) {
+    let member = consumer.context();
+    consumer.unsubscribe();
+    while member.assigned() > 0 {
+        if Instant::now() >= deadline {
+            warn!(
+                "{}: still {} partitions assigned at the stop deadline; closing anyway",
+                member.name(),
+                member.assigned()
+            );
+            return;
+        }
+        member.heartbeat.tick();
+        drop(consumer.poll(Duration::from_millis(50)));
+    }
+    // One more turn serves what the revocation set in motion (the leave
+    // and its commit) before the close.
+    drop(consumer.poll(Duration::from_millis(10)));
 }
 
 /// Sends an asynchronous commit whose answer comes back as an event on the
