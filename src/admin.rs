@@ -40,8 +40,37 @@ pub fn spawn(
     let watch = crate::panics::Watch::new("admin-http", fatal);
     let addr = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
-    let server = stats.start("admin", listener, limits, None, None)?;
     let allowed_hosts = allowed_hosts.to_vec();
+    // Every request is answered on its connection's own thread: a slow
+    // query holds its own connection only, never `/health` or `/ready`,
+    // which are served even at the connection cap (reserved connections).
+    let handler: tiny_http::InlineHandler = {
+        let (stats, stop) = (stats.clone(), stop.clone());
+        let panicked = Arc::new(crate::metrics::Counter::default());
+        Arc::new(move |req| {
+            let run = std::panic::AssertUnwindSafe(|| {
+                handle(
+                    req,
+                    &allowed_hosts,
+                    &roles,
+                    &sources,
+                    &summary,
+                    &stats,
+                    &stop,
+                )
+            });
+            if std::panic::catch_unwind(run).is_err() {
+                panicked.inc();
+                log::error!("admin request handler panicked; answered 500");
+            }
+        })
+    };
+    let hooks = crate::http::Hooks {
+        inline: Some(handler),
+        reserved_paths: vec!["/health".into(), "/ready".into()],
+        ..Default::default()
+    };
+    let server = stats.start("admin", listener, limits, hooks, None)?;
     log::info!("admin on http://{addr} (dashboard at /; /health, /ready, /metrics)");
     if !addr.ip().is_loopback() {
         log::warn!(
@@ -52,41 +81,47 @@ pub fn spawn(
         .name("admin-http".into())
         .spawn(move || {
             let _watch = watch;
-            http::serve(
-                &server,
-                &stop,
-                |mut req| {
-                    let host = http::header_value(&req, "Host");
-                    if !host_allowed(host, &allowed_hosts) {
-                        let msg = format!(
-                            "Host {:?} is not a name of this admin server: use its IP address or localhost, \
-                             or add the name to [admin] allowed_hosts",
-                            host.unwrap_or_default()
-                        );
-                        return http::send(req, error_reply(421, &msg, json!({})));
-                    }
-                    let (path, query) = http::split_url(req.url());
-                    let (path, query) = (path.to_string(), query.to_string());
-                    let reply = match (req.method(), path.as_str()) {
-                        (Method::Put, "/log-level") => put_log_level(&mut req),
-                        (Method::Get | Method::Head, "/log-level") => {
-                            json_reply(200, &json!({ "level": crate::logging::current() }))
-                        }
-                        (Method::Get | Method::Head, _) => {
-                            dashboard::route(&path, &query, &sources, &summary)
-                                .unwrap_or_else(|| route(&path, &roles, &stats, &stop))
-                        }
-                        _ => http::with_header(
-                            error_reply(405, "use GET (or PUT /log-level)", json!({})),
-                            "Allow",
-                            "GET, PUT",
-                        ),
-                    };
-                    http::send(req, reply);
-                },
-                || {},
-            );
+            while !stop.wait(std::time::Duration::from_millis(500)) {}
+            // Connections still open finish the request they read.
+            drop(server);
         })?)
+}
+
+/// Answers one admin request.
+fn handle(
+    mut req: tiny_http::Request,
+    allowed_hosts: &[String],
+    roles: &[Arc<dyn Telemetry>],
+    sources: &Sources,
+    summary: &Summary,
+    stats: &ServerStats,
+    stop: &StopToken,
+) {
+    let host = http::header_value(&req, "Host");
+    if !host_allowed(host, allowed_hosts) {
+        let msg = format!(
+            "Host {:?} is not a name of this admin server: use its IP address or localhost, \
+             or add the name to [admin] allowed_hosts",
+            host.unwrap_or_default()
+        );
+        return http::send(req, error_reply(421, &msg, json!({})));
+    }
+    let (path, query) = http::split_url(req.url());
+    let (path, query) = (path.to_string(), query.to_string());
+    let reply = match (req.method(), path.as_str()) {
+        (Method::Put, "/log-level") => put_log_level(&mut req),
+        (Method::Get | Method::Head, "/log-level") => {
+            json_reply(200, &json!({ "level": crate::logging::current() }))
+        }
+        (Method::Get | Method::Head, _) => dashboard::route(&path, &query, sources, summary)
+            .unwrap_or_else(|| route(&path, roles, stats, stop)),
+        _ => http::with_header(
+            error_reply(405, "use GET (or PUT /log-level)", json!({})),
+            "Allow",
+            "GET, PUT",
+        ),
+    };
+    http::send(req, reply);
 }
 
 /// Is `host` (a `Host` header, maybe with a port) a name this server

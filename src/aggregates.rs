@@ -15,6 +15,11 @@ use crate::metrics::Counter;
 
 /// Distinct values kept per topic; further values count as "other".
 const MAX_VALUES: usize = 1000;
+/// Longest value kept, in bytes; a longer one is cut at a character
+/// boundary and ends in [`TRUNCATED`]: a topic's values hold at most
+/// `MAX_VALUES` × 256 bytes, and every answer built from them is bounded.
+pub const MAX_VALUE_BYTES: usize = 256;
+pub const TRUNCATED: &str = "…(truncated)";
 /// Minutes of per-minute counts kept.
 pub const MINUTES: usize = 60;
 const COUNT_BITS: u32 = 38;
@@ -138,7 +143,15 @@ impl TopicAggregates {
         });
     }
 
-    fn count_value(&self, value: String) {
+    fn count_value(&self, mut value: String) {
+        if value.len() > MAX_VALUE_BYTES {
+            let mut cut = MAX_VALUE_BYTES - TRUNCATED.len();
+            while !value.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            value.truncate(cut);
+            value.push_str(TRUNCATED);
+        }
         if let Ok(m) = self.values.read()
             && let Some(c) = m.get(&value)
         {
@@ -283,6 +296,24 @@ mod tests {
         assert_eq!(inspect(b"7", ""), (true, None));
         let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
         assert!(inspect(deep.as_bytes(), "type").0);
+    }
+
+    #[test]
+    fn long_values_are_cut_with_a_marker_at_a_character_boundary() {
+        let a = Aggregates::default();
+        let long = format!("{{\"type\":\"{}\"}}", "é".repeat(450_000));
+        a.record_at("t", long.as_bytes(), "type", None, 0);
+        a.record_at("t", long.as_bytes(), "type", None, 0);
+        let values = a.snapshot()[0].1.values();
+        assert_eq!(values.len(), 1);
+        let (v, n) = &values[0];
+        assert_eq!(*n, 2);
+        assert!(
+            v.len() <= MAX_VALUE_BYTES && v.ends_with(TRUNCATED),
+            "{}",
+            v.len()
+        );
+        assert!(v.starts_with("éé"));
     }
 
     #[test]

@@ -119,6 +119,21 @@ where
     }
 }
 
+/// What a server runs of its user's code on the connection threads.
+#[derive(Default)]
+pub struct Hooks {
+    /// Handles each request on the thread that read it (else `recv`).
+    pub inline: Option<tiny_http::InlineHandler>,
+    /// Judges each head before its body is read (authentication).
+    pub head_check: Option<tiny_http::HeadCheck>,
+    /// Paths still served (on [`RESERVED_CONNECTIONS`] more connections)
+    /// when the server is at `max_connections`: the probes.
+    pub reserved_paths: Vec<String>,
+}
+
+/// Connections beyond `max_connections` for the reserved paths.
+pub const RESERVED_CONNECTIONS: usize = 8;
+
 /// What a server's connections did without a handler, for `/metrics` and
 /// the log (accept errors and refused connections at most once per 10 s).
 #[derive(Default)]
@@ -143,14 +158,19 @@ impl ServerStats {
         name: &'static str,
         listener: std::net::TcpListener,
         limits: &HttpLimits,
-        inline: Option<tiny_http::InlineHandler>,
+        hooks: Hooks,
         tls: Option<tiny_http::SslConfig>,
     ) -> anyhow::Result<Arc<tiny_http::Server>> {
         let addr = listener.local_addr()?;
         let stats = self.clone();
         let hook = Arc::new(move |e: &tiny_http::ServerEvent| stats.event(name, e));
         let mut l = limits.to_server(name, &format!("{name}-conn"), hook);
-        l.inline = inline;
+        l.inline = hooks.inline;
+        l.head_check = hooks.head_check;
+        if !hooks.reserved_paths.is_empty() {
+            l.reserved_connections = RESERVED_CONNECTIONS;
+            l.reserved_paths = hooks.reserved_paths;
+        }
         let server = tiny_http::Server::from_listener_with_limits(listener, tls, l)
             .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?;
         let _ = self

@@ -127,6 +127,9 @@ impl HttpLimits {
             thread_name: threads.into(),
             on_event: Some(on_event),
             inline: None,
+            head_check: None,
+            reserved_connections: 0,
+            reserved_paths: Vec::new(),
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Auth {
     streams: Vec<String>,
     tokens: RwLock<Arc<Vec<Entry>>>,
     counters: Mutex<BTreeMap<String, Arc<NameCounters>>>,
+    /// Distinct token names in force.
+    names: std::sync::atomic::AtomicUsize,
     /// Requests answered 401.
     pub rejected: Counter,
 }
@@ -57,10 +59,10 @@ impl Auth {
             streams: streams.to_vec(),
             tokens: RwLock::default(),
             counters: Mutex::default(),
+            names: Default::default(),
             rejected: Counter::default(),
         };
-        let entries = auth.read()?;
-        *auth.tokens.write().map_err(|_| "poisoned")? = Arc::new(entries);
+        auth.set_tokens(auth.read()?);
         Ok(auth)
     }
 
@@ -69,9 +71,7 @@ impl Auth {
         match self.read() {
             Ok(entries) => {
                 let names = entries.len();
-                if let Ok(mut t) = self.tokens.write() {
-                    *t = Arc::new(entries);
-                }
+                self.set_tokens(entries);
                 info!(
                     "[ingest] auth_tokens_file {}: {names} token(s) in force",
                     self.path.display()
@@ -95,6 +95,22 @@ impl Auth {
                 routes,
             })
             .collect())
+    }
+
+    /// Token names in force.
+    pub fn names(&self) -> usize {
+        self.names.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_tokens(&self, entries: Vec<Entry>) {
+        let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        self.names
+            .store(names.len(), std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut t) = self.tokens.write() {
+            *t = Arc::new(entries);
+        }
     }
 
     /// The name of the token in `authorization` if it may write to `route`

@@ -273,6 +273,21 @@ impl IngestConfig {
             }
         }
         pr.finish();
+        // librdkafka's own queue can hold no more than the budget lets in
+        // (`ingest::cost`), unless set on purpose.
+        let mut producer = producer;
+        let budget = limits.max_buffered_body_bytes;
+        for (key, value) in [
+            ("queue.buffering.max.kbytes", (budget / 1024).max(1)),
+            (
+                "queue.buffering.max.messages",
+                (budget / super::cost::PER_RECORD).max(1),
+            ),
+        ] {
+            if !producer.iter().any(|(k, _)| k == key) {
+                producer.push((key.into(), value.min(i32::MAX as usize).to_string()));
+            }
+        }
 
         Some(IngestConfig {
             listen,

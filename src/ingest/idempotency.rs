@@ -8,7 +8,7 @@
 //! service), so it is unit-tested without sockets.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A stored answer.
@@ -154,6 +154,42 @@ impl<W> Window<W> {
     }
 }
 
+/// One window per token name (one for all when there are no tokens), each
+/// with its share of `idempotency_max_keys` and `idempotency_max_bytes`:
+/// the limits divided by the token names in force when the name's first
+/// key arrives. One client's fresh keys evict only its own.
+pub struct Shares<W> {
+    ttl: Duration,
+    max_keys: usize,
+    max_bytes: usize,
+    windows: Mutex<HashMap<String, Arc<Mutex<Window<W>>>>>,
+}
+
+impl<W> Shares<W> {
+    pub fn new(ttl: Duration, max_keys: usize, max_bytes: usize) -> Self {
+        Shares {
+            ttl,
+            max_keys,
+            max_bytes,
+            windows: Mutex::default(),
+        }
+    }
+
+    /// The window of `name`, one of `names` (`None` when poisoned).
+    pub fn of(&self, name: &str, names: usize) -> Option<Arc<Mutex<Window<W>>>> {
+        let mut w = self.windows.lock().ok()?;
+        let names = names.max(1);
+        let window = w.entry(name.to_string()).or_insert_with(|| {
+            Arc::new(Mutex::new(Window::new(
+                self.ttl,
+                (self.max_keys / names).max(1),
+                (self.max_bytes / names).max(1),
+            )))
+        });
+        Some(window.clone())
+    }
+}
+
 /// What a remembered answer costs in memory, in bytes (with the map's
 /// bookkeeping).
 fn cost(key: &str, answer: &Answer) -> usize {
@@ -181,6 +217,27 @@ mod tests {
             Begin::Replay(a, _) => assert_eq!(a, ok("first")),
             _ => panic!("expected replay"),
         }
+    }
+
+    #[test]
+    fn one_name_evicts_only_its_own_keys() {
+        let t0 = Instant::now();
+        let shares: Shares<u32> = Shares::new(Duration::from_secs(60), 10, 1 << 20);
+        let a = shares.of("a", 2).unwrap();
+        let b = shares.of("b", 2).unwrap();
+        b.lock().unwrap().begin("kept", 1, 0, t0);
+        b.lock().unwrap().finish("kept", &ok("b"), t0);
+        for i in 0..1000 {
+            let mut a = a.lock().unwrap();
+            a.begin(&format!("k{i}"), 1, 0, t0);
+            a.finish(&format!("k{i}"), &ok("a"), t0);
+        }
+        assert_eq!(a.lock().unwrap().len(), 5, "half the keys each");
+        assert!(matches!(
+            b.lock().unwrap().begin("kept", 1, 0, t0),
+            Begin::Replay(..)
+        ));
+        assert!(Arc::ptr_eq(&a, &shares.of("a", 2).unwrap()));
     }
 
     #[test]

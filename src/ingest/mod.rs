@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+mod cost;
 pub mod idempotency;
 pub mod produce;
 mod scan;
@@ -31,7 +32,7 @@ mod telemetry;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ use log::{error, info, warn};
 use rdkafka::producer::Producer as _;
 
 pub use config::{AckMode, IngestConfig};
-use idempotency::Window;
+use idempotency::Shares;
 use produce::{IngestContext, Pending, Producer};
 use telemetry::IngestMetrics;
 
@@ -68,7 +69,8 @@ pub(crate) struct Shared {
     pub routes: Vec<RouteState>,
     /// `/api/<stream>/v1/` and `/api/<stream>/v1` → route index.
     pub paths: HashMap<String, usize>,
-    pub idempotency: Arc<Mutex<Window<tiny_http::Request>>>,
+    /// `Idempotency-Key` windows, one per token name.
+    pub idempotency: Shares<tiny_http::Request>,
     pub probe: Arc<Probe>,
     pub metrics: IngestMetrics,
     /// The listener's own figures (refusals, connections).
@@ -176,13 +178,6 @@ pub fn spawn(
             }
         })
     };
-    let tls = config.tls.as_ref().map(|t| tiny_http::SslConfig {
-        certificate: t.cert_pem.clone(),
-        private_key: t.key_pem.expose().as_bytes().to_vec(),
-    });
-    let server = server_stats.start("ingest", listener, &config.limits, Some(inline), tls)?;
-    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<produce::Job>(config.channel_capacity);
-
     let mut paths = HashMap::new();
     let routes: Vec<RouteState> = config
         .routes
@@ -197,13 +192,33 @@ pub fn spawn(
             }
         })
         .collect();
+    let head_check = auth.as_ref().map(|a| {
+        let slot = slot.clone();
+        server::head_check(a.clone(), paths.clone(), move |route, status| {
+            if let Some((shared, _)) = slot.get() {
+                shared.metrics.count_response(route, status);
+            }
+        })
+    });
+    let tls = config.tls.as_ref().map(|t| tiny_http::SslConfig {
+        certificate: t.cert_pem.clone(),
+        private_key: t.key_pem.expose().as_bytes().to_vec(),
+    });
+    let hooks = crate::http::Hooks {
+        inline: Some(inline),
+        head_check,
+        reserved_paths: Vec::new(),
+    };
+    let server = server_stats.start("ingest", listener, &config.limits, hooks, tls)?;
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<produce::Job>(config.channel_capacity);
+
     let shared = Arc::new(Shared {
         metrics: IngestMetrics::new(routes.len()),
-        idempotency: Arc::new(Mutex::new(Window::new(
+        idempotency: Shares::new(
             config.idempotency_window,
             config.idempotency_max_keys,
             config.idempotency_max_bytes,
-        ))),
+        ),
         routes,
         paths,
         probe: probe.clone(),

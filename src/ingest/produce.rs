@@ -54,6 +54,9 @@ pub struct Pending {
     pub started: Instant,
     remaining: AtomicUsize,
     outcomes: Mutex<Vec<Outcome>>,
+    /// What the request holds of the server's byte budget (`ingest::cost`),
+    /// given back when the last reference goes: every record settled.
+    _charge: tiny_http::Reservation,
 }
 
 impl Pending {
@@ -63,6 +66,7 @@ impl Pending {
         records: usize,
         reply: Option<tiny_http::Request>,
         idempotency: Option<super::server::Ticket>,
+        charge: tiny_http::Reservation,
     ) -> Pending {
         Pending {
             route,
@@ -72,6 +76,7 @@ impl Pending {
             started: Instant::now(),
             remaining: AtomicUsize::new(records),
             outcomes: Mutex::new(vec![Outcome::Waiting; records]),
+            _charge: charge,
         }
     }
 
@@ -100,10 +105,6 @@ pub struct Job {
     /// From `X-Kafka-Key`; wins over the key of `key_field`.
     pub key: Option<String>,
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Bytes the decoded body holds beyond the wire body, reserved from the
-    /// server's `max_buffered_body_bytes` until the job is handed to
-    /// librdkafka (which copies the records).
-    pub reserved: Option<tiny_http::Reservation>,
 }
 
 /// The ingest producer's context: the shared client context plus the
@@ -413,7 +414,14 @@ mod tests {
 
     #[test]
     fn settle_reports_the_last_record_once() {
-        let p = Pending::new(0, Arc::from("t"), 2, None, None);
+        let p = Pending::new(
+            0,
+            Arc::from("t"),
+            2,
+            None,
+            None,
+            tiny_http::Budget::new(1).reserve(0).unwrap(),
+        );
         assert!(!p.settle(1, fail(true)));
         assert!(p.settle(
             0,

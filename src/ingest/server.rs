@@ -5,7 +5,6 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -19,6 +18,7 @@ use super::Shared;
 use super::auth::Denied;
 use super::body::{self, BodyError};
 use super::config::AckMode;
+use super::cost;
 use super::idempotency::{Answer, Begin, Window};
 use super::produce::{Job, Pending};
 use crate::http::{self, error_reply, header_value, json_reply, with_header, with_retry_after};
@@ -72,19 +72,15 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
     let (path, query) = (path.to_string(), query.to_string());
     let path = path.as_str();
     let route = shared.paths.get(path).copied();
+    // The server checked the token from the head, before reading the body
+    // (`head_check`): what arrives here is authenticated.
     let who = match &shared.auth {
         None => None,
-        // Two tokens are one too many: which one a proxy in front read is
-        // anyone's guess.
-        Some(_) if http::header_count(&req, "Authorization") > 1 => {
-            let msg = "more than one Authorization header";
-            return shared.reply(req, route, started, error_reply(400, msg, json!({})));
-        }
-        Some(auth) => match auth.check(header_value(&req, "Authorization"), route) {
-            Ok(name) => Some(name),
-            Err(denied) => {
-                debug!(target: "kbridge::ingest::access", "{} {path}: {denied:?}", req.method());
-                return shared.reply(req, route, started, refusal(denied, path));
+        Some(_) => match req.principal() {
+            Some(name) => Some(name.to_string()),
+            None => {
+                let denied = refusal(Denied::Unauthorized, path);
+                return shared.reply(req, route, started, http_reply(denied));
             }
         },
     };
@@ -126,13 +122,14 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             );
             return shared.reply(req, Some(route), started, error_reply(400, &msg, json!({})));
         }
-        // One client cannot replay (and read) another's answer.
-        let key = match &who {
-            Some(name) => format!("{name}\u{0}{key}"),
-            None => key,
+        // One client cannot replay (and read) another's answer, nor evict
+        // another's keys: each token name has a window of its own.
+        let names = shared.auth.as_ref().map_or(1, |a| a.names());
+        let Some(window) = shared.idempotency.of(who.as_deref().unwrap_or(""), names) else {
+            return; // poisoned: the request went with the panic
         };
         let hash = body_hash(route, &parsed);
-        let begun = match shared.idempotency.lock() {
+        let begun = match window.lock() {
             Ok(mut w) => w.begin(&key, hash, req, Instant::now()),
             Err(_) => return, // poisoned: the request went with the panic
         };
@@ -158,7 +155,7 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             }
         };
         ticket = Some(Ticket {
-            window: shared.idempotency.clone(),
+            window,
             key,
             done: AtomicBool::new(false),
         });
@@ -172,7 +169,14 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
     } else {
         (None, ticket)
     };
-    let pending = Arc::new(Pending::new(route, topic.clone(), records, None, travels));
+    let pending = Arc::new(Pending::new(
+        route,
+        topic.clone(),
+        records,
+        None,
+        travels,
+        parsed.charge,
+    ));
     // ack = kafka: the request travels with the job and is answered by a
     // responder; ack = queued: answered here.
     let mut here = Some(req);
@@ -186,7 +190,6 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
         partition: parsed.partition,
         key: parsed.key,
         headers: parsed.headers,
-        reserved: parsed.reserved,
     };
     let bytes = job.spans.iter().map(|s| s.range.len() as u64).sum();
     match jobs.send_timeout(job, shared.config.enqueue_timeout) {
@@ -232,7 +235,8 @@ struct Parsed {
     partition: Option<i32>,
     key: Option<String>,
     headers: Vec<(String, Vec<u8>)>,
-    reserved: Option<tiny_http::Reservation>,
+    /// What the request holds of the budget (see `cost`).
+    charge: tiny_http::Reservation,
 }
 
 type Reject = (u16, String, serde_json::Value);
@@ -276,46 +280,63 @@ fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Resul
     }
 
     let max = shared.config.limits.max_body_bytes;
-    let mut wire = Vec::with_capacity(req.body_length().unwrap_or(0).min(max));
-    req.as_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut wire)
+    let budget = shared.budget.max();
+    let refused = |r: cost::Refused| {
+        let (status, msg) = r.reply();
+        (status, msg, json!({}))
+    };
+    // The body as the server charged it, then everything it grows into.
+    let mut charge = match req.take_reservation().or_else(|| shared.budget.reserve(0)) {
+        Some(c) => c,
+        None => return Err(refused(cost::Refused::Busy)),
+    };
+    let wire = req
+        .take_body()
         .map_err(|e| (400, format!("cannot read the request body: {e}"), json!({})))?;
     if wire.len() > max {
         return Err(body_err(BodyError::TooLarge { max }));
     }
-    let wire_len = wire.len();
-    let decoded = body::decode(encoding.as_deref(), wire, max).map_err(body_err)?;
-    // What gzip added is held in memory too: it counts against the same
-    // budget as the bodies on the wire.
-    let reserved = match decoded.len().checked_sub(wire_len) {
-        Some(extra) if extra > 0 => Some(shared.budget.reserve(extra).ok_or_else(|| {
-            (
-                503,
-                format!(
-                    "ingest holds {} of its {} bytes of request bodies ([ingest] max_buffered_body_bytes); retry shortly",
-                    shared.budget.used(),
-                    shared.budget.max()
-                ),
-                json!({}),
-            )
-        })?),
-        _ => None,
+    let (wire_len, wire_at) = (wire.len(), wire.as_ptr());
+    let mut over = None;
+    let decoded = body::decode_charged(encoding.as_deref(), wire, max, &mut |n| match cost::grow(
+        &mut charge,
+        n,
+        budget,
+    ) {
+        Ok(()) => true,
+        Err(r) => {
+            over = Some(r);
+            false
+        }
+    });
+    let decoded = match (decoded, over) {
+        (Ok(d), _) => d,
+        (Err(_), Some(r)) => return Err(refused(r)),
+        (Err(e), None) => return Err(body_err(e)),
     };
+    if decoded.as_ptr() != wire_at {
+        // Inflated: the wire form is gone (identity hands it on as it is).
+        charge.shrink(wire_len);
+    }
     let limits = body::RecordLimits {
         max_bytes: shared.config.max_record_bytes,
         max_records: shared.config.max_records,
         max_depth: shared.config.max_json_depth,
     };
+    let scratch = cost::records_bound(&decoded, limits.max_records) * cost::SPLIT_SCRATCH;
+    cost::grow(&mut charge, scratch, budget).map_err(refused)?;
     let (_, spans) = body::split(&decoded, format, shared.config.key_field.as_deref(), limits)
         .map_err(body_err)?;
+    charge.shrink(scratch);
+    let records = cost::of_records(&spans, key.as_deref(), &headers);
+    cost::grow(&mut charge, records, budget).map_err(refused)?;
     Ok(Parsed {
         body: decoded,
         spans,
         partition,
         key,
         headers,
-        reserved,
+        charge,
     })
 }
 
@@ -369,23 +390,61 @@ fn parse_query(shared: &Shared, query: &str, route: usize) -> Result<Option<i32>
 }
 
 /// 401 (one answer whatever was wrong) or 403 (a token for other routes).
-fn refusal(denied: Denied, path: &str) -> http::Reply {
+pub(crate) fn refusal(denied: Denied, path: &str) -> tiny_http::Refusal {
     match denied {
-        Denied::Unauthorized => with_header(
-            error_reply(
-                401,
-                "a valid bearer token is required: Authorization: Bearer <token>",
-                json!({}),
-            ),
-            "WWW-Authenticate",
-            "Bearer realm=\"kbridge\"",
-        ),
-        Denied::Forbidden(name) => error_reply(
-            403,
-            &format!("token {name} may not write to {path}"),
-            json!({}),
-        ),
+        Denied::Unauthorized => tiny_http::Refusal {
+            status: 401,
+            reason: "a valid bearer token is required: Authorization: Bearer <token>".into(),
+            headers: vec![("WWW-Authenticate".into(), "Bearer realm=\"kbridge\"".into())],
+        },
+        Denied::Forbidden(name) => tiny_http::Refusal {
+            status: 403,
+            reason: format!("token {name} may not write to {path}"),
+            headers: Vec::new(),
+        },
     }
+}
+
+/// The server's head check, as the server answers it: the token from the
+/// head, before any body byte is read or any budget reserved. A second
+/// `Authorization` is refused (which one a proxy in front read is anyone's
+/// guess).
+pub(crate) fn head_check(
+    auth: Arc<super::auth::Auth>,
+    paths: std::collections::HashMap<String, usize>,
+    refused: impl Fn(Option<usize>, u16) + Send + Sync + 'static,
+) -> tiny_http::HeadCheck {
+    Arc::new(move |method, target, headers| {
+        let (path, _) = http::split_url(target);
+        let route = paths.get(path).copied();
+        let mut given = headers
+            .iter()
+            .filter(|h| h.field.equiv("Authorization"))
+            .map(|h| h.value.as_str());
+        let first = given.next();
+        if given.next().is_some() {
+            refused(route, 400);
+            return Err(tiny_http::Refusal {
+                status: 400,
+                reason: "more than one Authorization header".into(),
+                headers: Vec::new(),
+            });
+        }
+        auth.check(first, route).map(Some).map_err(|denied| {
+            debug!(target: "kbridge::ingest::access", "{method} {path}: {denied:?}");
+            let r = refusal(denied, path);
+            refused(route, r.status);
+            r
+        })
+    })
+}
+
+/// A head refusal as a handler's reply.
+fn http_reply(r: tiny_http::Refusal) -> http::Reply {
+    r.headers.iter().fold(
+        error_reply(r.status, &r.reason, json!({})),
+        |reply, (k, v)| with_header(reply, k, v),
+    )
 }
 
 /// What makes two requests "the same" for an idempotency key.

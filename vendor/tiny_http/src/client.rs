@@ -76,6 +76,8 @@ enum Fail {
     Gone,
     /// Answer `status` with `reason`, then close.
     Refuse(u16, String),
+    /// The head check's refusal (with its own header fields), then close.
+    Denied(crate::Refusal),
 }
 
 fn io_fail(e: std::io::Error, what: &str) -> Fail {
@@ -106,9 +108,15 @@ pub(crate) fn serve(
     read: RefinedTcpStream,
     mut write: RefinedTcpStream,
     ctx: &Ctx,
+    reserved: bool,
     push: &dyn Fn(Request),
 ) {
     let limits = &ctx.limits;
+    let header_timeout = if reserved {
+        limits.header_timeout.min(Duration::from_secs(2))
+    } else {
+        limits.header_timeout
+    };
     let _ = write.set_write_timeout(Some(limits.write_timeout));
     let mut read = read;
     let remote_addr = read.peer_addr().ok().flatten();
@@ -117,7 +125,7 @@ pub(crate) fn serve(
         8 * 1024,
         DeadlineReader {
             inner: read,
-            deadline: Instant::now() + limits.header_timeout,
+            deadline: Instant::now() + header_timeout,
             set: None,
         },
     );
@@ -126,19 +134,39 @@ pub(crate) fn serve(
         if ctx.closing.load(Ordering::Relaxed) {
             return;
         }
-        let outcome = next_request(&mut reader, ctx, first, secure, remote_addr, &mut write);
-        let (request, reply_rx, close_flag, keep_alive, _body) = match outcome {
+        let outcome = next_request(&mut reader, ctx, first, secure, remote_addr, &mut write)
+            .and_then(|next| {
+                // A connection beyond the cap serves a reserved path, once.
+                let (path, _) = next.0.url().split_once('?').unwrap_or((next.0.url(), ""));
+                match reserved {
+                    false => Ok(next),
+                    true if limits.reserved_paths.iter().any(|p| p == path) => {
+                        next.2.store(true, Ordering::Relaxed);
+                        Ok(next)
+                    }
+                    true => Err(Fail::Refuse(503, crate::full(limits))),
+                }
+            });
+        let (request, reply_rx, close_flag, keep_alive) = match outcome {
             Ok(r) => r,
             Err(Fail::Gone) => return,
             Err(Fail::Refuse(status, reason)) => {
-                refuse(&mut write, status, &reason, &limits.section);
+                refuse(&mut write, status, &reason, &limits.section, &[]);
                 limits.event(ServerEvent::Rejected { status, reason });
+                linger(&mut reader);
+                return;
+            }
+            Err(Fail::Denied(r)) => {
+                refuse(&mut write, r.status, &r.reason, &limits.section, &r.headers);
+                limits.event(ServerEvent::Rejected {
+                    status: r.status,
+                    reason: r.reason,
+                });
                 linger(&mut reader);
                 return;
             }
         };
         push(request);
-        // The body's reservation (`_body`) is held until the answer is out.
         let Ok(bytes) = reply_rx.recv() else { return };
         if write.write_all(&bytes).and_then(|_| write.flush()).is_err() {
             return;
@@ -151,13 +179,7 @@ pub(crate) fn serve(
     }
 }
 
-type Next = (
-    Request,
-    mpsc::Receiver<Vec<u8>>,
-    Arc<AtomicBool>,
-    bool,
-    Option<Reservation>,
-);
+type Next = (Request, mpsc::Receiver<Vec<u8>>, Arc<AtomicBool>, bool);
 
 fn next_request(
     reader: &mut BufReader<DeadlineReader>,
@@ -184,6 +206,12 @@ fn next_request(
     }
     let head = read_head(reader, limits)?;
     host_once(&head)?;
+    // Before any body byte is read or any budget reserved: a stranger gets
+    // nothing but the refusal.
+    let principal = match &limits.head_check {
+        Some(check) => check(&head.method, &head.path, &head.headers).map_err(Fail::Denied)?,
+        None => None,
+    };
     let framing = framing(&head, limits)?;
     let keep_alive = keep_alive(&head);
     if framing != Framing::None {
@@ -220,8 +248,10 @@ fn next_request(
         ResponseSink::new(tx),
         close_flag.clone(),
         keep_alive,
+        reservation,
+        principal,
     );
-    Ok((request, rx, close_flag, keep_alive, reservation))
+    Ok((request, rx, close_flag, keep_alive))
 }
 
 /// Reads one line ending in CRLF, of at most `max` bytes without the CRLF.
@@ -542,25 +572,20 @@ fn read_body(
     ctx: &Ctx,
 ) -> Result<(Vec<u8>, Option<Reservation>), Fail> {
     let limits = &ctx.limits;
+    // Charged as the bytes arrive, never as announced: a silent socket
+    // holds nothing. `None` once over the budget: the rest is read and
+    // dropped, then 503.
+    let mut reservation = ctx.budget.reserve(0);
+    let mut body = Vec::new();
     match *framing {
-        Framing::None => Ok((Vec::new(), None)),
+        Framing::None => return Ok((body, None)),
         Framing::Length(n) => {
-            let reservation = ctx.budget.reserve(n).ok_or_else(|| busy(&ctx.budget))?;
-            let mut body = Vec::with_capacity(n);
-            reader
-                .by_ref()
-                .take(n as u64)
-                .read_to_end(&mut body)
-                .map_err(|e| io_fail(e, "request body"))?;
-            if body.len() < n {
-                return Err(Fail::Gone);
-            }
-            Ok((body, Some(reservation)))
+            body.reserve(n.min(64 * 1024));
+            take_charged(reader, n, &mut body, &mut reservation)?;
         }
         Framing::Chunked => {
-            let mut reservation = ctx.budget.reserve(0).ok_or_else(|| busy(&ctx.budget))?;
-            let mut body = Vec::new();
             let mut line = Vec::new();
+            let mut seen = 0usize;
             loop {
                 let bad = |why: &str| Fail::Refuse(400, format!("malformed chunked body: {why}"));
                 match read_line(reader, 1024, &mut line) {
@@ -573,7 +598,7 @@ fn read_body(
                 // body too large, not an overflow.
                 let size = <usize as std::convert::TryFrom<u64>>::try_from(size)
                     .ok()
-                    .filter(|n| body.len().saturating_add(*n) <= limits.max_body_bytes)
+                    .filter(|n| seen.saturating_add(*n) <= limits.max_body_bytes)
                     .ok_or_else(|| too_large(limits))?;
                 if size == 0 {
                     // Trailer fields are read and dropped, within the
@@ -587,20 +612,10 @@ fn read_body(
                             Err(e) => return Err(io_fail(e, "request body")),
                         }
                     }
-                    return Ok((body, Some(reservation)));
+                    break;
                 }
-                if !reservation.grow(size) {
-                    return Err(busy(&ctx.budget));
-                }
-                let start = body.len();
-                reader
-                    .by_ref()
-                    .take(size as u64)
-                    .read_to_end(&mut body)
-                    .map_err(|e| io_fail(e, "request body"))?;
-                if body.len() - start < size {
-                    return Err(Fail::Gone);
-                }
+                seen += size;
+                take_charged(reader, size, &mut body, &mut reservation)?;
                 match read_line(reader, 0, &mut line) {
                     Ok(Some(())) => {}
                     Ok(None) => return Err(bad("chunk data longer than its size")),
@@ -609,11 +624,50 @@ fn read_body(
             }
         }
     }
+    match reservation {
+        Some(r) => Ok((body, Some(r))),
+        None => Err(busy(&ctx.budget)),
+    }
+}
+
+/// Appends the next `n` body bytes to `body`, each piece charged to
+/// `reservation` as it arrives (pieces are what one read brought, at most
+/// the reader's buffer). Once the budget is full the body is dropped and
+/// the rest read past, so a client still sending within the limits reads
+/// the 503 instead of a reset.
+fn take_charged(
+    reader: &mut BufReader<DeadlineReader>,
+    mut n: usize,
+    body: &mut Vec<u8>,
+    reservation: &mut Option<Reservation>,
+) -> Result<(), Fail> {
+    while n > 0 {
+        let buf = reader.fill_buf().map_err(|e| io_fail(e, "request body"))?;
+        if buf.is_empty() {
+            return Err(Fail::Gone);
+        }
+        let k = buf.len().min(n);
+        if reservation.as_mut().is_some_and(|r| r.grow(k)) {
+            body.extend_from_slice(&buf[..k]);
+        } else {
+            *reservation = None;
+            *body = Vec::new();
+        }
+        reader.consume(k);
+        n -= k;
+    }
+    Ok(())
 }
 
 /// Writes the server's own refusal: JSON saying what and where, then the
 /// connection is closed.
-fn refuse(write: &mut RefinedTcpStream, status: u16, reason: &str, section: &str) {
+fn refuse(
+    write: &mut RefinedTcpStream,
+    status: u16,
+    reason: &str,
+    section: &str,
+    headers: &[(String, String)],
+) {
     let phrase = crate::common::StatusCode(status).default_reason_phrase();
     let reason = if reason.ends_with(')') {
         // "... (max_body_bytes)" names the key: say where it is set.
@@ -625,13 +679,18 @@ fn refuse(write: &mut RefinedTcpStream, status: u16, reason: &str, section: &str
         reason.to_string()
     };
     let body = format!("{{\"status\":{status},\"error\":{}}}", json_string(&reason));
-    let retry = if status == 503 {
-        "Retry-After: 1\r\n"
-    } else {
-        ""
-    };
+    let mut extra = String::new();
+    if status == 503 {
+        extra.push_str("Retry-After: 1\r\n");
+    }
+    for (k, v) in headers {
+        // Only what cannot split the head.
+        if !k.contains(['\r', '\n', ':']) && !v.contains(['\r', '\n']) {
+            extra.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
     let msg = format!(
-        "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = write.write_all(msg.as_bytes());
@@ -695,6 +754,7 @@ mod tests {
         match r {
             Err(Fail::Refuse(s, _)) => s,
             Err(Fail::Gone) => 0,
+            Err(Fail::Denied(r)) => r.status,
             Ok(_) => 200,
         }
     }
@@ -705,6 +765,7 @@ mod tests {
             Ok(()) => 200,
             Err(Fail::Refuse(s, _)) => s,
             Err(Fail::Gone) => 0,
+            Err(Fail::Denied(r)) => r.status,
         };
         assert_eq!(with(&["Host: a"]), 200);
         assert_eq!(with(&[]), 400);

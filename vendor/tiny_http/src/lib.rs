@@ -125,7 +125,9 @@ pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 // kbridge patch: per-connection limits, a byte budget, server events.
-pub use limits::{Budget, EventHook, InlineHandler, Limits, Reservation, ServerEvent};
+pub use limits::{
+    Budget, EventHook, HeadCheck, InlineHandler, Limits, Refusal, Reservation, ServerEvent,
+};
 // `OpenConnections` is defined below.
 
 mod client;
@@ -160,6 +162,9 @@ pub struct Server {
     budget: Arc<Budget>,
 }
 
+// kbridge patch: a request is large and goes through the queue by value;
+// errors are rare.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Error(IoError),
     NewRequest(Request),
@@ -354,7 +359,9 @@ impl Server {
                         break;
                     }
                     let open = inside_connections.lock().map(|c| c.len()).unwrap_or(0);
-                    if open >= limits.max_connections {
+                    // Beyond the cap, a few more for the reserved paths.
+                    let reserved = open >= limits.max_connections;
+                    if open >= limits.max_connections + limits.reserved_connections {
                         refuse_connection(&sock, &limits);
                         limits.event(ServerEvent::Refused);
                         continue;
@@ -400,11 +407,15 @@ impl Server {
                         if let Some((read, write)) = streams {
                             match ctx.limits.inline.clone() {
                                 Some(handle) => {
-                                    client::serve(read, write, &ctx, &|rq: Request| handle(rq))
+                                    client::serve(read, write, &ctx, reserved, &|rq: Request| {
+                                        handle(rq)
+                                    })
                                 }
-                                None => client::serve(read, write, &ctx, &|rq: Request| {
-                                    messages.push(rq.into())
-                                }),
+                                None => {
+                                    client::serve(read, write, &ctx, reserved, &|rq: Request| {
+                                        messages.push(rq.into())
+                                    })
+                                }
                             }
                         }
                         if let Ok(mut c) = connections.lock() {
@@ -509,13 +520,18 @@ impl OpenConnections {
     }
 }
 
+/// Why a full server refuses.
+pub(crate) fn full(limits: &Limits) -> String {
+    format!(
+        "{} open connections, the most this server takes ([{}] max_connections); retry shortly",
+        limits.max_connections, limits.section
+    )
+}
+
 /// Answers a connection over `max_connections` without blocking, and closes it.
 fn refuse_connection(sock: &Connection, limits: &Limits) {
     use std::io::Write;
-    let body = format!(
-        "{{\"status\":503,\"error\":\"{} open connections, the most this server takes ([{}] max_connections); retry shortly\"}}",
-        limits.max_connections, limits.section
-    );
+    let body = format!("{{\"status\":503,\"error\":\"{}\"}}", full(limits));
     let msg = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -44,6 +44,30 @@ pub struct Limits {
     /// When set, each request is handed to this on its connection's own
     /// thread instead of the queue behind `recv` (one thread hop less).
     pub inline: Option<InlineHandler>,
+    /// When set, every request head passes this before any body byte is
+    /// read or any budget reserved (authentication): a refusal is written
+    /// and the connection closed; `Ok(Some(name))` is the request's
+    /// [`principal`](crate::Request::principal).
+    pub head_check: Option<HeadCheck>,
+    /// Connections taken beyond `max_connections` for these paths only
+    /// (`/health`): one request each, its head within at most 2 s; other
+    /// paths on them get the 503 of a full server.
+    pub reserved_connections: usize,
+    pub reserved_paths: Vec<String>,
+}
+
+/// Judges a request head: method, target (path and query), header fields.
+pub type HeadCheck = Arc<
+    dyn Fn(&crate::Method, &str, &[crate::Header]) -> Result<Option<String>, Refusal> + Send + Sync,
+>;
+
+/// The server's own answer to a head it refuses.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: String,
+    /// Extra header fields (`WWW-Authenticate`).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Handles a request on the thread that read it.
@@ -66,6 +90,9 @@ impl Default for Limits {
             thread_name: "http-conn".into(),
             on_event: None,
             inline: None,
+            head_check: None,
+            reserved_connections: 0,
+            reserved_paths: Vec::new(),
         }
     }
 }
@@ -161,6 +188,13 @@ impl Reservation {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Gives back `n` of the held bytes (all when it holds fewer).
+    pub fn shrink(&mut self, n: usize) {
+        let n = n.min(self.bytes);
+        self.budget.used.fetch_sub(n, Ordering::AcqRel);
+        self.bytes -= n;
+    }
 }
 
 impl Drop for Reservation {
@@ -181,6 +215,11 @@ mod tests {
         assert!(r.grow(40));
         assert!(!r.grow(1));
         assert_eq!(b.used(), 100);
+        r.shrink(30);
+        assert_eq!((b.used(), r.bytes()), (70, 70));
+        r.shrink(usize::MAX);
+        assert_eq!((b.used(), r.bytes()), (0, 0));
+        assert!(r.grow(100));
         drop(r);
         assert_eq!(b.used(), 0);
         assert!(b.reserve(usize::MAX).is_none());

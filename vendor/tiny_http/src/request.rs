@@ -84,6 +84,16 @@ pub struct Request {
     // kbridge patch: the connection stays open after this exchange (an
     // HTTP/1.0 client that asked for it is told `Connection: keep-alive`).
     keep_alive: bool,
+
+    // kbridge patch: the body read whole by the connection's thread, until
+    // taken (`take_body`) or read (`as_reader`).
+    buffered_body: Option<Vec<u8>>,
+
+    // kbridge patch: the budget the body holds, until taken or dropped.
+    reservation: Option<crate::Reservation>,
+
+    // kbridge patch: who the server's head check said sent this request.
+    principal: Option<String>,
 }
 
 /// kbridge patch: the response of a buffered request is written into memory
@@ -135,10 +145,15 @@ pub(crate) fn buffered_request(
     writer: ResponseSink,
     close_after: Arc<AtomicBool>,
     keep_alive: bool,
+    reservation: Option<crate::Reservation>,
+    principal: Option<String>,
 ) -> Request {
     let body_length = Some(body.len());
     Request {
-        data_reader: Some(Box::new(Cursor::new(body))),
+        data_reader: None,
+        buffered_body: Some(body),
+        reservation,
+        principal,
         response_writer: Some(Box::new(writer)),
         remote_addr,
         secure,
@@ -318,6 +333,9 @@ where
         close_after: None,
         keep_alive: true,
         notify_when_responded: None,
+        buffered_body: None,
+        reservation: None,
+        principal: None,
     })
 }
 
@@ -453,7 +471,37 @@ impl Request {
             self.must_send_continue = false;
         }
 
-        self.data_reader.as_mut().unwrap()
+        if let Some(body) = self.buffered_body.take() {
+            self.data_reader = Some(Box::new(Cursor::new(body)));
+        }
+        self.data_reader
+            .get_or_insert_with(|| Box::new(io::empty()))
+    }
+
+    /// kbridge patch: the whole body, moved out without a copy when the
+    /// server read it (else read from the stream); empty once taken.
+    pub fn take_body(&mut self) -> io::Result<Vec<u8>> {
+        if let Some(body) = self.buffered_body.take() {
+            return Ok(body);
+        }
+        let mut body = Vec::new();
+        if let Some(r) = self.data_reader.as_mut() {
+            r.read_to_end(&mut body)?;
+        }
+        Ok(body)
+    }
+
+    /// kbridge patch: the server budget the body holds. Taken, it is held
+    /// for as long as the taker keeps it (past the response); left, it is
+    /// given back when the request is answered or dropped.
+    pub fn take_reservation(&mut self) -> Option<crate::Reservation> {
+        self.reservation.take()
+    }
+
+    /// kbridge patch: the name the server's head check gave the sender
+    /// (the token's name), if it gave one.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
     }
 
     /// Turns the `Request` into a writer.
