@@ -276,7 +276,7 @@ impl ServerStats {
         p.single(
             "kbridge_http_buffered_body_bytes",
             "gauge",
-            "Request body bytes held in memory now (max_buffered_body_bytes).",
+            "Bytes requests hold now: bodies as they arrive, their decoded form and their records until Kafka has them (max_buffered_body_bytes).",
             &l,
             self.buffered_bytes(),
         );

@@ -4,6 +4,7 @@
 
 mod bench;
 mod broker_events;
+mod budget;
 mod cli;
 mod cluster;
 mod collect;

@@ -103,6 +103,17 @@ pub fn threads_and_rss(pid: u32) -> (usize, u64) {
     (field("Threads:") as usize, field("VmRSS:") * 1024)
 }
 
+/// The most resident memory process `pid` has held (bytes, VmHWM).
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 /// Raises this process's open-files soft limit to its hard limit (the
 /// attack tests hold a thousand sockets).
 pub fn raise_open_files_limit() {

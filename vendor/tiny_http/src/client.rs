@@ -580,7 +580,16 @@ fn read_body(
     match *framing {
         Framing::None => return Ok((body, None)),
         Framing::Length(n) => {
-            body.reserve(n.min(64 * 1024));
+            // Room for the whole body once its first byte is in (pages are
+            // resident only as they are written): no copy as it grows.
+            if n > 0
+                && !reader
+                    .fill_buf()
+                    .map_err(|e| io_fail(e, "request body"))?
+                    .is_empty()
+            {
+                body.reserve_exact(n);
+            }
             take_charged(reader, n, &mut body, &mut reservation)?;
         }
         Framing::Chunked => {
