@@ -46,6 +46,11 @@ fn delivers_every_message_once_with_kafka_headers_and_commits_past_them() {
         recs[0].1.as_bytes(),
         "payload delivered byte for byte"
     );
+    // The sink has seen each call before its sender counts it delivered
+    // (after reading the answer): wait for the count.
+    wait_until("200 counted delivered", Duration::from_secs(10), || {
+        metric(&d.metrics(), "kbridge_deliver_delivered_total") >= 200.0
+    });
     assert_eq!(
         metric(&d.metrics(), "kbridge_deliver_delivered_total"),
         200.0

@@ -276,6 +276,10 @@ fn follow_redirects_follows_307_and_308_only_with_method_and_body() {
             .get("/real")
             .is_some_and(|v| v.contains(&"temp-1".to_string()))
     });
+    // Seen by the sink before its sender counts it: wait for the count.
+    wait_until("the 307 counted delivered", Duration::from_secs(10), || {
+        metric(&d.metrics(), "kbridge_deliver_delivered_total") >= 1.0
+    });
     assert_eq!(metric(&d.metrics(), "kbridge_deliver_delivered_total"), 1.0);
     assert!(d.stop());
 }
