@@ -328,3 +328,83 @@ fn health_and_ready_answer_while_the_admin_is_at_its_connection_cap() {
     let _ = s.read_to_string(&mut text);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+#[test]
+fn huge_aggregated_values_are_cut_and_health_answers_while_queries_run() {
+    use crate::util::sink::Sink;
+    let b = brokers();
+    let topic = unique_topic("budget-agg");
+    create_topic(&b, &topic, 2);
+    let dir = TempDir::new("budget-agg");
+    let sink = Sink::always(200);
+    let admin = free_port();
+    let ini = format!(
+        "[admin]\nlisten = 127.0.0.1:{admin}\n{}",
+        deliver_ini(
+            &b,
+            &unique_topic("g"),
+            &topic,
+            &sink.url,
+            "aggregate_field = type"
+        )
+    );
+    let bin = spawn_bin(&ini, &dir);
+    let admin = format!("http://127.0.0.1:{admin}");
+    // 100 events whose `type` is 900 KB each, every one different.
+    let recs: Vec<(Option<String>, String)> = (0..100)
+        .map(|i| {
+            let v = format!("{i:03}{}", "t".repeat(900_000));
+            (None, format!("{{\"id\":\"agg-{i}\",\"type\":\"{v}\"}}"))
+        })
+        .collect();
+    produce(&b, &topic, &recs);
+    let ids: Vec<String> = (0..100).map(|i| format!("agg-{i}")).collect();
+    let query = format!("{admin}/api/aggregates?topic={topic}&by=value&limit=1000");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let biggest = std::thread::scope(|s| {
+        // The dashboard polling hard, from four clients at once.
+        let pollers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut biggest = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let r = get(&query);
+                        assert_eq!(r.status, 200, "{}", r.body);
+                        biggest = biggest.max(r.body.len());
+                    }
+                    biggest
+                })
+            })
+            .collect();
+        // Meanwhile the probes answer, each on its own connection.
+        for _ in 0..20 {
+            assert_eq!(get(&format!("{admin}/health")).status, 200);
+        }
+        wait_delivered(&sink, &ids, Duration::from_secs(120));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        pollers
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .max()
+            .unwrap()
+    });
+    let v = get(&query).json();
+    let values = v["values"].as_array().unwrap();
+    assert_eq!(values.len(), 100, "{v}");
+    for value in values {
+        let s = value["value"].as_str().unwrap();
+        assert!(
+            s.len() <= 256 && s.ends_with("…(truncated)"),
+            "{} bytes",
+            s.len()
+        );
+    }
+    // 100 values of at most 256 bytes: the answer is a few tens of KB
+    // whatever the events held (90 MB of values).
+    assert!(biggest < 64 << 10, "an answer of {biggest} bytes");
+    // The messages in flight dominate (900 KB each, ~115 MiB measured);
+    // keeping the values whole would add their 90 MB on top.
+    let peak = peak_rss(bin.child.id());
+    let _ = writeln!(std::io::stderr(), "aggregates: peak RSS {} MiB", peak >> 20);
+    assert!(peak < 192 << 20, "peak RSS {} MiB", peak >> 20);
+}
