@@ -13,6 +13,7 @@ mod deliver;
 mod deliver_edges;
 mod deliver_tls;
 mod faults;
+mod filters;
 mod hostile;
 mod hostile_records;
 mod hostile_sink;

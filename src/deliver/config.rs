@@ -112,6 +112,8 @@ pub struct DeliverConfig {
     pub aggregate_field: String,
     pub on_tombstone: OnTombstone,
     pub on_invalid_json: OnInvalid,
+    /// Which messages are sent (`filter`); others are done uncalled.
+    pub filter: Option<super::filter::Filter>,
     pub dlq_suffix: String,
     pub shutdown_timeout: Duration,
     pub enrich: Option<EnrichConfig>,
@@ -214,6 +216,17 @@ impl DeliverConfig {
                 ("send", OnInvalid::Send),
             ],
         );
+        let filter_text = r.string("filter", "");
+        let filter = match filter_text.trim() {
+            "" => None,
+            text => match super::filter::Filter::parse(text) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    r.error("filter", e);
+                    None
+                }
+            },
+        };
         let dlq_suffix = r.string("dlq_suffix", ".dlq");
         let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
         if backoff_initial_ms > backoff_max_ms {
@@ -263,6 +276,7 @@ impl DeliverConfig {
             aggregate_field,
             on_tombstone,
             on_invalid_json,
+            filter,
             dlq_suffix,
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
             enrich,
@@ -334,6 +348,24 @@ mod tests {
         let doc = Document::parse("d.ini", text, &mut errors);
         let c = DeliverConfig::from_document(&doc, &mut errors);
         (c, errors)
+    }
+
+    #[test]
+    fn a_bad_filter_stops_start_naming_the_key_and_where_in_it() {
+        let base = "[deliver]\ngroup_id = g\ntopics = a\ntarget_url = http://h/x\n";
+        let (c, e) = load(&format!(
+            "{base}filter = {{\"field\":\"/type\",\"equals\":\"click\"}}\n"
+        ));
+        assert!(e.0.is_empty(), "{e}");
+        assert!(c.unwrap().filter.is_some());
+        let (_, e) = load(&format!(
+            "{base}filter = {{\"any\":[{{\"field\":\"type\",\"equals\":1}}]}}\n"
+        ));
+        let text = e.to_string();
+        assert!(
+            text.contains("d.ini:5 [deliver] filter: any[0].field: expected a JSON Pointer"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::config::{Commit, DeliverConfig, OnInvalid, OnTombstone};
+use super::filter;
 use super::stash::{Part, Stash};
 use super::{Done, Msg, Refused, Shared, ValueKind, Work};
 use crate::aggregates;
@@ -378,9 +379,25 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
             OnInvalid::DeadLetter => (ValueKind::Other, false, Some("value is not JSON")),
         },
     };
-    if skip {
+    let headers = record::headers(m);
+    let filtered = !skip
+        && c.filter.as_ref().is_some_and(|f| {
+            let json = (json && f.needs_json())
+                .then(|| {
+                    serde_json::from_slice::<serde_json::Value>(value.unwrap_or_default()).ok()
+                })
+                .flatten();
+            let r = filter::Record {
+                value,
+                key: m.key(),
+                headers: &headers,
+            };
+            !f.matches(&r, json.as_ref())
+        });
+    if skip || filtered {
         member.with_offsets(|o| o.done(m.topic(), m.partition(), m.offset(), &lease));
         match kind {
+            _ if filtered => shared.metrics.filtered.inc(),
             ValueKind::Tombstone => shared.metrics.skipped_tombstones.inc(),
             _ => shared.metrics.skipped_invalid.inc(),
         }
@@ -394,7 +411,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
             key: m.key().map(<[u8]>::to_vec),
             payload: value.unwrap_or_default().to_vec(),
             kind,
-            headers: record::headers(m),
+            headers,
             lease,
             done: role.done_tx.clone(),
         },

@@ -27,6 +27,7 @@ pub mod config;
 mod consumer;
 mod dlq;
 mod enrich;
+pub mod filter;
 mod lanes;
 pub mod outbound;
 pub mod replay;

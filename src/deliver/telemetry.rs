@@ -27,6 +27,8 @@ pub struct DeliverMetrics {
     /// Records done without a call: tombstones (`on_tombstone = skip`) and
     /// values that are not JSON (`on_invalid_json = skip`).
     pub skipped_tombstones: Counter,
+    /// Records the subscription's `filter` did not match (done, never sent).
+    pub filtered: Counter,
     pub skipped_invalid: Counter,
     pub dlq_errors: Counter,
     pub calls: Counter,
@@ -301,11 +303,12 @@ impl Telemetry for DeliverTelemetry {
         p.describe(
             "kbridge_deliver_skipped_total",
             "counter",
-            "Records done without a call (on_tombstone, on_invalid_json = skip).",
+            "Records done without a call (on_tombstone, on_invalid_json = skip; filtered: the filter did not match).",
         );
         for (reason, c) in [
             ("tombstone", &m.skipped_tombstones),
             ("invalid_json", &m.skipped_invalid),
+            ("filtered", &m.filtered),
         ] {
             p.sample(
                 "kbridge_deliver_skipped_total",
