@@ -408,3 +408,61 @@ fn huge_aggregated_values_are_cut_and_health_answers_while_queries_run() {
     let _ = writeln!(std::io::stderr(), "aggregates: peak RSS {} MiB", peak >> 20);
     assert!(peak < 192 << 20, "peak RSS {} MiB", peak >> 20);
 }
+
+#[test]
+fn with_ack_queued_the_charge_lasts_until_kafka_has_the_records() {
+    let dir = TempDir::new("budget-queued");
+    let topic = unique_topic("budget-queued");
+    // Records wait 2 s in librdkafka before they are sent.
+    let run = start(
+        &topic,
+        "ack = queued\n[ingest.producer]\nlinger.ms = 2000",
+        &dir,
+    );
+    let r = post(&run.url, &[JSON], b"{\"q\":1}");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        buffered(&run.admin, "ingest") > 0.0,
+        "answered 202 and still charged while librdkafka holds the record"
+    );
+    wait_until(
+        "the charge ends with the delivery",
+        Duration::from_secs(30),
+        || buffered(&run.admin, "ingest") == 0.0,
+    );
+    assert_eq!(read_exactly(&brokers(), &topic, 1).len(), 1);
+    // A flood of 202s cannot queue more than the budget.
+    let flood = vec!["{}"; 10_000].join("\n");
+    let a = agent();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..100)
+            .map(|_| {
+                s.spawn(|| {
+                    try_post(
+                        &a,
+                        &run.url,
+                        &[("Content-Type", "application/x-ndjson")],
+                        flood.as_bytes(),
+                    )
+                    .expect("a readable answer")
+                    .status
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&503),
+        "the budget held the flood back: {statuses:?}"
+    );
+    let taken = statuses.iter().filter(|s| **s == 202).count();
+    wait_until("the budget is given back", Duration::from_secs(60), || {
+        buffered(&run.admin, "ingest") == 0.0
+    });
+    assert_eq!(read_all(&brokers(), &topic).len(), taken * 10_000 + 1);
+    within_budget(&run.bin, "ack = queued flood");
+}
