@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::util::process::{Bin, spawn_bin};
+use crate::util::process::{Bin, ingest_bin, spawn_bin};
 use crate::util::raw::{peak_rss, raise_open_files_limit, read_until_closed};
 use crate::util::*;
 
@@ -26,25 +26,34 @@ struct Running {
 }
 
 fn start(topic: &str, extra: &str, dir: &TempDir) -> Running {
-    let (port, admin) = (free_port(), free_port());
-    let ini = format!(
-        "[kafka]\nbrokers = {}\n[admin]\nlisten = 127.0.0.1:{admin}\n[ingest]\nlisten = 127.0.0.1:{port}\n{extra}\n[ingest.routes]\nt = {topic}\n",
-        brokers()
-    );
-    let bin = spawn_bin(&ini, dir);
-    let admin = format!("http://127.0.0.1:{admin}");
-    wait_until("kbridge ready", Duration::from_secs(30), || {
-        agent()
-            .get(&format!("{admin}/ready"))
-            .call()
-            .is_ok_and(|r| r.status() == 200)
-    });
+    let (bin, addr, admin) = ingest_bin(topic, extra, dir);
     Running {
         bin,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        addr,
         admin,
-        url: format!("http://127.0.0.1:{port}/api/t/v1/"),
+        url: format!("http://{addr}/api/t/v1/"),
     }
+}
+
+/// `n` clients POST `body` (NDJSON) at once while `during` runs; each
+/// reads an answer (never a reset), and a 503 says when to come back.
+fn at_once(a: &ureq::Agent, url: &str, body: &[u8], n: usize, during: impl FnOnce()) -> Vec<u16> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = try_post(a, url, &[("Content-Type", "application/x-ndjson")], body)
+                        .unwrap_or_else(|e| panic!("a readable answer, not {e}"));
+                    if r.status == 503 {
+                        assert!(r.headers.contains_key("retry-after"), "{}", r.body);
+                    }
+                    r.status
+                })
+            })
+            .collect();
+        during();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
 
 fn buffered(admin: &str, server: &str) -> f64 {
@@ -201,27 +210,8 @@ fn keys_and_headers_count_once_per_record_and_floods_stay_within_the_budget() {
     // 200 clients at once, each 10,000 records `{}`: each is taken or told
     // to retry (503, Retry-After), and a one-record client is served.
     let flood = vec!["{}"; 10_000].join("\n");
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..200)
-            .map(|_| {
-                s.spawn(|| {
-                    let r = try_post(
-                        &a,
-                        &run.url,
-                        &[("Content-Type", "application/x-ndjson")],
-                        flood.as_bytes(),
-                    )
-                    .expect("a readable answer, not a reset");
-                    if r.status == 503 {
-                        assert!(r.headers.contains_key("retry-after"), "{}", r.body);
-                    }
-                    r.status
-                })
-            })
-            .collect();
-        let one = retry_until_taken(&a, &run.url, b"{\"one\":1}");
-        assert_eq!(one, 200);
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    let statuses = at_once(&a, &run.url, flood.as_bytes(), 200, || {
+        assert_eq!(retry_until_taken(&a, &run.url, b"{\"one\":1}"), 200);
     });
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 503),
@@ -260,23 +250,8 @@ fn big_bodies_are_taken_or_refused_readably_within_the_budget() {
     let a = agent();
     let mut taken = 0;
     for _ in 0..2 {
-        let statuses: Vec<u16> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..20)
-                .map(|_| {
-                    s.spawn(|| {
-                        try_post(
-                            &a,
-                            &run.url,
-                            &[("Content-Type", "application/x-ndjson")],
-                            body.as_bytes(),
-                        )
-                        .map(|r| r.status)
-                        .unwrap_or_else(|e| panic!("a readable answer, not {e}"))
-                    })
-                })
-                .collect();
+        let statuses = at_once(&a, &run.url, body.as_bytes(), 20, || {
             assert_eq!(retry_until_taken(&a, &run.url, b"{\"small\":1}"), 200);
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(
             statuses.iter().all(|s| *s == 200 || *s == 503),
@@ -434,23 +409,7 @@ fn with_ack_queued_the_charge_lasts_until_kafka_has_the_records() {
     // A flood of 202s cannot queue more than the budget.
     let flood = vec!["{}"; 10_000].join("\n");
     let a = agent();
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..100)
-            .map(|_| {
-                s.spawn(|| {
-                    try_post(
-                        &a,
-                        &run.url,
-                        &[("Content-Type", "application/x-ndjson")],
-                        flood.as_bytes(),
-                    )
-                    .expect("a readable answer")
-                    .status
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let statuses = at_once(&a, &run.url, flood.as_bytes(), 100, || {});
     assert!(
         statuses.iter().all(|s| *s == 202 || *s == 503),
         "{statuses:?}"

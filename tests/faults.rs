@@ -272,12 +272,7 @@ fn sigterm_under_load_exits_0_and_every_acknowledged_event_is_in_kafka() {
     );
     let mut child = spawn_bin(&ini, &dir);
     let admin_url = format!("http://127.0.0.1:{admin}");
-    wait_until("kbridge ready", Duration::from_secs(30), || {
-        agent()
-            .get(&format!("{admin_url}/ready"))
-            .call()
-            .is_ok_and(|r| r.status() == 200)
-    });
+    crate::util::process::wait_ready(&admin_url);
     let m = get(&format!("{admin_url}/metrics")).body;
     for name in [
         "kbridge_pool_active_count{pool=\"ingest-w\"}",

@@ -1,6 +1,7 @@
-//! deliver's `filter` against the real broker: only matching messages are
-//! sent, the others are committed uncalled and counted; values that are no
-//! JSON and hostile header bytes are judged, never fatal.
+//! deliver's `filter` and request shaping against the real broker: only
+//! matching messages are sent, the others are committed uncalled and
+//! counted; calls take their URL, method and headers from the settings and
+//! the message, and a tombstone can be a DELETE.
 
 use std::time::Duration;
 
@@ -60,4 +61,80 @@ fn only_matching_messages_are_sent_and_every_offset_is_committed() {
     );
     assert!(d.fatal.try_recv().is_err(), "no fatal error");
     assert!(d.stop(), "clean stop");
+}
+
+#[test]
+fn calls_are_shaped_from_the_message_and_a_tombstone_becomes_a_delete() {
+    let b = brokers();
+    let topic = unique_topic("shape");
+    create_topic(&b, &topic, 1);
+    let sink = Sink::always(200);
+    let group = unique_topic("g");
+    let base = sink.url.trim_end_matches("/ingest");
+    let extra = "method = PUT\nheaders = {\"X-Source\": \"kbridge\"}\nforward_headers = trace-id, tenant\non_tombstone = delete";
+    let mut d = Deliver::start(&deliver_ini(
+        &b,
+        &group,
+        &topic,
+        &format!("{base}/items/{{topic}}/{{key}}"),
+        extra,
+    ));
+    d.wait_settled(1);
+    let recs = vec![
+        Raw::value(r#"{"id":"a","type":"click/x"}"#)
+            .key("user 1")
+            .header("trace-id", Some(b"t-1"))
+            .header("tenant", Some(b"bad\r\nInjected: yes"))
+            .header("other", Some(b"not forwarded")),
+        // No key: {key} cannot be filled, so it is parked with the reason.
+        Raw::value(r#"{"id":"b","type":"view"}"#),
+        Raw::tombstone().key("user 1"),
+    ];
+    produce_raw(&b, &topic, Some(0), &recs, &[]);
+    let parked = read_exactly(&b, &format!("{topic}.dlq"), 1);
+    assert!(parked[0].value_str().contains("\"id\":\"b\""));
+    assert!(
+        parked[0].header("kbridge-dlq-reason").contains("{key}"),
+        "{:?}",
+        parked[0].header("kbridge-dlq-reason")
+    );
+    wait_until("both calls made", Duration::from_secs(30), || {
+        sink.calls().len() >= 2
+    });
+    wait_until("every offset committed", Duration::from_secs(30), || {
+        committed(&b, &group, &topic, 1)[0] == 3
+    });
+    let calls = sink.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    // The two calls may arrive in either order (ordering = none).
+    let by = |m: &str| {
+        calls
+            .iter()
+            .find(|c| c.method == m)
+            .unwrap_or_else(|| panic!("no {m}: {calls:?}"))
+    };
+    let put = by("PUT");
+    assert_eq!(put.method, "PUT");
+    assert_eq!(put.url, format!("/items/{topic}/user%201"));
+    assert_eq!(put.header("x-source"), Some("kbridge"));
+    assert_eq!(put.header("trace-id"), Some("t-1"));
+    assert_eq!(
+        put.header("tenant"),
+        None,
+        "a value that could split the head is not sent"
+    );
+    assert_eq!(
+        put.header("other"),
+        None,
+        "only the allow-list is forwarded"
+    );
+    assert!(
+        put.header("x-kafka-timestamp")
+            .is_some_and(|t| t.parse::<i64>().is_ok())
+    );
+    let del = by("DELETE");
+    assert_eq!(del.method, "DELETE");
+    assert_eq!(del.url, put.url, "{del:?}");
+    assert!(del.body.is_empty());
+    assert!(d.stop());
 }

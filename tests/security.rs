@@ -250,3 +250,62 @@ fn the_admin_server_refuses_a_non_loopback_address_unless_allowed() {
         allowed.log()
     );
 }
+
+#[test]
+fn one_token_holders_fresh_keys_evict_only_its_own() {
+    let dir = TempDir::new("idem-share");
+    let t = unique_topic("idem-share");
+    let tokens = write_mode(
+        &dir,
+        "tokens",
+        &format!("alice {ALICE}\nbob {BOB}\n"),
+        0o600,
+    );
+    // 20 keys in all: 10 each.
+    let ini = format!(
+        "[kafka]\nbrokers = {}\n[ingest]\nlisten = 127.0.0.1:0\nauth_tokens_file = {}\nidempotency_max_keys = 20\n\
+         [ingest.routes]\nt = {t}\n",
+        brokers(),
+        tokens.display()
+    );
+    let ing = Ingest::start(&ini);
+    let send = |token: &str, key: &str, id: &str| {
+        post(
+            &ing.url,
+            &[
+                JSON,
+                ("Idempotency-Key", key),
+                ("Authorization", &bearer(token)),
+            ],
+            format!("{{\"id\":\"{id}\"}}").as_bytes(),
+        )
+    };
+    assert_eq!(send(ALICE, "a-1", "alice-1").status, 200);
+    // Bob sends 100 fresh keys: his share holds 10 of them.
+    for i in 0..100 {
+        assert_eq!(
+            send(BOB, &format!("b-{i}"), &format!("bob-{i}")).status,
+            200
+        );
+    }
+    // Alice's retry is still recognised: answered again, not stored again.
+    let again = send(ALICE, "a-1", "alice-1");
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(
+        again.headers.get("idempotent-replayed").map(String::as_str),
+        Some("true"),
+        "{}",
+        again.body
+    );
+    // Bob's oldest keys went, his own share being full.
+    let old = send(BOB, "b-0", "bob-0");
+    assert!(!old.headers.contains_key("idempotent-replayed"));
+    let stored = read_exactly(&brokers(), &t, 102);
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|r| r.value_str().contains("alice-1"))
+            .count(),
+        1
+    );
+}

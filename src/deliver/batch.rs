@@ -219,6 +219,8 @@ mod tests {
                 payload: payload.to_vec(),
                 kind,
                 headers: vec![],
+                timestamp: None,
+                url: None,
                 lease: Lease::default(),
                 done: crossbeam_channel::unbounded().0,
             },

@@ -38,6 +38,8 @@ pub enum OnTombstone {
     /// Sent: an empty body alone, `null` in a batch.
     Send,
     DeadLetter,
+    /// A DELETE to the (templated) URL, without a body, alone.
+    Delete,
 }
 
 /// What a value that is not JSON (an empty one included) becomes.
@@ -81,11 +83,27 @@ pub struct EnrichConfig {
     pub routes: Vec<String>,
 }
 
+/// The method of the calls (`method`; tombstones with `on_tombstone =
+/// delete` go as DELETE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Post,
+    Put,
+    Patch,
+}
+
 #[derive(Debug, Clone)]
 pub struct DeliverConfig {
     pub group_id: String,
     pub topics: Vec<String>,
     pub target_url: String,
+    /// `target_url` as a template (placeholders filled per message).
+    pub url: super::shape::Template,
+    pub method: Method,
+    /// `headers`: static header fields of every call.
+    pub extra_headers: Vec<(String, String)>,
+    /// `forward_headers`: record headers sent on (single-message calls).
+    pub forward_headers: Vec<String>,
     pub senders: usize,
     pub max_in_flight: usize,
     pub max_threads: usize,
@@ -205,6 +223,7 @@ impl DeliverConfig {
                 ("skip", OnTombstone::Skip),
                 ("send", OnTombstone::Send),
                 ("dead_letter", OnTombstone::DeadLetter),
+                ("delete", OnTombstone::Delete),
             ],
         );
         let on_invalid_json = r.choice(
@@ -226,6 +245,42 @@ impl DeliverConfig {
                     None
                 }
             },
+        };
+        let url = match super::shape::Template::parse(&target_url) {
+            Ok(t) => t,
+            Err(e) => {
+                r.error("target_url", e);
+                super::shape::Template::fixed(&target_url)
+            }
+        };
+        if !url.is_static() && batch_size > 1 {
+            r.error(
+                "target_url",
+                format!("placeholders fill one message's URL: they need batch_size = 1, got {batch_size}"),
+            );
+        }
+        let method = r.choice(
+            "method",
+            Method::Post,
+            &[
+                ("POST", Method::Post),
+                ("PUT", Method::Put),
+                ("PATCH", Method::Patch),
+            ],
+        );
+        let extra_headers = match super::shape::static_headers(&r.string("headers", "")) {
+            Ok(h) => h,
+            Err(e) => {
+                r.error("headers", e);
+                Vec::new()
+            }
+        };
+        let forward_headers = match super::shape::forwarded(&r.string("forward_headers", "")) {
+            Ok(h) => h,
+            Err(e) => {
+                r.error("forward_headers", e);
+                Vec::new()
+            }
         };
         let dlq_suffix = r.string("dlq_suffix", ".dlq");
         let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
@@ -254,6 +309,10 @@ impl DeliverConfig {
             group_id,
             topics,
             target_url,
+            url,
+            method,
+            extra_headers,
+            forward_headers,
             senders,
             max_in_flight,
             max_threads,
@@ -340,147 +399,5 @@ fn enrich_config(r: &mut crate::config::SectionReader<'_>) -> Option<EnrichConfi
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str) -> (Option<DeliverConfig>, ConfigErrors) {
-        let mut errors = ConfigErrors::default();
-        let doc = Document::parse("d.ini", text, &mut errors);
-        let c = DeliverConfig::from_document(&doc, &mut errors);
-        (c, errors)
-    }
-
-    #[test]
-    fn a_bad_filter_stops_start_naming_the_key_and_where_in_it() {
-        let base = "[deliver]\ngroup_id = g\ntopics = a\ntarget_url = http://h/x\n";
-        let (c, e) = load(&format!(
-            "{base}filter = {{\"field\":\"/type\",\"equals\":\"click\"}}\n"
-        ));
-        assert!(e.0.is_empty(), "{e}");
-        assert!(c.unwrap().filter.is_some());
-        let (_, e) = load(&format!(
-            "{base}filter = {{\"any\":[{{\"field\":\"type\",\"equals\":1}}]}}\n"
-        ));
-        let text = e.to_string();
-        assert!(
-            text.contains("d.ini:5 [deliver] filter: any[0].field: expected a JSON Pointer"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn the_prefetch_follows_the_batch_size_and_yields_to_the_section() {
-        let base = "[deliver]\ngroup_id = g\ntopics = a\ntarget_url = http://h/x\n";
-        let fetch = |text: &str| {
-            let (c, e) = load(text);
-            assert!(e.0.is_empty(), "{e}");
-            let c = c.unwrap();
-            let v = c
-                .consumer
-                .iter()
-                .rev()
-                .find(|(k, _)| k == "max.partition.fetch.bytes");
-            v.map(|(_, v)| v.clone()).unwrap()
-        };
-        assert_eq!(fetch(base), "65536");
-        assert_eq!(fetch(&format!("{base}batch_size = 100\n")), "262144");
-        let own = "[deliver.consumer]\nmax.partition.fetch.bytes = 1048576\n";
-        assert_eq!(fetch(&format!("{base}{own}")), "1048576");
-    }
-
-    #[test]
-    fn minimal_section_gets_the_defaults() {
-        let (c, e) = load("[deliver]\ngroup_id = g\ntopics = a, b\ntarget_url = http://h/x\n");
-        assert!(e.0.is_empty(), "{e}");
-        let c = c.unwrap();
-        assert_eq!(c.topics, vec!["a", "b"]);
-        assert_eq!(
-            (c.senders, c.max_in_flight, c.max_threads, c.batch_size),
-            (8, 8, 10, 1)
-        );
-        assert_eq!(c.commit, Commit::AfterDelivery);
-        assert_eq!(c.dlq_topics(), vec!["a.dlq", "b.dlq"]);
-        assert!(c.enrich.is_none());
-        assert!(
-            c.consumer
-                .contains(&("enable.auto.offset.store".into(), "false".into()))
-        );
-    }
-
-    #[test]
-    fn every_problem_is_reported() {
-        let (_, e) = load(
-            "[deliver]\ntopics = ok,bad topic\ntarget_url = ftp://x\nordering = random\nretry_statuses = 5xx\n\
-             enrich_url = http://geo/lookup\n[deliver.consumer]\nsession.timeout.ms = 5000\n\
-             heartbeat.interval.ms = 1000\n",
-        );
-        let t = e.to_string();
-        for want in [
-            "[deliver] group_id: required key is missing",
-            "d.ini:2 [deliver] topics: expected comma-separated Kafka topic names, got \"bad topic\"",
-            "d.ini:3 [deliver] target_url: expected an http:// or https:// URL",
-            "d.ini:4 [deliver] ordering: expected one of none | key",
-            "d.ini:5 [deliver] retry_statuses: \"5xx\" is not a status",
-            "d.ini:6 [deliver] enrich_url: expected a URL with a {field} placeholder",
-            "d.ini:8 [deliver.consumer] session.timeout.ms: not used by group.protocol = consumer",
-            "d.ini:9 [deliver.consumer] heartbeat.interval.ms: not used by group.protocol = consumer",
-        ] {
-            assert!(t.contains(want), "missing {want:?} in:\n{t}");
-        }
-    }
-
-    #[test]
-    fn classic_protocol_needs_a_session_longer_than_the_drain() {
-        let base = "[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\n[deliver.consumer]\ngroup.protocol = classic\n";
-        let (_, e) = load(&format!("{base}session.timeout.ms = 5000\n"));
-        assert!(
-            e.to_string().contains("d.ini:7 [deliver.consumer] session.timeout.ms: must exceed [deliver] shutdown_timeout_ms (10000), got 5000"),
-            "{e}"
-        );
-        let (c, e) = load(&format!(
-            "{base}session.timeout.ms = 20000\nheartbeat.interval.ms = 1000\n"
-        ));
-        assert!(e.0.is_empty(), "{e}");
-        assert!(
-            c.unwrap()
-                .consumer
-                .contains(&("group.protocol".into(), "classic".into()))
-        );
-        // Unset, it is chosen at start from what the cluster offers
-        // (`kafka::protocol::settle`).
-        let (c, e) = load("[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\n");
-        assert!(e.0.is_empty(), "{e}");
-        assert!(
-            !c.unwrap()
-                .consumer
-                .iter()
-                .any(|(k, _)| k == "group.protocol")
-        );
-    }
-
-    #[test]
-    fn automatic_offset_commits_are_refused() {
-        for key in ["enable.auto.commit", "enable.auto.offset.store"] {
-            let (_, e) = load(&format!(
-                "[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\n[deliver.consumer]\n{key} = true\n"
-            ));
-            assert!(
-                e.to_string().contains(&format!(
-                    "d.ini:6 [deliver.consumer] {key}: must stay false: deliver commits offsets itself, only past messages that are delivered or parked"
-                )),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn enrichment_reads_its_placeholder_and_routes() {
-        let (c, e) = load(
-            "[deliver]\ngroup_id=g\ntopics=t\ntarget_url=http://h/\nenrich_url = http://geo/ip/{ip}\nenrich_routes = tweet, retweet\n",
-        );
-        assert!(e.0.is_empty(), "{e}");
-        let en = c.unwrap().enrich.unwrap();
-        assert_eq!(en.field, "ip");
-        assert_eq!(en.routes, vec!["tweet", "retweet"]);
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -366,17 +366,21 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
         .record_value(m.topic(), field, m.timestamp().to_millis());
     shared.metrics.consumed.inc();
     let lease = member.with_offsets(|o| o.polled(m.topic(), m.partition(), m.offset()));
-    let (kind, skip, park) = match (value, json) {
+    let (kind, skip, mut park) = match (value, json) {
         (_, true) => (ValueKind::Json, false, None),
         (None, _) => match c.on_tombstone {
             OnTombstone::Skip => (ValueKind::Tombstone, true, None),
-            OnTombstone::Send => (ValueKind::Tombstone, false, None),
-            OnTombstone::DeadLetter => (ValueKind::Tombstone, false, Some("tombstone (no value)")),
+            OnTombstone::Send | OnTombstone::Delete => (ValueKind::Tombstone, false, None),
+            OnTombstone::DeadLetter => (
+                ValueKind::Tombstone,
+                false,
+                Some("tombstone (no value)".into()),
+            ),
         },
         (Some(_), false) => match c.on_invalid_json {
             OnInvalid::Skip => (ValueKind::Other, true, None),
             OnInvalid::Send => (ValueKind::Other, false, None),
-            OnInvalid::DeadLetter => (ValueKind::Other, false, Some("value is not JSON")),
+            OnInvalid::DeadLetter => (ValueKind::Other, false, Some("value is not JSON".into())),
         },
     };
     let headers = record::headers(m);
@@ -403,6 +407,27 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
         }
         return None;
     }
+    // A URL of the message's own; one that cannot be filled parks it.
+    let url = match c.url.is_static() {
+        true => None,
+        false => {
+            let fill = super::shape::Fill {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key(),
+                value,
+            };
+            match c.url.render(&fill) {
+                Ok(u) => Some(u),
+                Err(why) => {
+                    park = park.or(Some(why));
+                    None
+                }
+            }
+        }
+    };
+    let delete = kind == ValueKind::Tombstone && c.on_tombstone == OnTombstone::Delete;
     Some(Work {
         msg: Msg {
             topic: role.topic_name(m.topic()),
@@ -412,13 +437,16 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
             payload: value.unwrap_or_default().to_vec(),
             kind,
             headers,
+            timestamp: m.timestamp().to_millis(),
+            url,
             lease,
             done: role.done_tx.clone(),
         },
         attempts: 0,
-        parking: park.map(|why| (why.to_string(), None)),
+        parking: park.map(|why| (why, None)),
         enrich_attempts: 0,
-        solo: false,
+        // A DELETE carries no body: it goes alone.
+        solo: delete,
         shrunk: 0,
     })
 }

@@ -334,7 +334,7 @@ fn others(o: &Map<String, Value>, but: &str) -> String {
 }
 
 /// RFC 6901: empty, or `/`-separated tokens where `~` is followed by 0 or 1.
-fn valid_pointer(p: &str) -> bool {
+pub(super) fn valid_pointer(p: &str) -> bool {
     if !(p.is_empty() || p.starts_with('/')) {
         return false;
     }

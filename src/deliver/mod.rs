@@ -33,6 +33,7 @@ pub mod outbound;
 pub mod replay;
 pub mod retry;
 mod sender;
+pub mod shape;
 mod stash;
 mod telemetry;
 
@@ -67,6 +68,10 @@ pub struct Msg {
     pub kind: ValueKind,
     /// Record headers as bytes (any producer can write any bytes).
     pub headers: Vec<crate::kafka::record::Header>,
+    /// The record's timestamp (ms since the epoch), when it has one.
+    pub timestamp: Option<i64>,
+    /// The URL of this message's calls when `target_url` has placeholders.
+    pub url: Option<String>,
     /// The partition tenure this message was taken under: once it ended
     /// (revocation), the message is given up, never sent.
     pub lease: Lease,

@@ -222,17 +222,14 @@ fn send(
     if let Some(a) = &c.outbound.authorization {
         headers.push(("Authorization", a.expose().to_string()));
     }
+    let shaped = super::shape::shape_of(c, &batch);
+    if shaped.method == "DELETE" {
+        headers.retain(|(k, _)| *k != "Content-Type");
+    }
     let started = Instant::now();
     let bulk = c.batch_format == BatchFormat::EsBulk && c.batch_size > 1;
     shared.metrics.calls.inc();
-    let answer = call(
-        agent,
-        &c.target_url,
-        &headers,
-        &body,
-        c.follow_redirects,
-        bulk,
-    );
+    let answer = call(agent, &shaped, &headers, &body, c.follow_redirects, bulk);
     shared
         .metrics
         .call_latency
@@ -348,24 +345,36 @@ const MAX_HOPS: usize = 5;
 /// 64 KiB are read): a body that breaks off is a failed call.
 fn call(
     agent: &ureq::Agent,
-    url: &str,
+    shaped: &super::shape::Shaped<'_>,
     headers: &[(&'static str, String)],
     body: &[u8],
     follow: bool,
     bulk: bool,
 ) -> Result<Answer, String> {
-    let mut url = url.to_string();
+    let mut url = shaped.url.to_string();
     let home = origin(&url).to_string();
     for _ in 0..=MAX_HOPS {
-        let mut req = agent.post(&url);
         // Credentials go only to the configured endpoint's origin.
         let away = origin(&url) != home;
-        for (k, v) in headers {
-            if !(away && *k == "Authorization") {
-                req = req.header(*k, v);
+        let fields = headers
+            .iter()
+            .filter(|(k, _)| !(away && *k == "Authorization"))
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(shaped.fields.iter().map(|(k, v)| (*k, v.as_str())));
+        let sent = match shaped.method {
+            "DELETE" => fields
+                .fold(agent.delete(&url), |r, (k, v)| r.header(k, v))
+                .call(),
+            method => {
+                let req = match method {
+                    "PUT" => agent.put(&url),
+                    "PATCH" => agent.patch(&url),
+                    _ => agent.post(&url),
+                };
+                fields.fold(req, |r, (k, v)| r.header(k, v)).send(body)
             }
-        }
-        let mut resp = req.send(body).map_err(|e| e.to_string())?;
+        };
+        let mut resp = sent.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()

@@ -358,6 +358,39 @@ mod tests {
     }
 
     #[test]
+    fn librdkafkas_queue_follows_the_budget_unless_set() {
+        let get = |p: &[(String, String)], k: &str| {
+            p.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let (c, _) = load("[ingest]\nmax_buffered_body_bytes = 33554432\n");
+        let p = c.unwrap().producer;
+        assert_eq!(
+            get(&p, "queue.buffering.max.kbytes").as_deref(),
+            Some("32768")
+        );
+        let per = (32usize << 20) / super::super::cost::PER_RECORD;
+        assert_eq!(
+            get(&p, "queue.buffering.max.messages"),
+            Some(per.to_string())
+        );
+        let (c, _) = load("[ingest]\n[ingest.producer]\nqueue.buffering.max.kbytes = 1000\n");
+        let p = c.unwrap().producer;
+        assert_eq!(
+            get(&p, "queue.buffering.max.kbytes").as_deref(),
+            Some("1000")
+        );
+        assert_eq!(
+            p.iter()
+                .filter(|(k, _)| k == "queue.buffering.max.kbytes")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn producer_overrides_replace_defaults_and_pass_through() {
         let (c, errors) = load(
             "[ingest]\n[ingest.producer]\nlinger.ms = 20\nqueue.buffering.max.messages = 5000\n",

@@ -24,18 +24,26 @@ fn script() -> &'static str {
 }
 
 fn run_script(args: &[&str], dir: &Path) {
+    if let Err(e) = try_script(args, dir) {
+        panic!("{e}");
+    }
+}
+
+fn try_script(args: &[&str], dir: &Path) -> Result<(), String> {
     let out = Command::new(script())
         .args(args)
         .arg("--dir")
         .arg(dir)
         .output()
         .expect("scripts/broker runs");
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "scripts/broker {args:?} failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
 
 impl Broker {
@@ -75,6 +83,19 @@ impl Broker {
     }
 
     fn with_args(nodes: usize, props: &[String], extra: &[&str]) -> Broker {
+        // The free ports are picked before the nodes bind them, and other
+        // tests bind ports meanwhile: a start that lost that race is tried
+        // once more on new ports (the first failure is shown).
+        match Broker::try_with_args(nodes, props, extra) {
+            Ok(b) => b,
+            Err(first) => {
+                eprintln!("{first}\ntrying once more on other ports");
+                Broker::try_with_args(nodes, props, extra).unwrap_or_else(|e| panic!("{e}"))
+            }
+        }
+    }
+
+    fn try_with_args(nodes: usize, props: &[String], extra: &[&str]) -> Result<Broker, String> {
         let dir = TempDir::new("kafka");
         let nodes_arg = nodes.to_string();
         // `--kafka` goes first (see scripts/broker).
@@ -89,16 +110,19 @@ impl Broker {
         for p in props {
             args.extend(["--set", p]);
         }
-        run_script(&args, &dir.0);
+        if let Err(e) = try_script(&args, &dir.0) {
+            let _ = try_script(&["stop", "--now"], &dir.0);
+            return Err(e);
+        }
         let bootstrap = std::fs::read_to_string(dir.0.join("bootstrap"))
             .unwrap()
             .trim()
             .to_string();
-        Broker {
+        Ok(Broker {
             dir,
             nodes,
             bootstrap,
-        }
+        })
     }
 
     /// The bootstrap servers (every node).

@@ -94,3 +94,29 @@ impl Drop for Bin {
         }
     }
 }
+
+/// `kbridge run` with ingest on route `t` → `topic` (`extra` lines in
+/// `[ingest]`) and an admin server, once ready: the process, ingest's
+/// address and the admin's base URL.
+pub fn ingest_bin(topic: &str, extra: &str, dir: &TempDir) -> (Bin, std::net::SocketAddr, String) {
+    use super::{brokers, free_port};
+    let (port, admin) = (free_port(), free_port());
+    let ini = format!(
+        "[kafka]\nbrokers = {}\n[admin]\nlisten = 127.0.0.1:{admin}\n[ingest]\nlisten = 127.0.0.1:{port}\n{extra}\n[ingest.routes]\nt = {topic}\n",
+        brokers()
+    );
+    let bin = spawn_bin(&ini, dir);
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    wait_ready(&admin_url);
+    (bin, format!("127.0.0.1:{port}").parse().unwrap(), admin_url)
+}
+
+/// Waits (30 s at most) until the admin server at `admin_url` says ready.
+pub fn wait_ready(admin_url: &str) {
+    super::wait_until("kbridge ready", Duration::from_secs(30), || {
+        super::agent()
+            .get(&format!("{admin_url}/ready"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    });
+}

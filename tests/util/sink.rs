@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Call {
+    pub method: String,
+    /// Path and query as the request line had them.
+    pub url: String,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
     pub status: u16,
@@ -126,6 +129,8 @@ impl Sink {
                             })
                             .collect();
                         let mut call = Call {
+                            method: req.method().to_string(),
+                            url: req.url().to_string(),
                             headers,
                             body,
                             status: 0,
