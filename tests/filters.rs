@@ -1,7 +1,8 @@
-//! deliver's `filter` and request shaping against the real broker: only
-//! matching messages are sent, the others are committed uncalled and
-//! counted; calls take their URL, method and headers from the settings and
-//! the message, and a tombstone can be a DELETE.
+//! deliver's `filter`, request shaping and signatures against the real
+//! broker: only matching messages are sent, the others are committed
+//! uncalled and counted; calls take their URL, method and headers from the
+//! settings and the message, a tombstone can be a DELETE, and every call
+//! verifies with the Standard Webhooks reference library.
 
 use std::time::Duration;
 
@@ -136,5 +137,86 @@ fn calls_are_shaped_from_the_message_and_a_tombstone_becomes_a_delete() {
     assert_eq!(del.method, "DELETE");
     assert_eq!(del.url, put.url, "{del:?}");
     assert!(del.body.is_empty());
+    assert!(d.stop());
+}
+
+/// Verifies each call with the Standard Webhooks reference library
+/// (`standardwebhooks` from PyPI), once per secret; prints `ok` per call,
+/// then checks that a tampered body is refused.
+const VERIFY: &str = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+calls = json.load(open(sys.argv[1]))
+for secret in sys.argv[2:]:
+    wh = Webhook(secret)
+    for c in calls:
+        wh.verify(c["body"], c["headers"])
+        print("ok")
+    try:
+        wh.verify(calls[0]["body"] + " ", calls[0]["headers"])
+        print("tampered call accepted")
+    except WebhookVerificationError:
+        print("tampered refused")
+"#;
+
+#[test]
+fn signed_calls_verify_with_the_standard_webhooks_library_under_either_secret() {
+    let b = brokers();
+    let topic = unique_topic("signed");
+    create_topic(&b, &topic, 1);
+    let dir = TempDir::new("signed");
+    let (old, new) = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "whsec_c2VjcmV0LXJvdGF0ZWQtaW4tZm9yLXRoZS10ZXN0",
+    );
+    let secrets = write_mode(&dir, "signing", &format!("{old}\n{new}\n"), 0o600);
+    let sink = Sink::always(200);
+    let group = unique_topic("g");
+    let mut d = Deliver::start(&deliver_ini(
+        &b,
+        &group,
+        &topic,
+        &sink.url,
+        &format!("signing_secret_file = {}", secrets.display()),
+    ));
+    d.wait_settled(1);
+    produce(&b, &topic, &events("s", 5));
+    let ids: Vec<String> = (0..5).map(|i| format!("s-{i}")).collect();
+    wait_delivered(&sink, &ids, Duration::from_secs(30));
+    let calls: Vec<serde_json::Value> = sink
+        .calls()
+        .iter()
+        .map(|c| {
+            assert_eq!(
+                c.header("webhook-id"),
+                c.header("idempotency-key"),
+                "the id is the call's idempotency key"
+            );
+            serde_json::json!({
+                "body": String::from_utf8(c.body.clone()).unwrap(),
+                "headers": {
+                    "webhook-id": c.header("webhook-id"),
+                    "webhook-timestamp": c.header("webhook-timestamp"),
+                    "webhook-signature": c.header("webhook-signature"),
+                },
+            })
+        })
+        .collect();
+    let file = dir.0.join("calls.json");
+    std::fs::write(&file, serde_json::to_vec(&calls).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", VERIFY])
+        .arg(&file)
+        .args([old, new])
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("ok").count(), 2 * calls.len(), "{text}");
+    assert_eq!(text.matches("tampered refused").count(), 2, "{text}");
     assert!(d.stop());
 }

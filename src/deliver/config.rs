@@ -104,6 +104,8 @@ pub struct DeliverConfig {
     pub extra_headers: Vec<(String, String)>,
     /// `forward_headers`: record headers sent on (single-message calls).
     pub forward_headers: Vec<String>,
+    /// `signing_secret_file`: Standard Webhooks signatures on every call.
+    pub signer: Option<super::signing::Signer>,
     pub senders: usize,
     pub max_in_flight: usize,
     pub max_threads: usize,
@@ -282,6 +284,16 @@ impl DeliverConfig {
                 Vec::new()
             }
         };
+        let signer = match r.string("signing_secret_file", "").as_str() {
+            "" => None,
+            path => match super::signing::Signer::open(std::path::Path::new(path)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    r.error("signing_secret_file", e);
+                    None
+                }
+            },
+        };
         let dlq_suffix = r.string("dlq_suffix", ".dlq");
         let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
         if backoff_initial_ms > backoff_max_ms {
@@ -313,6 +325,7 @@ impl DeliverConfig {
             method,
             extra_headers,
             forward_headers,
+            signer,
             senders,
             max_in_flight,
             max_threads,

@@ -183,3 +183,34 @@ fn enrichment_reads_its_placeholder_and_routes() {
     assert_eq!(en.field, "ip");
     assert_eq!(en.routes, vec!["tweet", "retweet"]);
 }
+
+#[test]
+fn a_signing_secret_others_can_read_or_not_in_whsec_form_stops_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("kbridge-sign-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("s");
+    let base = format!(
+        "[deliver]\ngroup_id = g\ntopics = a\ntarget_url = http://h/x\nsigning_secret_file = {}\n",
+        file.display()
+    );
+    std::fs::write(&file, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = load(&base).1.to_string();
+    assert!(
+        e.contains("[deliver] signing_secret_file:") && e.contains("chmod 600"),
+        "{e}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (c, e) = load(&base);
+    assert!(e.0.is_empty(), "{e}");
+    assert!(c.unwrap().signer.is_some());
+    std::fs::write(&file, "not-a-secret\n").unwrap();
+    let e = load(&base).1.to_string();
+    assert!(e.contains("line 1: expected whsec_"), "{e}");
+    assert!(
+        !e.contains("not-a-secret"),
+        "the error never shows the file's text: {e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

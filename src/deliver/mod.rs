@@ -34,6 +34,7 @@ pub mod replay;
 pub mod retry;
 mod sender;
 pub mod shape;
+pub mod signing;
 mod stash;
 mod telemetry;
 

@@ -222,6 +222,17 @@ fn send(
     if let Some(a) = &c.outbound.authorization {
         headers.push(("Authorization", a.expose().to_string()));
     }
+    if let Some(signer) = &c.signer {
+        let id = headers
+            .iter()
+            .find(|(k, _)| *k == "Idempotency-Key")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        headers.extend(signer.headers(&id, now, &body));
+    }
     let shaped = super::shape::shape_of(c, &batch);
     if shaped.method == "DELETE" {
         headers.retain(|(k, _)| *k != "Content-Type");
