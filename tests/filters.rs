@@ -220,3 +220,94 @@ fn signed_calls_verify_with_the_standard_webhooks_library_under_either_secret() 
     assert_eq!(text.matches("tampered refused").count(), 2, "{text}");
     assert!(d.stop());
 }
+
+#[test]
+fn a_batch_answered_per_item_retries_and_parks_only_its_failed_items() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use crate::util::sink::Reply;
+    let b = brokers();
+    let topic = unique_topic("items");
+    create_topic(&b, &topic, 1);
+    // Per id, the status each answer gave it.
+    let given: Arc<Mutex<HashMap<String, Vec<u16>>>> = Arc::default();
+    let failed_once: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let malformed_sent = Arc::new(AtomicBool::new(false));
+    let sink = {
+        let (given, failed_once, malformed_sent) =
+            (given.clone(), failed_once.clone(), malformed_sent.clone());
+        Sink::start(Arc::new(move |call, _| {
+            let ids = call.ids();
+            // The first call's answer is 200 but no per-item answer: the
+            // whole batch failed, every message of it comes again.
+            if !malformed_sent.swap(true, Ordering::SeqCst) {
+                for id in &ids {
+                    given.lock().unwrap().entry(id.clone()).or_default().push(0);
+                }
+                return Reply::status(200).body("ok");
+            }
+            let statuses: Vec<u16> = ids
+                .iter()
+                .map(|id| {
+                    let n: usize = id.trim_start_matches("p-").parse().unwrap();
+                    let s = if n == 3 {
+                        400
+                    } else if n % 2 == 1 && failed_once.lock().unwrap().insert(id.clone()) {
+                        503
+                    } else {
+                        200
+                    };
+                    given.lock().unwrap().entry(id.clone()).or_default().push(s);
+                    s
+                })
+                .collect();
+            let items: Vec<String> = statuses
+                .iter()
+                .map(|s| format!("{{\"status\":{s}}}"))
+                .collect();
+            Reply::status(200).body(&format!("{{\"items\":[{}]}}", items.join(",")))
+        }))
+    };
+    let group = unique_topic("g");
+    let mut d = Deliver::start(&deliver_ini(
+        &b,
+        &group,
+        &topic,
+        &sink.url,
+        "batch_size = 10\nbatch_format = json_array\nbatch_linger_ms = 50\nbatch_answer = items",
+    ));
+    d.wait_settled(1);
+    produce(&b, &topic, &events("p", 20));
+    wait_until("every offset committed", Duration::from_secs(60), || {
+        committed(&b, &group, &topic, 1)[0] == 20
+    });
+    let parked = read_exactly(&b, &format!("{topic}.dlq"), 1);
+    assert!(parked[0].value_str().contains("\"p-3\""));
+    let given = given.lock().unwrap();
+    for i in 0..20 {
+        let id = format!("p-{i}");
+        let got = &given[&id];
+        let oks = got.iter().filter(|s| **s == 200).count();
+        match i {
+            3 => assert_eq!((oks, got.last()), (0, Some(&400)), "{id}: {got:?}"),
+            _ => assert_eq!(oks, 1, "{id} taken once, never sent after its 200: {got:?}"),
+        }
+        if i % 2 == 1 && i != 3 {
+            assert!(
+                got.contains(&503),
+                "{id} failed once and came again: {got:?}"
+            );
+        }
+    }
+    assert!(
+        given.values().filter(|g| g.first() == Some(&0)).count() >= 1,
+        "the malformed answer's batch came again"
+    );
+    assert_eq!(
+        metric(&d.metrics(), "kbridge_deliver_delivered_total"),
+        19.0
+    );
+    assert!(d.stop());
+}

@@ -204,10 +204,67 @@ pub fn bulk_item_statuses(body: &[u8], n: usize) -> Result<Option<Vec<u16>>, Str
         .map(Some)
 }
 
+/// Each message's status from a batch answer of `batch_answer = items`:
+/// `{"items":[{"status":200},{"status":503},…]}`, one per message in
+/// request order. Anything else — not JSON, no `items`, another count, an
+/// item without a status from 100 to 599 — is an error: the whole batch
+/// failed, never a success.
+pub fn item_statuses(body: &[u8], n: usize) -> Result<Vec<u16>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the per-item answer is not JSON ({e})"))?;
+    let items = v
+        .get("items")
+        .and_then(serde_json::Value::as_array)
+        .ok_or("the per-item answer has no \"items\" array")?;
+    if items.len() != n {
+        return Err(format!(
+            "the per-item answer has {} items for {n} sent",
+            items.len()
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.get("status")
+                .and_then(serde_json::Value::as_u64)
+                .filter(|s| (100..=599).contains(s))
+                .map(|s| s as u16)
+                .ok_or_else(|| format!("item {i} of the per-item answer has no status"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kafka::offsets::Lease;
+
+    #[test]
+    fn per_item_answers_are_read_in_order_and_anything_odd_fails_the_batch() {
+        let ok = br#"{"items":[{"status":200},{"status":503,"error":"later"},{"status":400}]}"#;
+        assert_eq!(item_statuses(ok, 3).unwrap(), [200, 503, 400]);
+        for (body, why) in [
+            (&b"not json"[..], "not JSON"),
+            (br#"{"results":[]}"#, "no \"items\""),
+            (br#"{"items":[{"status":200}]}"#, "1 items for 3"),
+            (
+                br#"{"items":[{"status":200},{"ok":true},{"status":200}]}"#,
+                "item 1",
+            ),
+            (
+                br#"{"items":[{"status":200},{"status":99},{"status":200}]}"#,
+                "item 1",
+            ),
+            (
+                br#"{"items":[{"status":200},{"status":"200"},{"status":200}]}"#,
+                "item 1",
+            ),
+        ] {
+            let e = item_statuses(body, 3).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
 
     fn work(offset: i64, payload: &[u8], kind: ValueKind) -> Work {
         Work {

@@ -112,6 +112,9 @@ pub struct DeliverConfig {
     pub channel_capacity: usize,
     pub batch_size: usize,
     pub batch_format: BatchFormat,
+    /// `batch_answer = items`: a batch's 2xx answer gives each message's
+    /// own status (`{"items":[{"status":200},…]}`, in request order).
+    pub per_item_answers: bool,
     pub batch_linger: Duration,
     /// Index of `_bulk` action lines (empty: the message's topic).
     pub es_index: String,
@@ -172,6 +175,8 @@ impl DeliverConfig {
         let max_threads = r.int("max_threads", 10usize, 1..=256);
         let channel_capacity = r.int("channel_capacity", 1024usize, 1..=1_000_000);
         let batch_size = r.int("batch_size", 1usize, 1..=100_000);
+        let per_item_answers =
+            r.choice("batch_answer", false, &[("status", false), ("items", true)]);
         let batch_format = r.choice(
             "batch_format",
             BatchFormat::Ndjson,
@@ -248,6 +253,13 @@ impl DeliverConfig {
                 }
             },
         };
+        if per_item_answers && batch_format == BatchFormat::EsBulk {
+            r.error(
+                "batch_answer",
+                "items is for json_array and ndjson batches: es_bulk answers per item already"
+                    .into(),
+            );
+        }
         let url = match super::shape::Template::parse(&target_url) {
             Ok(t) => t,
             Err(e) => {
@@ -332,6 +344,7 @@ impl DeliverConfig {
             channel_capacity,
             batch_size,
             batch_format,
+            per_item_answers,
             batch_linger: Duration::from_millis(batch_linger_ms),
             es_index,
             max_retries,

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::warn;
 
 use super::backoff::{Gate, Verdict};
-use super::batch::{body_of, bulk_item_statuses, headers_of};
+use super::batch::{body_of, bulk_item_statuses, headers_of, item_statuses};
 use super::config::BatchFormat;
 use super::dlq::DeadLetters;
 use super::outbound::origin;
@@ -239,8 +239,16 @@ fn send(
     }
     let started = Instant::now();
     let bulk = c.batch_format == BatchFormat::EsBulk && c.batch_size > 1;
+    let per_item = c.per_item_answers && c.batch_size > 1;
     shared.metrics.calls.inc();
-    let answer = call(agent, &shaped, &headers, &body, c.follow_redirects, bulk);
+    let answer = call(
+        agent,
+        &shaped,
+        &headers,
+        &body,
+        c.follow_redirects,
+        bulk || per_item,
+    );
     shared
         .metrics
         .call_latency
@@ -251,9 +259,15 @@ fn send(
                 status: a.status,
                 retry_after: a.retry_after,
             };
-            match (bulk && (200..300).contains(&a.status))
-                .then(|| bulk_item_statuses(&a.body, batch.len()))
-            {
+            let ok = (200..300).contains(&a.status);
+            let judged = if bulk && ok {
+                Some(bulk_item_statuses(&a.body, batch.len()))
+            } else if per_item && ok {
+                Some(item_statuses(&a.body, batch.len()).map(Some))
+            } else {
+                None
+            };
+            match judged {
                 Some(Err(e)) => (
                     CallResult::Transport(format!("HTTP {}: {e}", a.status)),
                     None,
@@ -280,7 +294,8 @@ fn send(
             continue;
         }
         w.attempts += 1;
-        // `_bulk` answers 200 with a status per item: judge each by its own.
+        // `_bulk` (and `batch_answer = items`) answers 2xx with a status
+        // per item: judge each by its own.
         let own = items
             .as_ref()
             .and_then(|s| s.get(i))
@@ -350,9 +365,9 @@ struct Answer {
 /// Redirects followed at most (307/308 with `follow_redirects`).
 const MAX_HOPS: usize = 5;
 
-/// One POST (and its 307/308 hops when allowed). The answer's body is read
-/// to its end within the agent's deadline, up to a cap (`_bulk` answers
-/// are read whole, up to 16 MiB; other bodies matter only by their status,
+/// One call (and its 307/308 hops when allowed). The answer's body is read
+/// to its end within the agent's deadline, up to a cap (`_bulk` and per-item answers,
+/// `whole`, are read whole, up to 16 MiB; other bodies matter only by their status,
 /// 64 KiB are read): a body that breaks off is a failed call.
 fn call(
     agent: &ureq::Agent,
@@ -360,7 +375,7 @@ fn call(
     headers: &[(&'static str, String)],
     body: &[u8],
     follow: bool,
-    bulk: bool,
+    whole: bool,
 ) -> Result<Answer, String> {
     let mut url = shaped.url.to_string();
     let home = origin(&url).to_string();
@@ -405,7 +420,7 @@ fn call(
             url = next;
             continue;
         }
-        let cap: u64 = if bulk { 16 << 20 } else { 64 << 10 };
+        let cap: u64 = if whole { 16 << 20 } else { 64 << 10 };
         let mut buf = Vec::new();
         resp.body_mut()
             .as_reader()
