@@ -288,14 +288,42 @@ fn health_and_ready_answer_while_the_admin_is_at_its_connection_cap() {
             .unwrap();
         read_until_closed(&s, Duration::from_secs(3)).first() == Some(503)
     });
-    for path in ["/health", "/ready"] {
+    // And 8 more idle ones, as many as the reserve for the probes: each
+    // new probe connection makes room by closing the oldest idle of them.
+    let reserve_idle: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let s = TcpStream::connect(admin_addr).unwrap();
+            (&s).write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .unwrap();
+            s
+        })
+        .collect();
+    for path in ["/health", "/ready", "/health", "/ready"] {
         let s = TcpStream::connect(admin_addr).unwrap();
         (&s).write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
             .unwrap();
         let e = read_until_closed(&s, Duration::from_secs(3));
         assert_eq!(e.first(), Some(200), "{path}: {}", e.text);
     }
-    drop(idle);
+    // The first probe at least made room by closing an idle reserve socket
+    // (closed without an answer: a deadline's 408 would be an answer).
+    let evicted = reserve_idle
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 256];
+            match (&**s).read(&mut b) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            }
+        })
+        .count();
+    assert!(
+        evicted >= 1,
+        "no idle reserve socket was closed for the probes"
+    );
+    drop((idle, reserve_idle));
     let mut s = TcpStream::connect(admin_addr).unwrap();
     s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .unwrap();

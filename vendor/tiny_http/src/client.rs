@@ -108,10 +108,11 @@ pub(crate) fn serve(
     read: RefinedTcpStream,
     mut write: RefinedTcpStream,
     ctx: &Ctx,
-    reserved: bool,
+    head_in: Option<&Arc<AtomicBool>>,
     push: &dyn Fn(Request),
 ) {
     let limits = &ctx.limits;
+    let reserved = head_in.is_some();
     let header_timeout = if reserved {
         limits.header_timeout.min(Duration::from_secs(2))
     } else {
@@ -137,6 +138,9 @@ pub(crate) fn serve(
         let outcome = next_request(&mut reader, ctx, first, secure, remote_addr, &mut write)
             .and_then(|next| {
                 // A connection beyond the cap serves a reserved path, once.
+                if let Some(flag) = head_in {
+                    flag.store(true, Ordering::Relaxed);
+                }
                 let (path, _) = next.0.url().split_once('?').unwrap_or((next.0.url(), ""));
                 match reserved {
                     false => Ok(next),

@@ -328,6 +328,8 @@ impl Server {
         });
 
         let inside_close_trigger = close_trigger.clone();
+        let waiting: Waiting = Arc::default();
+        let reserved_paths = !limits.reserved_paths.is_empty();
         let inside_messages = messages.clone();
         let inside_connections = connections.clone();
         thread::Builder::new()
@@ -359,9 +361,13 @@ impl Server {
                         break;
                     }
                     let open = inside_connections.lock().map(|c| c.len()).unwrap_or(0);
-                    // Beyond the cap, a few more for the reserved paths.
+                    // Beyond the cap, a few more for the reserved paths; when
+                    // those are taken too, the oldest of them still waiting
+                    // for its head makes room (a probe sends its head at
+                    // once: idle sockets cannot hold the reserve).
                     let reserved = open >= limits.max_connections;
-                    if open >= limits.max_connections + limits.reserved_connections {
+                    let full = open >= limits.max_connections + limits.reserved_connections;
+                    if full && (!reserved_paths || !evict_oldest_waiting(&waiting)) {
                         refuse_connection(&sock, &limits);
                         limits.event(ServerEvent::Refused);
                         continue;
@@ -377,6 +383,15 @@ impl Server {
                         ctx.clone(),
                         ssl.clone(),
                     );
+                    // A reserved connection is evictable until its head is in.
+                    let head_in = reserved.then(|| {
+                        let flag = Arc::new(AtomicBool::new(false));
+                        if let (Ok(mut w), Ok(clone)) = (waiting.lock(), sock.try_clone()) {
+                            w.retain(|(done, _)| !done.load(Relaxed));
+                            w.push_back((flag.clone(), clone));
+                        }
+                        flag
+                    });
                     let mut sock = Some(sock);
                     tasks_pool.spawn(Box::new(move || {
                         let Some(sock) = sock.take() else { return };
@@ -406,17 +421,25 @@ impl Server {
                         };
                         if let Some((read, write)) = streams {
                             match ctx.limits.inline.clone() {
-                                Some(handle) => {
-                                    client::serve(read, write, &ctx, reserved, &|rq: Request| {
-                                        handle(rq)
-                                    })
-                                }
-                                None => {
-                                    client::serve(read, write, &ctx, reserved, &|rq: Request| {
-                                        messages.push(rq.into())
-                                    })
-                                }
+                                Some(handle) => client::serve(
+                                    read,
+                                    write,
+                                    &ctx,
+                                    head_in.as_ref(),
+                                    &|rq: Request| handle(rq),
+                                ),
+                                None => client::serve(
+                                    read,
+                                    write,
+                                    &ctx,
+                                    head_in.as_ref(),
+                                    &|rq: Request| messages.push(rq.into()),
+                                ),
                             }
+                        }
+                        if let Some(gone) = &head_in {
+                            // Gone is as good as served: nothing to evict.
+                            gone.store(true, Relaxed);
                         }
                         if let Ok(mut c) = connections.lock() {
                             c.remove(&id);
@@ -518,6 +541,24 @@ impl OpenConnections {
     pub fn count(&self) -> usize {
         self.0.lock().map(|c| c.len()).unwrap_or(0)
     }
+}
+
+/// Reserved connections in arrival order: head read, the socket.
+type Waiting = Arc<Mutex<std::collections::VecDeque<(Arc<AtomicBool>, Connection)>>>;
+
+/// Closes the oldest reserved connection whose head is not in yet; false
+/// when there is none.
+fn evict_oldest_waiting(waiting: &Waiting) -> bool {
+    let Ok(mut w) = waiting.lock() else {
+        return false;
+    };
+    while let Some((done, sock)) = w.pop_front() {
+        if !done.load(Relaxed) {
+            let _ = sock.shutdown(Shutdown::Both);
+            return true;
+        }
+    }
+    false
 }
 
 /// Why a full server refuses.
