@@ -49,6 +49,8 @@ pub struct AppConfig {
     pub common: CommonConfig,
     pub ingest: Option<IngestConfig>,
     pub deliver: Option<DeliverConfig>,
+    /// `[subscription.<name>]` sections: more deliver subscriptions.
+    pub subscriptions: Vec<deliver::subscriptions::Subscription>,
     pub collect: Option<CollectConfig>,
 }
 
@@ -66,14 +68,16 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
     let mut errors = ConfigErrors::default();
     let doc = read_document(path, &mut errors).map_err(LoadError::Read)?;
     for (name, section) in &doc.sections {
-        if !KNOWN_SECTIONS.contains(&name.as_str()) {
+        if !KNOWN_SECTIONS.contains(&name.as_str())
+            && !deliver::subscriptions::is_subscription_section(name)
+        {
             errors.0.push(ConfigError {
                 origin: doc.origin.clone(),
                 line: Some(section.line),
                 section: name.clone(),
                 key: None,
                 message: format!(
-                    "unknown section; known sections: {}",
+                    "unknown section; known sections: {}, subscription.<name>, subscription.<name>.consumer",
                     KNOWN_SECTIONS.join(", ")
                 ),
             });
@@ -82,6 +86,7 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
     let common = CommonConfig::from_document(path, &doc, &mut errors);
     let ingest = IngestConfig::from_document(&doc, &mut errors);
     let deliver = DeliverConfig::from_document(&doc, &mut errors);
+    let subscriptions = deliver::subscriptions::from_document(&doc, &mut errors);
     let collect = CollectConfig::from_document(&doc, &mut errors);
     for (sub, parent) in [
         ("ingest.routes", ingest.is_some()),
@@ -109,6 +114,7 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
             common,
             ingest,
             deliver,
+            subscriptions,
             collect,
         })
     } else {
@@ -116,11 +122,20 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
     }
 }
 
+impl AppConfig {
+    /// `[deliver]` (when present), then every `[subscription.<name>]`.
+    pub fn deliver_configs(&self) -> impl Iterator<Item = &DeliverConfig> {
+        self.deliver
+            .iter()
+            .chain(self.subscriptions.iter().map(|s| &s.config))
+    }
+}
+
 /// Which roles run: those asked for, or every role with a section.
 pub fn select_roles(config: &AppConfig, asked: &[Role]) -> anyhow::Result<Vec<Role>> {
     let configured = |r: Role| match r {
         Role::Ingest => config.ingest.is_some(),
-        Role::Deliver => config.deliver.is_some(),
+        Role::Deliver => config.deliver.is_some() || !config.subscriptions.is_empty(),
         Role::Collect => config.collect.is_some(),
     };
     if asked.is_empty() {
@@ -252,18 +267,19 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
         ingest_handle = Some(h);
     }
     let aggregates = Arc::new(Aggregates::default());
-    let mut deliver_handle = None;
-    if roles.contains(&Role::Deliver)
-        && let Some(dc) = &config.deliver
-    {
-        let h = deliver::spawn(
-            dc.clone(),
-            &config.common.kafka,
-            aggregates.clone(),
-            fatal_tx.clone(),
-        )?;
-        telemetry.push(h.telemetry());
-        deliver_handle = Some(h);
+    // `[deliver]` and every `[subscription.<name>]`: one deliver each.
+    let mut deliver_handles = Vec::new();
+    if roles.contains(&Role::Deliver) {
+        for dc in config.deliver_configs() {
+            let h = deliver::spawn(
+                dc.clone(),
+                &config.common.kafka,
+                aggregates.clone(),
+                fatal_tx.clone(),
+            )?;
+            telemetry.push(h.telemetry());
+            deliver_handles.push(h);
+        }
     }
     let mut collect_handle = None;
     if roles.contains(&Role::Collect)
@@ -279,13 +295,17 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
         &config.common.admin.allowed_hosts,
         telemetry.clone(),
         crate::dashboard::Sources {
-            aggregates: deliver_handle.as_ref().map(|_| aggregates.clone()),
+            aggregates: (!deliver_handles.is_empty()).then(|| aggregates.clone()),
             field: config
-                .deliver
-                .as_ref()
+                .deliver_configs()
+                .next()
                 .map(|d| d.aggregate_field.clone())
                 .unwrap_or_default(),
-            roles: telemetry.iter().map(|t| t.name()).collect(),
+            roles: {
+                let mut r: Vec<&'static str> = telemetry.iter().map(|t| t.name()).collect();
+                r.dedup();
+                r
+            },
         },
         process.token(),
         fatal_tx.clone(),
@@ -328,7 +348,7 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     // every 5 s names what still runs.
     let drain = [
         config.ingest.as_ref().map(|c| c.shutdown_timeout),
-        config.deliver.as_ref().map(|c| c.shutdown_timeout),
+        config.deliver_configs().map(|c| c.shutdown_timeout).max(),
         config.collect.as_ref().map(|c| c.shutdown_timeout),
     ]
     .into_iter()
@@ -340,8 +360,10 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
         h.begin_stop();
         running.lock().map(|mut r| r.push("ingest")).ok();
     }
-    if let Some(h) = &deliver_handle {
+    for h in &deliver_handles {
         h.begin_stop();
+    }
+    if !deliver_handles.is_empty() {
         running.lock().map(|mut r| r.push("deliver")).ok();
     }
     if let Some(h) = &collect_handle {
@@ -358,8 +380,12 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
         code = code.max(i32::from(!h.stop()));
         done("collect");
     }
-    if let Some(h) = deliver_handle {
-        code = code.max(i32::from(!h.stop()));
+    if !deliver_handles.is_empty() {
+        // Each began draining above: joined one after the other, they all
+        // drain at once.
+        for h in deliver_handles {
+            code = code.max(i32::from(!h.stop()));
+        }
         done("deliver");
     }
     if let Some(h) = ingest_handle {

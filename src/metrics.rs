@@ -176,6 +176,38 @@ pub fn group_families(text: &str) -> String {
     out
 }
 
+/// `text` with `key="value"` added first to the labels of every sample
+/// (one role instance among several: `subscription="crm"`).
+pub fn with_label(text: &str, key: &str, value: &str) -> String {
+    let label = format!("{key}=\"{}\"", escape(value));
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if line.starts_with('#') {
+            out.push_str(line);
+        } else if let Some(i) = line.find(['{', ' ']) {
+            let (name, rest) = line.split_at(i);
+            out.push_str(name);
+            out.push('{');
+            out.push_str(&label);
+            match rest.strip_prefix('{') {
+                Some(labels) if labels.starts_with('}') => out.push_str(labels),
+                Some(labels) => {
+                    out.push(',');
+                    out.push_str(labels);
+                }
+                None => {
+                    out.push('}');
+                    out.push_str(rest);
+                }
+            }
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -185,6 +217,15 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_is_added_to_every_sample() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\nb{x=\"1\"} 2\nc{} 1\n";
+        assert_eq!(
+            with_label(text, "subscription", "crm"),
+            "# HELP a_total A.\n# TYPE a_total counter\na_total{subscription=\"crm\"} 3\nb{subscription=\"crm\",x=\"1\"} 2\nc{subscription=\"crm\"} 1\n"
+        );
+    }
 
     #[test]
     fn renders_prometheus_text_with_escaped_labels() {

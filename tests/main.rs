@@ -26,4 +26,5 @@ mod ops;
 mod security;
 mod sick_endpoint;
 mod strict_http;
+mod subscriptions;
 mod util;

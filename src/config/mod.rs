@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rdkafka::ClientConfig;
 
-pub use ini::{ConfigError, ConfigErrors, Document, SectionReader};
+pub use ini::{ConfigError, ConfigErrors, Document, Entry, Section, SectionReader};
 
 /// `[kafka]`: the bootstrap servers plus any librdkafka property, passed to
 /// every client of every role.

@@ -94,6 +94,8 @@ pub enum Method {
 
 #[derive(Debug, Clone)]
 pub struct DeliverConfig {
+    /// The `[subscription.<name>]` this is (`None`: `[deliver]`).
+    pub subscription: Option<String>,
     pub group_id: String,
     pub topics: Vec<String>,
     pub target_url: String,
@@ -330,6 +332,7 @@ impl DeliverConfig {
         c.finish();
 
         Some(DeliverConfig {
+            subscription: None,
             group_id,
             topics,
             target_url,

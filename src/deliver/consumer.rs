@@ -201,7 +201,7 @@ pub fn build(
             properties: &config.consumer,
             group: &config.group_id,
             topics: &config.topics,
-            name: format!("deliver-c{i}"),
+            name: member_name(config, i),
             fatal: shared.fatal.clone(),
             counters: shared.metrics.group.clone(),
         },
@@ -209,16 +209,24 @@ pub fn build(
     )
 }
 
+/// Consumer `i`'s name in logs, thread names and `client.id`: `deliver-c0`,
+/// or `crm-c0` for `[subscription.crm]`.
+fn member_name(config: &DeliverConfig, i: usize) -> String {
+    match &config.subscription {
+        None => format!("deliver-c{i}"),
+        Some(name) => format!("{name}-c{i}"),
+    }
+}
+
 /// Starts the poll loop of consumer `i` on its own thread.
 pub fn run(consumer: DeliverConsumer, i: usize) -> std::io::Result<JoinHandle<()>> {
     let shared = consumer.context().role.shared.clone();
-    let watch = crate::panics::Watch::new(format!("deliver-c{i}"), shared.fatal.clone());
-    std::thread::Builder::new()
-        .name(format!("deliver-c{i}"))
-        .spawn(move || {
-            let _watch = watch;
-            poll_loop(&consumer, &shared)
-        })
+    let name = member_name(&shared.config, i);
+    let watch = crate::panics::Watch::new(name.clone(), shared.fatal.clone());
+    std::thread::Builder::new().name(name).spawn(move || {
+        let _watch = watch;
+        poll_loop(&consumer, &shared)
+    })
 }
 
 fn poll_loop(consumer: &DeliverConsumer, shared: &Shared) {

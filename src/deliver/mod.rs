@@ -36,6 +36,7 @@ mod sender;
 pub mod shape;
 pub mod signing;
 mod stash;
+pub mod subscriptions;
 mod telemetry;
 
 use std::sync::Arc;

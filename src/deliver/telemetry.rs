@@ -184,8 +184,15 @@ impl Telemetry for DeliverTelemetry {
         let (open, stashed) = self.consumer_totals();
         let lag: i64 = self.lag().iter().map(|l| l.2).sum();
         let rx = &self.shared.work_rx;
+        let sub = self
+            .shared
+            .config
+            .subscription
+            .as_ref()
+            .map(|n| format!("subscription={n} "))
+            .unwrap_or_default();
         let mut lines = vec![format!(
-            "pool=deliver-c pool-size={} events/s={in_s:.0} unfinished={open} stashed={stashed} lag={lag} commits={} errors={}",
+            "{sub}pool=deliver-c pool-size={} events/s={in_s:.0} unfinished={open} stashed={stashed} lag={lag} commits={} errors={}",
             self.threads,
             m.group.commits.get(),
             m.consume_errors.get() + m.group.commit_errors.get()
@@ -193,7 +200,7 @@ impl Telemetry for DeliverTelemetry {
         for (i, p) in self.pools.iter().enumerate() {
             if i == 0 {
                 lines.push(format!(
-                    "{} channel={}/{} in-flight={}/{} delivered/s={out_s:.0} retries={} dead-letters={} waiting={} errors={}",
+                    "{sub}{} channel={}/{} in-flight={}/{} delivered/s={out_s:.0} retries={} dead-letters={} waiting={} errors={}",
                     p.stats_line(),
                     rx.len(),
                     rx.capacity().unwrap_or(0),
@@ -206,7 +213,7 @@ impl Telemetry for DeliverTelemetry {
                 ));
             } else {
                 lines.push(format!(
-                    "{} enriched={} errors={}",
+                    "{sub}{} enriched={} errors={}",
                     p.stats_line(),
                     m.enriched.get(),
                     m.enrich_errors.get()
@@ -217,6 +224,27 @@ impl Telemetry for DeliverTelemetry {
     }
 
     fn prometheus(&self, out: &mut String) {
+        match &self.shared.config.subscription {
+            None => self.render(out),
+            Some(name) => {
+                let mut own = String::new();
+                self.render(&mut own);
+                out.push_str(&crate::metrics::with_label(&own, "subscription", name));
+            }
+        }
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.ready()
+            .map_err(|e| match &self.shared.config.subscription {
+                None => e,
+                Some(name) => format!("subscription {name}: {e}"),
+            })
+    }
+}
+
+impl DeliverTelemetry {
+    fn render(&self, out: &mut String) {
         let m = &self.shared.metrics;
         let mut p = Prom::new(out);
         let counters: [(&str, &str, &Counter); 16] = [
@@ -448,7 +476,7 @@ impl Telemetry for DeliverTelemetry {
         KafkaStats::render_all(&mut p, &refs);
     }
 
-    fn readiness(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), String> {
         if self.shared.stop.is_stopped() {
             return Err("deliver is stopping".into());
         }

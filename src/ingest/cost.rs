@@ -6,8 +6,9 @@
 //!   decoded);
 //! - the split's scratch, bounded from the body before splitting;
 //! - per record: the payload, key and headers as librdkafka copies them
-//!   (a request's `X-Kafka-Key` and `X-Kafka-Header-*` once per record),
-//!   and a fixed [`PER_RECORD`] for the bookkeeping around it.
+//!   (the payload twice: its message and the batch being sent; a request's
+//!   `X-Kafka-Key` and `X-Kafka-Header-*` once per record), and a fixed
+//!   [`PER_RECORD`] for the bookkeeping around it.
 //!
 //! The charge travels with the request's [`Pending`](super::produce::Pending)
 //! and is given back when the last delivery report is in, with `ack = queued`
@@ -44,7 +45,10 @@ pub fn of_records(spans: &[Span], key: Option<&str>, headers: &[(String, Vec<u8>
         .map(|s| {
             // A key of the record's own is held twice: ours and librdkafka's.
             let own = s.key.as_ref().map_or(0, |k| 2 * k.len());
-            s.range.len() + own + fixed
+            // The payload twice: librdkafka's message, and the batch it is
+            // copied into while sent (payloads up to its
+            // `message.copy.max.bytes`, 64 KiB, are copied).
+            2 * s.range.len() + own + fixed
         })
         .fold(0usize, usize::saturating_add)
 }
@@ -101,11 +105,11 @@ mod tests {
     fn key_and_headers_count_once_per_record() {
         let spans = vec![span(2, None); 10];
         let headers = vec![("h".to_string(), vec![0u8; 99])];
-        let one = 2 + 8 + (1 + 99 + PER_HEADER) + PER_RECORD;
+        let one = 2 * 2 + 8 + (1 + 99 + PER_HEADER) + PER_RECORD;
         assert_eq!(of_records(&spans, Some("kkkkkkkk"), &headers), 10 * one);
         assert_eq!(
             of_records(&[span(5, Some("abc"))], None, &[]),
-            5 + 6 + PER_RECORD
+            2 * 5 + 6 + PER_RECORD
         );
     }
 
