@@ -110,13 +110,26 @@ fn handle(
     let (path, query) = (path.to_string(), query.to_string());
     let reply = match (req.method(), path.as_str()) {
         (Method::Put, "/log-level") => put_log_level(&mut req),
+        (Method::Put, p) if p.starts_with("/subscriptions/") => put_subscription(&req, p, roles),
+        (Method::Get | Method::Head, "/subscriptions") => {
+            let subs: Vec<serde_json::Value> = roles
+                .iter()
+                .filter_map(|r| r.subscription())
+                .map(|(name, suspended)| json!({ "name": name, "suspended": suspended }))
+                .collect();
+            json_reply(200, &json!({ "subscriptions": subs }))
+        }
         (Method::Get | Method::Head, "/log-level") => {
             json_reply(200, &json!({ "level": crate::logging::current() }))
         }
         (Method::Get | Method::Head, _) => dashboard::route(&path, &query, sources, summary)
             .unwrap_or_else(|| route(&path, roles, stats, stop)),
         _ => http::with_header(
-            error_reply(405, "use GET (or PUT /log-level)", json!({})),
+            error_reply(
+                405,
+                "use GET (or PUT /log-level, PUT /subscriptions/<name>/suspend|resume)",
+                json!({}),
+            ),
             "Allow",
             "GET, PUT",
         ),
@@ -143,6 +156,50 @@ pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
         || name == "localhost"
         || name.ends_with(".localhost")
         || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
+}
+
+/// `PUT /subscriptions/<name>/suspend` or `…/resume` (`deliver` names
+/// `[deliver]`): from the machine itself only, like `PUT /log-level`.
+fn put_subscription(
+    req: &tiny_http::Request,
+    path: &str,
+    roles: &[Arc<dyn Telemetry>],
+) -> http::Reply {
+    if !req.remote_addr().is_none_or(|a| a.ip().is_loopback()) {
+        return error_reply(
+            403,
+            "PUT /subscriptions/… is accepted from loopback only",
+            json!({}),
+        );
+    }
+    let rest = path.trim_start_matches("/subscriptions/");
+    let (name, suspend) = match rest.rsplit_once('/') {
+        Some((n, "suspend")) => (n, true),
+        Some((n, "resume")) => (n, false),
+        _ => {
+            let msg = format!("PUT /subscriptions/<name>/suspend or /resume, got {path}");
+            return error_reply(404, &msg, json!({}));
+        }
+    };
+    match roles
+        .iter()
+        .find(|r| r.subscription().is_some_and(|(n, _)| n == name))
+    {
+        Some(r) if r.set_suspended(suspend) => {
+            json_reply(200, &json!({ "subscription": name, "suspended": suspend }))
+        }
+        _ => {
+            let known: Vec<&str> = roles
+                .iter()
+                .filter_map(|r| r.subscription().map(|s| s.0))
+                .collect();
+            let msg = format!(
+                "no subscription {name:?}; subscriptions: {}",
+                known.join(", ")
+            );
+            error_reply(404, &msg, json!({}))
+        }
+    }
 }
 
 /// `PUT /log-level` with a body such as `debug` or

@@ -27,6 +27,15 @@ pub trait Telemetry: Send + Sync {
     fn stalled(&self, _limit: Duration) -> Option<String> {
         None
     }
+    /// The deliver subscription this is (`deliver` for `[deliver]`) and
+    /// whether it is suspended; `None` for other roles.
+    fn subscription(&self) -> Option<(&str, bool)> {
+        None
+    }
+    /// Suspends (`true`) or resumes a subscription; false for other roles.
+    fn set_suspended(&self, _suspended: bool) -> bool {
+        false
+    }
 }
 
 /// Per-second rates of `N` counters, from one reading to the next.

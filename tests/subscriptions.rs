@@ -134,3 +134,77 @@ fn subscription_mistakes_name_their_section() {
         "{text}"
     );
 }
+
+#[test]
+fn a_suspended_subscription_takes_nothing_until_resumed_and_keeps_its_offsets() {
+    let b = brokers();
+    let topic = unique_topic("suspend");
+    create_topic(&b, &topic, 2);
+    let sink = Sink::always(200);
+    let dir = TempDir::new("suspend");
+    let admin = free_port();
+    let group = unique_topic("g");
+    let ini = format!(
+        "[kafka]\nbrokers = {b}\n[admin]\nlisten = 127.0.0.1:{admin}\n\
+         [subscription.crm]\ngroup_id = {group}\ntopics = {topic}\ntarget_url = {}\ncommit_interval_ms = 200\n",
+        sink.url
+    );
+    let mut bin = spawn_bin(&ini, &dir);
+    let admin = format!("http://127.0.0.1:{admin}");
+    wait_ready(&admin);
+    let put = |path: &str| {
+        agent()
+            .put(&format!("{admin}{path}"))
+            .send("")
+            .map(|mut r| {
+                (
+                    r.status().as_u16(),
+                    r.body_mut().read_to_string().unwrap_or_default(),
+                )
+            })
+            .unwrap_or_else(|e| (0, e.to_string()))
+    };
+    produce(&b, &topic, &events("a", 10));
+    let first: Vec<String> = (0..10).map(|i| format!("a-{i}")).collect();
+    wait_delivered(&sink, &first, Duration::from_secs(60));
+    assert_eq!(put("/subscriptions/crm/suspend").0, 200);
+    let listed = get(&format!("{admin}/subscriptions")).json();
+    assert_eq!(listed["subscriptions"][0]["name"], "crm");
+    assert_eq!(listed["subscriptions"][0]["suspended"], true);
+    let m = get(&format!("{admin}/metrics")).body;
+    assert_eq!(
+        metric(&m, "kbridge_deliver_suspended{subscription=\"crm\"}"),
+        1.0
+    );
+    wait_until("the first ten committed", Duration::from_secs(30), || {
+        committed(&b, &group, &topic, 2).iter().sum::<i64>() == 10
+    });
+    produce(&b, &topic, &events("b", 10));
+    // Suspended: for a while nothing more is called or committed (an
+    // observation window, the only way to see that nothing happens).
+    let calls = sink.calls().len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sink.calls().len(), calls, "nothing sent while suspended");
+    assert_eq!(committed(&b, &group, &topic, 2).iter().sum::<i64>(), 10);
+    assert_eq!(
+        get(&format!("{admin}/ready")).status,
+        200,
+        "suspended is not unready"
+    );
+    assert_eq!(put("/subscriptions/nope/suspend").0, 404);
+    assert_eq!(put("/subscriptions/crm/pause").0, 404);
+    assert_eq!(put("/subscriptions/crm/resume").0, 200);
+    let second: Vec<String> = (0..10).map(|i| format!("b-{i}")).collect();
+    wait_delivered(&sink, &second, Duration::from_secs(60));
+    wait_until("everything committed", Duration::from_secs(30), || {
+        committed(&b, &group, &topic, 2).iter().sum::<i64>() == 20
+    });
+    assert_eq!(sink.calls().len(), 20, "each message once");
+    let m = get(&format!("{admin}/metrics")).body;
+    assert_eq!(
+        metric(&m, "kbridge_deliver_suspended{subscription=\"crm\"}"),
+        0.0
+    );
+    bin.sigterm();
+    assert_eq!(bin.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}

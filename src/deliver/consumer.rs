@@ -169,9 +169,22 @@ impl DeliverRole {
 
     /// See [`Stash::flush`].
     fn flush_stash(&self, consumer: &DeliverConsumer) -> bool {
+        let suspended = self
+            .shared
+            .suspended
+            .load(std::sync::atomic::Ordering::Relaxed);
         self.stash
             .lock()
-            .map(|mut s| s.flush(&self.shared, consumer))
+            .map(|mut s| {
+                if suspended {
+                    // Held like a full channel: nothing fetched, nothing
+                    // handed on, the group served.
+                    s.hold(consumer);
+                    false
+                } else {
+                    s.flush(&self.shared, consumer)
+                }
+            })
             .unwrap_or(true)
     }
 

@@ -162,6 +162,9 @@ pub(crate) struct Shared {
     pub fatal: Sender<String>,
     /// Turns with the requeue thread's loop.
     pub requeue_beat: crate::liveness::Heartbeat,
+    /// Suspended over the admin API: the assignment is paused, offsets
+    /// and the group membership kept.
+    pub suspended: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -320,6 +323,7 @@ pub fn spawn(
         stop: stopper.token(),
         fatal: fatal.clone(),
         requeue_beat: Default::default(),
+        suspended: Default::default(),
         config: config.clone(),
     });
     let kafka_stats = Arc::new(KafkaStats::default());

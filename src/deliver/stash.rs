@@ -151,6 +151,17 @@ impl Stash {
         !full
     }
 
+    /// Pauses the whole assignment as a full channel does (suspension);
+    /// the next [`Self::flush`] after it resumes it.
+    pub fn hold(&mut self, consumer: &DeliverConsumer) {
+        if !self.full {
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.pause(&a);
+            }
+            self.full = true;
+        }
+    }
+
     /// True when `w` must wait behind stashed messages of its partition (or
     /// behind a full channel).
     pub fn must_wait(&self, w: &Work) -> bool {

@@ -234,6 +234,40 @@ impl Telemetry for DeliverTelemetry {
         }
     }
 
+    fn subscription(&self) -> Option<(&str, bool)> {
+        let name = self
+            .shared
+            .config
+            .subscription
+            .as_deref()
+            .unwrap_or("deliver");
+        Some((
+            name,
+            self.shared
+                .suspended
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+
+    fn set_suspended(&self, suspended: bool) -> bool {
+        let was = self
+            .shared
+            .suspended
+            .swap(suspended, std::sync::atomic::Ordering::Relaxed);
+        if was != suspended {
+            log::info!(
+                "subscription {}: {}",
+                self.subscription().map_or("deliver", |s| s.0),
+                if suspended {
+                    "suspended (partitions paused, offsets kept)"
+                } else {
+                    "resumed"
+                }
+            );
+        }
+        true
+    }
+
     fn readiness(&self) -> Result<(), String> {
         self.ready()
             .map_err(|e| match &self.shared.config.subscription {
@@ -328,6 +362,13 @@ impl DeliverTelemetry {
         for (name, help, c) in counters {
             p.single(name, "counter", help, &[], c.get());
         }
+        p.single(
+            "kbridge_deliver_suspended",
+            "gauge",
+            "1 while the subscription is suspended over the admin API (partitions paused, offsets kept).",
+            &[],
+            u8::from(self.shared.suspended.load(std::sync::atomic::Ordering::Relaxed)),
+        );
         p.describe(
             "kbridge_deliver_skipped_total",
             "counter",
