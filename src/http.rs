@@ -77,14 +77,6 @@ pub fn header_value<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-/// How many times header `name` was sent.
-pub fn header_count(req: &Request, name: &str) -> usize {
-    req.headers()
-        .iter()
-        .filter(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .count()
-}
-
 /// Path and query of a request URL.
 pub fn split_url(url: &str) -> (&str, &str) {
     match url.split_once('?') {

@@ -10,22 +10,27 @@ use crate::util::records::{Raw, produce_raw};
 use crate::util::sink::Sink;
 use crate::util::*;
 
+/// A deliver in a group of its own on `topic` (one partition), settled.
+fn start(b: &str, topic: &str, target: &str, extra: &str) -> (Deliver, String) {
+    let group = unique_topic("g");
+    let d = Deliver::start(&deliver_ini(b, &group, topic, target, extra));
+    d.wait_settled(1);
+    (d, group)
+}
+
 #[test]
 fn only_matching_messages_are_sent_and_every_offset_is_committed() {
     let b = brokers();
     let topic = unique_topic("flt");
     create_topic(&b, &topic, 1);
     let sink = Sink::always(200);
-    let group = unique_topic("g");
     let filter = r#"{"all":[{"field":"/type","one_of":["click","view"]},{"not":{"header":"source","prefix":"test-"}},{"any":[{"key":true,"absent":true},{"key":true,"regex":"^user-[0-9]+$"}]}]}"#;
-    let mut d = Deliver::start(&deliver_ini(
+    let (mut d, group) = start(
         &b,
-        &group,
         &topic,
         &sink.url,
         &format!("filter = {filter}\non_invalid_json = send"),
-    ));
-    d.wait_settled(1);
+    );
     let v = |id: &str, ty: &str| format!("{{\"id\":\"{id}\",\"type\":\"{ty}\"}}");
     let recs = vec![
         Raw::value(v("send-1", "click")),
@@ -70,17 +75,14 @@ fn calls_are_shaped_from_the_message_and_a_tombstone_becomes_a_delete() {
     let topic = unique_topic("shape");
     create_topic(&b, &topic, 1);
     let sink = Sink::always(200);
-    let group = unique_topic("g");
     let base = sink.url.trim_end_matches("/ingest");
     let extra = "method = PUT\nheaders = {\"X-Source\": \"kbridge\"}\nforward_headers = trace-id, tenant\non_tombstone = delete";
-    let mut d = Deliver::start(&deliver_ini(
+    let (mut d, group) = start(
         &b,
-        &group,
         &topic,
         &format!("{base}/items/{{topic}}/{{key}}"),
         extra,
-    ));
-    d.wait_settled(1);
+    );
     let recs = vec![
         Raw::value(r#"{"id":"a","type":"click/x"}"#)
             .key("user 1")
@@ -171,15 +173,12 @@ fn signed_calls_verify_with_the_standard_webhooks_library_under_either_secret() 
     );
     let secrets = write_mode(&dir, "signing", &format!("{old}\n{new}\n"), 0o600);
     let sink = Sink::always(200);
-    let group = unique_topic("g");
-    let mut d = Deliver::start(&deliver_ini(
+    let (mut d, _) = start(
         &b,
-        &group,
         &topic,
         &sink.url,
         &format!("signing_secret_file = {}", secrets.display()),
-    ));
-    d.wait_settled(1);
+    );
     produce(&b, &topic, &events("s", 5));
     let ids: Vec<String> = (0..5).map(|i| format!("s-{i}")).collect();
     wait_delivered(&sink, &ids, Duration::from_secs(30));
@@ -270,15 +269,12 @@ fn a_batch_answered_per_item_retries_and_parks_only_its_failed_items() {
             Reply::status(200).body(&format!("{{\"items\":[{}]}}", items.join(",")))
         }))
     };
-    let group = unique_topic("g");
-    let mut d = Deliver::start(&deliver_ini(
+    let (mut d, group) = start(
         &b,
-        &group,
         &topic,
         &sink.url,
         "batch_size = 10\nbatch_format = json_array\nbatch_linger_ms = 50\nbatch_answer = items",
-    ));
-    d.wait_settled(1);
+    );
     produce(&b, &topic, &events("p", 20));
     wait_until("every offset committed", Duration::from_secs(60), || {
         committed(&b, &group, &topic, 1)[0] == 20

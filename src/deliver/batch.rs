@@ -179,29 +179,36 @@ pub fn bulk_item_statuses(body: &[u8], n: usize) -> Result<Option<Vec<u16>>, Str
         Some(true) => {}
         None => return Err("the _bulk answer has no \"errors\" flag".into()),
     }
-    let items = v
+    statuses(&v, n, "the _bulk answer", |item| {
+        item.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|a| a.get("status"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok())
+    })
+    .map(Some)
+}
+
+/// One status per message from `answer`'s `items` array, in order; `what`
+/// names the answer in errors.
+fn statuses(
+    answer: &serde_json::Value,
+    n: usize,
+    what: &str,
+    status: impl Fn(&serde_json::Value) -> Option<u16>,
+) -> Result<Vec<u16>, String> {
+    let items = answer
         .get("items")
         .and_then(serde_json::Value::as_array)
-        .ok_or("the _bulk answer has no \"items\"")?;
+        .ok_or_else(|| format!("{what} has no \"items\" array"))?;
     if items.len() != n {
-        return Err(format!(
-            "the _bulk answer has {} items for {n} sent",
-            items.len()
-        ));
+        return Err(format!("{what} has {} items for {n} sent", items.len()));
     }
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| {
-            item.as_object()
-                .and_then(|o| o.values().next())
-                .and_then(|a| a.get("status"))
-                .and_then(serde_json::Value::as_u64)
-                .and_then(|s| u16::try_from(s).ok())
-                .ok_or_else(|| format!("item {i} of the _bulk answer has no status"))
-        })
-        .collect::<Result<Vec<u16>, String>>()
-        .map(Some)
+        .map(|(i, item)| status(item).ok_or_else(|| format!("item {i} of {what} has no status")))
+        .collect()
 }
 
 /// Each message's status from a batch answer of `batch_answer = items`:
@@ -212,27 +219,12 @@ pub fn bulk_item_statuses(body: &[u8], n: usize) -> Result<Option<Vec<u16>>, Str
 pub fn item_statuses(body: &[u8], n: usize) -> Result<Vec<u16>, String> {
     let v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| format!("the per-item answer is not JSON ({e})"))?;
-    let items = v
-        .get("items")
-        .and_then(serde_json::Value::as_array)
-        .ok_or("the per-item answer has no \"items\" array")?;
-    if items.len() != n {
-        return Err(format!(
-            "the per-item answer has {} items for {n} sent",
-            items.len()
-        ));
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            item.get("status")
-                .and_then(serde_json::Value::as_u64)
-                .filter(|s| (100..=599).contains(s))
-                .map(|s| s as u16)
-                .ok_or_else(|| format!("item {i} of the per-item answer has no status"))
-        })
-        .collect()
+    statuses(&v, n, "the per-item answer", |item| {
+        item.get("status")
+            .and_then(serde_json::Value::as_u64)
+            .filter(|s| (100..=599).contains(s))
+            .map(|s| s as u16)
+    })
 }
 
 #[cfg(test)]

@@ -131,10 +131,7 @@ impl Stash {
         }
         match (full, st.full) {
             (true, false) => {
-                if let Ok(a) = consumer.assignment() {
-                    let _ = consumer.pause(&a);
-                }
-                st.full = true;
+                st.hold(consumer);
                 shared.metrics.pauses.inc();
             }
             (false, true) => {

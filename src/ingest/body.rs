@@ -164,30 +164,31 @@ pub fn decode_charged(
     charge: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Vec<u8>, BodyError> {
     match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("") | Some("identity") => Ok(wire),
-        Some("gzip") | Some("x-gzip") => {
-            let mut out = Vec::new();
-            let mut dec = flate2::read::MultiGzDecoder::new(&wire[..]);
-            let mut piece = [0u8; 16 * 1024];
-            loop {
-                let n = dec
-                    .read(&mut piece)
-                    .map_err(|e| BodyError::Gzip(e.to_string()))?;
-                if n == 0 {
-                    return Ok(out);
-                }
-                if out.len() + n > max {
-                    return Err(BodyError::InflatesTooLarge { max });
-                }
-                if !charge(n) {
-                    return Err(BodyError::Busy);
-                }
-                out.extend_from_slice(&piece[..n]);
-            }
+        None | Some("") | Some("identity") => return Ok(wire),
+        Some("gzip") | Some("x-gzip") => {}
+        Some(_) => {
+            return Err(BodyError::ContentEncoding(
+                encoding.unwrap_or("").to_string(),
+            ));
         }
-        Some(_) => Err(BodyError::ContentEncoding(
-            encoding.unwrap_or("").to_string(),
-        )),
+    }
+    let mut out = Vec::new();
+    let mut dec = flate2::read::MultiGzDecoder::new(&wire[..]);
+    let mut piece = [0u8; 16 * 1024];
+    loop {
+        let n = dec
+            .read(&mut piece)
+            .map_err(|e| BodyError::Gzip(e.to_string()))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() + n > max {
+            return Err(BodyError::InflatesTooLarge { max });
+        }
+        if !charge(n) {
+            return Err(BodyError::Busy);
+        }
+        out.extend_from_slice(&piece[..n]);
     }
 }
 

@@ -296,7 +296,6 @@ fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Resul
     if wire.len() > max {
         return Err(body_err(BodyError::TooLarge { max }));
     }
-    let (wire_len, wire_at) = (wire.len(), wire.as_ptr());
     let mut over = None;
     let decoded = body::decode_charged(encoding.as_deref(), wire, max, &mut |n| match cost::grow(
         &mut charge,
@@ -314,10 +313,9 @@ fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Resul
         (Err(_), Some(r)) => return Err(refused(r)),
         (Err(e), None) => return Err(body_err(e)),
     };
-    if decoded.as_ptr() != wire_at {
-        // Inflated: the wire form is gone (identity hands it on as it is).
-        charge.shrink(wire_len);
-    }
+    // From here the body held is the decoded one (inflated, the wire form
+    // it came from is gone; identity hands the wire form on).
+    charge.shrink(charge.bytes().saturating_sub(decoded.len()));
     let limits = body::RecordLimits {
         max_bytes: shared.config.max_record_bytes,
         max_records: shared.config.max_records,

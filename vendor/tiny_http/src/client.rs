@@ -155,20 +155,14 @@ pub(crate) fn serve(
             Ok(r) => r,
             Err(Fail::Gone) => return,
             Err(Fail::Refuse(status, reason)) => {
-                refuse(&mut write, status, &reason, &limits.section, &[]);
-                limits.event(ServerEvent::Rejected { status, reason });
-                linger(&mut reader);
-                return;
+                let r = crate::Refusal {
+                    status,
+                    reason,
+                    headers: Vec::new(),
+                };
+                return refuse_and_close(&mut write, &mut reader, limits, r);
             }
-            Err(Fail::Denied(r)) => {
-                refuse(&mut write, r.status, &r.reason, &limits.section, &r.headers);
-                limits.event(ServerEvent::Rejected {
-                    status: r.status,
-                    reason: r.reason,
-                });
-                linger(&mut reader);
-                return;
-            }
+            Err(Fail::Denied(r)) => return refuse_and_close(&mut write, &mut reader, limits, r),
         };
         push(request);
         let Ok(bytes) = reply_rx.recv() else { return };
@@ -181,6 +175,21 @@ pub(crate) fn serve(
         }
         first = false;
     }
+}
+
+/// The server's own answer, then the connection closes.
+fn refuse_and_close(
+    write: &mut RefinedTcpStream,
+    reader: &mut BufReader<DeadlineReader>,
+    limits: &Limits,
+    r: crate::Refusal,
+) {
+    refuse(write, r.status, &r.reason, &limits.section, &r.headers);
+    limits.event(ServerEvent::Rejected {
+        status: r.status,
+        reason: r.reason,
+    });
+    linger(reader);
 }
 
 type Next = (Request, mpsc::Receiver<Vec<u8>>, Arc<AtomicBool>, bool);
