@@ -32,16 +32,27 @@ enum Command {
         #[arg(long, value_name = "LEVEL")]
         log_level: Option<String>,
     },
-    /// Re-queue messages parked in a dead-letter topic (exit 0 done, 1 failed).
+    /// Re-queue messages parked in a dead-letter topic into a topic
+    /// (--from/--to), or redeliver one subscription's parked messages to its
+    /// endpoint (--subscription) (exit 0 done, 1 failed).
     Replay {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// The dead-letter topic, e.g. visits.dlq.
-        #[arg(long, value_name = "TOPIC")]
-        from: String,
+        #[arg(
+            long,
+            value_name = "TOPIC",
+            requires = "to",
+            required_unless_present = "subscription"
+        )]
+        from: Option<String>,
         /// The topic to produce to, e.g. visits.
-        #[arg(long, value_name = "TOPIC")]
-        to: String,
+        #[arg(long, value_name = "TOPIC", requires = "from")]
+        to: Option<String>,
+        /// The subscription ([subscription.NAME]; `deliver` for [deliver])
+        /// whose parked messages go to its endpoint again, under its rules.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["from", "to"])]
+        subscription: Option<String>,
         /// Replay at most this many messages.
         #[arg(long, value_name = "N")]
         max: Option<u64>,
@@ -102,6 +113,7 @@ fn main() -> ExitCode {
             config,
             from,
             to,
+            subscription,
             max,
         } => {
             let c = match load(&config) {
@@ -109,9 +121,26 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let _ = kbridge::logging::init(&c.common.log.level, None);
-            match kbridge::deliver::replay::replay(&c.common.kafka, &from, &to, max) {
-                Ok(n) => {
-                    println!("replayed {n} messages from {from} to {to}");
+            let kafka = &c.common.kafka;
+            let done = match (subscription, from, to) {
+                (Some(name), _, _) => {
+                    kbridge::deliver::redrive::redrive(kafka, &c.deliver_configs().collect::<Vec<_>>(), &name, max).map(
+                        |o| {
+                            format!(
+                                "redrove {} parked records to subscription {name}: {} delivered, {} parked again, {} skipped by its rules, {} of other subscriptions passed over",
+                                o.read, o.delivered, o.parked_again, o.skipped, o.passed_over
+                            )
+                        },
+                    )
+                }
+                (None, Some(from), Some(to)) => kbridge::deliver::replay::replay(kafka, &from, &to, max)
+                    .map(|n| format!("replayed {n} messages from {from} to {to}")),
+                // clap requires --subscription or both --from and --to.
+                _ => Err(anyhow::anyhow!("give --subscription NAME or --from TOPIC --to TOPIC")),
+            };
+            match done {
+                Ok(line) => {
+                    println!("{line}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -86,12 +86,9 @@ pub fn body_of(
         }
         BatchFormat::EsBulk => {
             for w in batch {
-                let index = if es_index.is_empty() {
-                    &*w.msg.topic
-                } else {
-                    es_index
-                };
-                let id = format!("{}-{}-{}", w.msg.topic, w.msg.partition, w.msg.offset);
+                let (topic, partition, offset) = w.msg.source();
+                let index = if es_index.is_empty() { topic } else { es_index };
+                let id = format!("{topic}-{partition}-{offset}");
                 let action = serde_json::json!({ "index": { "_index": index, "_id": id } });
                 out.extend_from_slice(action.to_string().as_bytes());
                 out.push(b'\n');
@@ -109,15 +106,13 @@ pub fn body_of(
 /// coordinates), so a batch regrouped on redelivery has a key of its own.
 pub fn headers_of(content_type: &str, batch: &[Work]) -> Vec<(&'static str, String)> {
     let first = &batch[0].msg;
+    let (topic, partition, offset) = first.source();
     let mut h = vec![("Content-Type", content_type.to_string())];
     if batch.len() == 1 {
-        h.push(("X-Kafka-Topic", first.topic.to_string()));
-        h.push(("X-Kafka-Partition", first.partition.to_string()));
-        h.push(("X-Kafka-Offset", first.offset.to_string()));
-        h.push((
-            "Idempotency-Key",
-            format!("{}-{}-{}", first.topic, first.partition, first.offset),
-        ));
+        h.push(("X-Kafka-Topic", topic.to_string()));
+        h.push(("X-Kafka-Partition", partition.to_string()));
+        h.push(("X-Kafka-Offset", offset.to_string()));
+        h.push(("Idempotency-Key", format!("{topic}-{partition}-{offset}")));
         if let Some(k) = &first.key {
             if k.len() > MAX_HEADER_KEY {
                 h.push(("X-Kafka-Key-Size", k.len().to_string()));
@@ -134,32 +129,26 @@ pub fn headers_of(content_type: &str, batch: &[Work]) -> Vec<(&'static str, Stri
             }
         }
     } else {
-        let last = &batch[batch.len() - 1].msg;
+        let (last_topic, last_partition, last_offset) = batch[batch.len() - 1].msg.source();
         // The coordinates in a fixed binary form (topic, then partition
         // and offset big-endian per message): no text built per message.
         let mut digest = Sha256::new();
-        let mut topic: Option<&str> = None;
+        let mut current: Option<&str> = None;
         for w in batch {
-            let m = &w.msg;
-            if topic != Some(&*m.topic) {
-                topic = Some(&m.topic);
-                digest.update((m.topic.len() as u32).to_be_bytes());
-                digest.update(m.topic.as_bytes());
+            let (t, p, o) = w.msg.source();
+            if current != Some(t) {
+                current = Some(t);
+                digest.update((t.len() as u32).to_be_bytes());
+                digest.update(t.as_bytes());
             }
-            digest.update(m.partition.to_be_bytes());
-            digest.update(m.offset.to_be_bytes());
+            digest.update(p.to_be_bytes());
+            digest.update(o.to_be_bytes());
         }
         h.push(("X-Kafka-Batch-Size", batch.len().to_string()));
         h.push((
             "Idempotency-Key",
             format!(
-                "{}-{}-{}+{}-{}-{}~{}",
-                first.topic,
-                first.partition,
-                first.offset,
-                last.topic,
-                last.partition,
-                last.offset,
+                "{topic}-{partition}-{offset}+{last_topic}-{last_partition}-{last_offset}~{}",
                 hex(&digest.finalize()[..12])
             ),
         ));
@@ -272,6 +261,7 @@ mod tests {
                 url: None,
                 lease: Lease::default(),
                 done: crossbeam_channel::unbounded().0,
+                origin: None,
             },
             attempts: 0,
             parking: None,

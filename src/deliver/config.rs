@@ -146,6 +146,9 @@ pub struct DeliverConfig {
     pub outbound: super::outbound::Outbound,
     /// librdkafka consumer properties (defaults merged with the file's).
     pub consumer: Vec<(String, String)>,
+    /// Set by `kbridge replay --subscription`: the pipeline reads the
+    /// dead-letter topics instead (see `redrive`).
+    pub redrive: Option<std::sync::Arc<super::redrive::Redrive>>,
 }
 
 impl DeliverConfig {
@@ -370,7 +373,17 @@ impl DeliverConfig {
             enrich,
             outbound,
             consumer,
+            redrive: None,
         })
+    }
+
+    /// The topics the pipeline reads: `topics`, or their dead-letter
+    /// topics when redriving.
+    pub fn source_topics(&self) -> Vec<String> {
+        match self.redrive {
+            Some(_) => self.dlq_topics(),
+            None => self.topics.clone(),
+        }
     }
 
     pub fn dlq_topics(&self) -> Vec<String> {

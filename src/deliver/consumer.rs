@@ -25,6 +25,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use super::config::{Commit, DeliverConfig, OnInvalid, OnTombstone};
 use super::filter;
+use super::redrive::Claim;
 use super::stash::{Part, Stash};
 use super::{Done, Msg, Refused, Shared, ValueKind, Work};
 use crate::aggregates;
@@ -213,7 +214,7 @@ pub fn build(
             kafka,
             properties: &config.consumer,
             group: &config.group_id,
-            topics: &config.topics,
+            topics: &config.source_topics(),
             name: member_name(config, i),
             fatal: shared.fatal.clone(),
             counters: shared.metrics.group.clone(),
@@ -374,6 +375,24 @@ fn hand_on(consumer: &DeliverConsumer, shared: &Shared, w: Work, last_commit: &m
 fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Option<Work> {
     let role = &member.role;
     let c = &shared.config;
+    let mut headers = record::headers(m);
+    let origin = match &c.redrive {
+        None => None,
+        Some(r) => match r.claim(m.topic(), m.partition(), m.offset(), &mut headers) {
+            // Not registered: the run's commits stop before it.
+            Claim::Beyond => return None,
+            Claim::NotOurs => {
+                let lease = member.with_offsets(|o| o.polled(m.topic(), m.partition(), m.offset()));
+                member.with_offsets(|o| o.done(m.topic(), m.partition(), m.offset(), &lease));
+                return None;
+            }
+            Claim::Ours(o) => Some(Box::new(o)),
+        },
+    };
+    let (topic, partition, offset) = match &origin {
+        Some(o) => (&*o.topic, o.partition, o.offset),
+        None => (m.topic(), m.partition(), m.offset()),
+    };
     let value = m.payload();
     let (json, field) = match value {
         Some(v) => aggregates::inspect(v, &c.aggregate_field),
@@ -384,7 +403,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
     };
     shared
         .aggregates
-        .record_value(m.topic(), field, m.timestamp().to_millis());
+        .record_value(topic, field, m.timestamp().to_millis());
     shared.metrics.consumed.inc();
     let lease = member.with_offsets(|o| o.polled(m.topic(), m.partition(), m.offset()));
     let (kind, skip, mut park) = match (value, json) {
@@ -404,7 +423,6 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
             OnInvalid::DeadLetter => (ValueKind::Other, false, Some("value is not JSON".into())),
         },
     };
-    let headers = record::headers(m);
     let filtered = !skip
         && c.filter.as_ref().is_some_and(|f| {
             let json = (json && f.needs_json())
@@ -433,9 +451,9 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
         true => None,
         false => {
             let fill = super::shape::Fill {
-                topic: m.topic(),
-                partition: m.partition(),
-                offset: m.offset(),
+                topic,
+                partition,
+                offset,
                 key: m.key(),
                 value,
             };
@@ -462,6 +480,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
             url,
             lease,
             done: role.done_tx.clone(),
+            origin,
         },
         attempts: 0,
         parking: park.map(|why| (why, None)),

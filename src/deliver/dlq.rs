@@ -36,6 +36,9 @@ pub const REASON: &str = "kbridge-dlq-reason";
 pub const STATUS: &str = "kbridge-dlq-status";
 pub const ATTEMPTS: &str = "kbridge-dlq-attempts";
 pub const SOURCE: &str = "kbridge-dlq-source";
+/// The subscription that parked it (`deliver` for `[deliver]`): what
+/// `kbridge replay --subscription` redrives.
+pub const SUBSCRIPTION: &str = "kbridge-dlq-subscription";
 /// What was cut from a copy too large for the broker (`value=<bytes>`,
 /// `key=<bytes>`, `headers=<count>`: the original sizes).
 pub const TRUNCATED: &str = "kbridge-dlq-truncated";
@@ -179,8 +182,9 @@ impl DeadLetters {
             .parking
             .clone()
             .unwrap_or_else(|| ("unknown".into(), None));
-        let topic = format!("{}{}", w.msg.topic, shared.config.dlq_suffix);
         let m = &w.msg;
+        let (origin_topic, origin_partition, origin_offset) = m.source();
+        let topic = format!("{origin_topic}{}", shared.config.dlq_suffix);
         let (value, key, own_headers) = match w.shrunk {
             0 => (&m.payload[..], m.key.as_deref(), &m.headers[..]),
             1 => (
@@ -207,16 +211,18 @@ impl DeadLetters {
             cut.push(format!("headers={}", m.headers.len()));
         }
         // The record's own headers byte for byte, whatever their bytes.
-        let mut headers: OwnedHeaders = record::owned(own_headers, 5);
+        let mut headers: OwnedHeaders = record::owned(own_headers, 6);
         let status = status.map(|s| s.to_string()).unwrap_or_default();
         let attempts = w.attempts.to_string();
-        let source = format!("{}/{}@{}", m.topic, m.partition, m.offset);
+        let source = format!("{origin_topic}/{origin_partition}@{origin_offset}");
+        let subscription = shared.config.subscription.as_deref().unwrap_or("deliver");
         let cut = cut.join(",");
         for (k, v) in [
             (REASON, reason.as_str()),
             (STATUS, status.as_str()),
             (ATTEMPTS, attempts.as_str()),
             (SOURCE, source.as_str()),
+            (SUBSCRIPTION, subscription),
             (TRUNCATED, cut.as_str()),
         ] {
             if k != TRUNCATED || !v.is_empty() {

@@ -30,6 +30,7 @@ mod enrich;
 pub mod filter;
 mod lanes;
 pub mod outbound;
+pub mod redrive;
 pub mod replay;
 pub mod retry;
 mod sender;
@@ -79,6 +80,10 @@ pub struct Msg {
     pub lease: Lease,
     /// The done channel of the consumer thread that owns the offset.
     pub done: Sender<Done>,
+    /// Where a message redriven from a dead-letter topic was first read
+    /// (`redrive`): its calls, dead-letter copy and idempotency key name
+    /// that record, never the dead-letter one.
+    pub origin: Option<Box<redrive::Origin>>,
 }
 
 /// What a record's value is, as far as the call is concerned.
@@ -103,6 +108,15 @@ pub struct Done {
 }
 
 impl Msg {
+    /// The record this message stands for: its origin when redriven, else
+    /// itself.
+    pub fn source(&self) -> (&str, i32, i64) {
+        match &self.origin {
+            Some(o) => (&o.topic, o.partition, o.offset),
+            None => (&self.topic, self.partition, self.offset),
+        }
+    }
+
     /// Tells the owning consumer thread this offset is finished or given up.
     fn report(self, finished: bool) {
         let _ = self.done.send(Done {
@@ -294,7 +308,7 @@ pub fn spawn(
 ) -> anyhow::Result<Handle> {
     let stopper = Stopper::new();
     let admin_config = client_config(kafka, &[]);
-    let partitions = count_partitions(&admin_config, &config.topics)?;
+    let partitions = count_partitions(&admin_config, &config.source_topics())?;
     let mut config = config;
     crate::kafka::protocol::settle(
         kafka,
@@ -444,9 +458,27 @@ fn count_partitions(
     }
 }
 
+/// What became of the messages so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    /// Done without a call (filter, `on_tombstone`/`on_invalid_json = skip`).
+    pub skipped: u64,
+}
+
 impl Handle {
     pub fn telemetry(&self) -> Arc<dyn Telemetry> {
         self.telemetry.clone()
+    }
+
+    pub fn counts(&self) -> Counts {
+        let m = self.telemetry.metrics();
+        Counts {
+            delivered: m.delivered.get(),
+            dead_lettered: m.dead_lettered.get(),
+            skipped: m.filtered.get() + m.skipped_tombstones.get() + m.skipped_invalid.get(),
+        }
     }
 
     pub fn begin_stop(&self) {

@@ -56,6 +56,8 @@ pub fn replay(kafka: &KafkaConfig, from: &str, to: &str, max: Option<u64>) -> an
         ("group.id", group.as_str()),
         ("enable.auto.commit", "false"),
         ("auto.offset.reset", "earliest"),
+        // Nobody reads its statistics: not logged each second either.
+        ("statistics.interval.ms", "0"),
     ];
     let consumer: BaseConsumer = client_config(kafka, &pairs(&consumer_props))
         .create()

@@ -119,6 +119,10 @@ impl DeliverTelemetry {
         }
     }
 
+    pub fn metrics(&self) -> &DeliverMetrics {
+        &self.shared.metrics
+    }
+
     /// (topic, partition, lag, committed) over every consumer thread, one
     /// row per partition (a partition that just moved between this
     /// instance's members may show in both until their next statistics;
