@@ -270,9 +270,13 @@ pub fn run(config: AppConfig, roles: &[Role]) -> anyhow::Result<i32> {
     // `[deliver]` and every `[subscription.<name>]`: one deliver each.
     let mut deliver_handles = Vec::new();
     if roles.contains(&Role::Deliver) {
+        let mut counted: Vec<String> = Vec::new();
         for dc in config.deliver_configs() {
+            let mut dc = dc.clone();
+            dc.aggregate_topics.retain(|t| !counted.contains(t));
+            counted.extend(dc.aggregate_topics.iter().cloned());
             let h = deliver::spawn(
-                dc.clone(),
+                dc,
                 &config.common.kafka,
                 aggregates.clone(),
                 fatal_tx.clone(),

@@ -65,6 +65,10 @@ fn settled_figures(admin: u16) -> Vec<f64> {
     v
 }
 
+const VISITS_ASSIGNED: &str = "kbridge_deliver_assigned_partitions{subscription=\"visits\"}";
+const VISITS_IDLE_MEMBERS: &str =
+    "kbridge_deliver_members_without_partitions{subscription=\"visits\"}";
+
 const TILES: [&str; 9] = [
     "kbridge_ingest_records_acked_total",
     "kbridge_ingest_records_failed_total",
@@ -126,10 +130,13 @@ fn the_dashboard_draws_live_data_in_chromium_and_shows_what_the_api_holds() {
          [ingest.routes]\nvisit = {visits}\nactivity = {activities}\n\
          [deliver]\ngroup_id = {g}\ntopics = {visits},{activities}\ntarget_url = {url}\n\
          backoff_initial_ms = 50\ncommit_interval_ms = 200\n\
+         [subscription.visits]\ngroup_id = {g3}\ntopics = {visits},{activities}\ntarget_url = {url}\n\
+         filter = {{\"field\": \"/type\", \"equals\": \"visit\"}}\ncommit_interval_ms = 200\n\
          [collect]\ngroups = {g2}:{visits},{activities}\nrecord_directory = {d}\nidle_close_s = 2\n",
         b = brokers(),
         g = unique_topic("g"),
         g2 = unique_topic("g"),
+        g3 = unique_topic("g"),
         url = sink.url,
         d = dir.0.join("records").display()
     );
@@ -146,6 +153,8 @@ fn the_dashboard_draws_live_data_in_chromium_and_shows_what_the_api_holds() {
         let m = get(&format!("http://127.0.0.1:{admin}/metrics")).body;
         metric(&m, "kbridge_deliver_assigned_partitions") == 6.0
             && metric(&m, "kbridge_deliver_members_without_partitions") == 0.0
+            && metric(&m, VISITS_ASSIGNED) == 6.0
+            && metric(&m, VISITS_IDLE_MEMBERS) == 0.0
             && metric(&m, "kbridge_collect_members_joined") > 0.0
     });
 
@@ -175,6 +184,7 @@ fn the_dashboard_draws_live_data_in_chromium_and_shows_what_the_api_holds() {
         .arg(format!("http://127.0.0.1:{admin}/"))
         .arg(&out)
         .env("CHROMIUM", &chromium)
+        .env("SUSPEND", "visits")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -307,6 +317,60 @@ fn the_dashboard_draws_live_data_in_chromium_and_shows_what_the_api_holds() {
     assert_eq!(
         consumed, sent,
         "the aggregates counted every acked event once"
+    );
+    // A row per subscription with its own figures, as the summary has them.
+    let subs = &shown["subscriptions"];
+    for (name, label) in [("deliver", None), ("visits", Some("visits"))] {
+        let mine = |metric: &str, reason: Option<&str>| -> f64 {
+            s["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["metric"] == metric)
+                .filter(|x| x["labels"]["subscription"].as_str() == label)
+                .filter(|x| reason.is_none_or(|r| x["labels"]["reason"] == r))
+                .map(|x| x["last"].as_f64().unwrap_or(0.0))
+                .sum()
+        };
+        let row = &subs[name];
+        assert_eq!(row["text"]["state"], "active", "{name}: {shown}");
+        for (column, metric, reason) in [
+            ("delivered", "kbridge_deliver_delivered_total", None),
+            (
+                "filtered",
+                "kbridge_deliver_skipped_total",
+                Some("filtered"),
+            ),
+            ("dead-lettered", "kbridge_deliver_dead_letters_total", None),
+        ] {
+            let want = mine(metric, reason);
+            assert_eq!(
+                row["value"][column].as_f64(),
+                Some(want),
+                "{name} {column}: {shown}"
+            );
+            assert_eq!(row["text"][column], grouped(want), "{name} {column}");
+        }
+    }
+    let (all, visits) = (
+        subs["deliver"]["value"]["delivered"].as_f64().unwrap(),
+        subs["visits"]["value"]["delivered"].as_f64().unwrap(),
+    );
+    assert!(
+        0.0 < visits && visits < all,
+        "visits got only the visits: {visits} of {all}"
+    );
+    assert!(subs["visits"]["value"]["filtered"].as_f64().unwrap() > 0.0);
+    // The row's suspend button suspended the subscription.
+    assert_eq!(shown["suspended_by_button"], "visits");
+    let listed = api(admin, "/subscriptions");
+    assert!(
+        listed["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "visits" && x["suspended"] == true),
+        "{listed}"
     );
     assert_eq!(shown["hidden"], 0, "every role's cards show");
     assert!(

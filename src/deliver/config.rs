@@ -135,6 +135,10 @@ pub struct DeliverConfig {
     pub commit_interval: Duration,
     pub ordering: Ordering,
     pub aggregate_field: String,
+    /// The topics whose events this pipeline counts in the dashboard's
+    /// aggregates: all of `topics`, less those an earlier subscription of
+    /// the process counts already (each event is counted once).
+    pub aggregate_topics: Vec<String>,
     pub on_tombstone: OnTombstone,
     pub on_invalid_json: OnInvalid,
     /// Which messages are sent (`filter`); others are done uncalled.
@@ -159,6 +163,7 @@ impl DeliverConfig {
         }
         let group_id = r.required("group_id");
         let topics = comma_list(&r.required("topics"));
+        let aggregate_topics = topics.clone();
         if let Some(bad) = topics.iter().find(|t| !valid_topic(t)) {
             r.error(
                 "topics",
@@ -365,6 +370,7 @@ impl DeliverConfig {
             commit_interval: Duration::from_millis(commit_interval_ms),
             ordering,
             aggregate_field,
+            aggregate_topics,
             on_tombstone,
             on_invalid_json,
             filter,

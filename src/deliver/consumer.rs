@@ -401,9 +401,11 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
             (!c.aggregate_field.is_empty()).then(|| "(none)".to_string()),
         ),
     };
-    shared
-        .aggregates
-        .record_value(topic, field, m.timestamp().to_millis());
+    if c.aggregate_topics.iter().any(|t| t == topic) {
+        shared
+            .aggregates
+            .record_value(topic, field, m.timestamp().to_millis());
+    }
     shared.metrics.consumed.inc();
     let lease = member.with_offsets(|o| o.polled(m.topic(), m.partition(), m.offset()));
     let (kind, skip, mut park) = match (value, json) {

@@ -328,7 +328,14 @@ fn apply(shared: &Shared, dlq: &DeadLetters, w: Work, action: Action, result: &C
     match action {
         Action::Delivered => {
             m.delivered.inc();
-            shared.aggregates.delivered(&w.msg.topic);
+            if shared
+                .config
+                .aggregate_topics
+                .iter()
+                .any(|t| **t == *w.msg.topic)
+            {
+                shared.aggregates.delivered(&w.msg.topic);
+            }
             shared.finish(w);
         }
         Action::Retry(wait) => {

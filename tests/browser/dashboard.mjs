@@ -5,8 +5,10 @@
 //    roles holds real data (canvas drawn, and rates that are not all zero
 //    where traffic must show), then prints {"ready": …} on stdout.
 // 2. Waits for one line on stdin (the test stops the traffic and lets the
-//    figures settle), refreshes, prints what the page shows as one JSON
-//    line, saves a laptop and a phone screenshot into OUTDIR, and exits 0.
+//    figures settle), refreshes, saves a laptop and a phone screenshot into
+//    OUTDIR, clicks the suspend button of subscription $SUSPEND (when set)
+//    and waits for its row to say so, prints what the page showed as one
+//    JSON line, and exits 0.
 // Any failure (Chromium cannot start, the page never draws) exits 1 with
 // the reason on stderr.
 import { chromium } from "playwright-core";
@@ -22,7 +24,8 @@ const args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "
 
 // Charts that must show non-zero rates while traffic flows, and charts
 // that must merely hold series with values (gauges may sit at 0).
-const NONZERO = ["chart-minutes", "chart-outcomes", "chart-ingest", "chart-collect"];
+const NONZERO = ["chart-minutes", "chart-outcomes", "chart-ingest", "chart-collect",
+  "chart-subscriptions"];
 const PRESENT = ["chart-fill", "chart-lag"];
 
 function fail(why) {
@@ -78,9 +81,16 @@ try {
     const values = [...document.querySelectorAll("#values li[data-value]")].map((li) =>
       [li.dataset.value, Number(li.dataset.count), li.querySelector(".count").textContent,
         li.querySelector(".name").textContent]);
+    const subscriptions = {};
+    for (const tr of document.querySelectorAll("#subscriptions tr[data-subscription]")) {
+      const row = { state: tr.querySelector(".state").textContent };
+      for (const td of tr.querySelectorAll("td[data-column]")) row[td.dataset.column] = td.textContent;
+      subscriptions[tr.dataset.subscription] = { text: row, value: d.subscriptions[tr.dataset.subscription] };
+    }
     return {
       tiles,
       values,
+      subscriptions,
       topic: document.getElementById("topic").value,
       topics: d.topics,
       charts: d.charts,
@@ -96,6 +106,18 @@ try {
   await page.screenshot({ path: `${outdir}/dashboard-phone.png`, fullPage: true });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   shown.phone_overflow_px = overflow;
+  // 3. The suspend button of the subscription named in SUSPEND: its row must
+  // say so once the page refreshed.
+  const name = process.env.SUSPEND;
+  if (name) {
+    await page.setViewportSize({ width: 1280, height: 1500 });
+    await page.click(`#subscriptions tr[data-subscription="${name}"] button`);
+    await page.waitForFunction((n) => {
+      const td = document.querySelector(`#subscriptions tr[data-subscription="${n}"] .state`);
+      return td && td.textContent === "suspended";
+    }, name, { timeout: 20_000 });
+    shown.suspended_by_button = name;
+  }
   if (errors.length) fail(`the page logged errors: ${errors.join(" | ")}`);
   console.log(JSON.stringify(shown));
 } finally {

@@ -184,7 +184,9 @@ function lag() {
   const rows = [];
   for (const role of ["deliver", "collect"]) {
     for (const x of of(`kbridge_${role}_consumer_lag`)) {
-      rows.push({ label: `${role} ${x.labels.topic}[${x.labels.partition}]`, data: x.values, last: x.last });
+      // deliver's rows name their subscription (`deliver` for [deliver]).
+      const who = role === "deliver" ? subOf(x) : role;
+      rows.push({ label: `${who} ${x.labels.topic}[${x.labels.partition}]`, data: x.values, last: x.last });
     }
   }
   rows.sort((a, b) => (b.last ?? 0) - (a.last ?? 0) || a.label.localeCompare(b.label));
@@ -207,6 +209,65 @@ function lag() {
     const n = tr.insertCell();
     n.className = "n";
     n.textContent = fmt(r.last);
+  }
+}
+
+// The subscription a series belongs to: its `subscription` label, or
+// `deliver` for [deliver]'s (unlabelled) series.
+const subOf = (x) => x.labels.subscription ?? "deliver";
+const COLUMNS = [
+  ["delivered/s", "kbridge_deliver_delivered_total", "rate"],
+  ["delivered", "kbridge_deliver_delivered_total", "last"],
+  ["filtered", "kbridge_deliver_skipped_total", "last", (x) => x.labels.reason === "filtered"],
+  ["retries", "kbridge_deliver_retries_total", "last"],
+  ["dead-lettered", "kbridge_deliver_dead_letters_total", "last"],
+  ["in flight", "kbridge_deliver_in_flight_calls", "last"],
+  ["lag", "kbridge_deliver_consumer_lag", "last"],
+];
+
+// One row per subscription (GET /subscriptions names them and their
+// state), with its own figures; a button suspends or resumes it.
+function subscriptions() {
+  const subs = state.subscriptions || [];
+  const lines = byLabel("kbridge_deliver_delivered_total", "subscription")
+    .map((l) => ({ label: l.label || "deliver", data: l.data }));
+  draw("chart-subscriptions", state.t, lines, { empty: "no subscription delivered yet" });
+  const table = $("subscriptions");
+  table.innerHTML = "";
+  const head = table.insertRow();
+  for (const h of ["subscription", "state", ...COLUMNS.map((c) => c[0]), ""]) {
+    const th = document.createElement("th");
+    th.textContent = h;
+    head.appendChild(th);
+  }
+  state.shown.subscriptions = {};
+  for (const s of subs) {
+    const shown = { suspended: s.suspended };
+    const tr = table.insertRow();
+    tr.dataset.subscription = s.name;
+    tr.insertCell().textContent = s.name;
+    const st = tr.insertCell();
+    st.className = `state${s.suspended ? " suspended" : ""}`;
+    st.textContent = s.suspended ? "suspended" : "active";
+    for (const [label, metric, how, pick] of COLUMNS) {
+      const xs = of(metric).filter((x) => subOf(x) === s.name && (!pick || pick(x)));
+      const v = !xs.length ? null : xs.reduce((a, x) => a + ((how === "rate"
+        ? x.values[x.values.length - 1] : x.last) ?? 0), 0);
+      shown[label] = v;
+      const td = tr.insertCell();
+      td.dataset.column = label;
+      td.textContent = fmt(v);
+    }
+    const button = document.createElement("button");
+    button.textContent = s.suspended ? "resume" : "suspend";
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      const action = s.suspended ? "resume" : "suspend";
+      await fetch(`/subscriptions/${encodeURIComponent(s.name)}/${action}`, { method: "PUT" });
+      await refresh();
+    });
+    tr.insertCell().appendChild(button);
+    state.shown.subscriptions[s.name] = shown;
   }
 }
 
@@ -240,6 +301,7 @@ function aggregates() {
 
 async function fetchAggregates() {
   if (!state.roles.includes("deliver")) { state.aggregates = null; return; }
+  state.subscriptions = (await getJson("/subscriptions")).subscriptions;
   const list = await getJson("/api/aggregates");
   const select = $("topic");
   const names = list.topics.map((t) => t.topic);
@@ -268,6 +330,7 @@ function render() {
     card.hidden = !card.dataset.role.split(" ").some((r) => state.roles.includes(r));
   }
   tiles();
+  subscriptions();
   aggregates();
   outcomes();
   fill();
