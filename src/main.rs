@@ -53,6 +53,15 @@ enum Command {
         /// whose parked messages go to its endpoint again, under its rules.
         #[arg(long, value_name = "NAME", conflicts_with_all = ["from", "to"])]
         subscription: Option<String>,
+        /// With --subscription: only this quarantined key's parked messages
+        /// (on_park = quarantine_key), in offset order; then release the key.
+        #[arg(
+            long,
+            value_name = "KEY",
+            requires = "subscription",
+            conflicts_with = "max"
+        )]
+        key: Option<String>,
         /// Replay at most this many messages.
         #[arg(long, value_name = "N")]
         max: Option<u64>,
@@ -114,6 +123,7 @@ fn main() -> ExitCode {
             from,
             to,
             subscription,
+            key,
             max,
         } => {
             let c = match load(&config) {
@@ -122,16 +132,32 @@ fn main() -> ExitCode {
             };
             let _ = kbridge::logging::init(&c.common.log.level, None);
             let kafka = &c.common.kafka;
+            let all = c.deliver_configs().collect::<Vec<_>>();
             let done = match (subscription, from, to) {
+                (Some(name), _, _) if key.is_some() => {
+                    let key = key.unwrap_or_default();
+                    kbridge::deliver::release::replay_key(kafka, &all, &name, key.as_bytes()).and_then(|r| {
+                        let o = r.outcome;
+                        if r.released {
+                            Ok(format!(
+                                "released key {key:?} of subscription {name}: {} parked messages delivered in offset order ({} skipped by its rules) in {} round(s)",
+                                o.delivered, o.skipped, r.rounds
+                            ))
+                        } else {
+                            Err(anyhow::anyhow!(
+                                "key {key:?} stays quarantined: {} delivered, {} failed again and were parked again (in order) after {} round(s); run replay --key again",
+                                o.delivered, o.parked_again, r.rounds
+                            ))
+                        }
+                    })
+                }
                 (Some(name), _, _) => {
-                    kbridge::deliver::redrive::redrive(kafka, &c.deliver_configs().collect::<Vec<_>>(), &name, max).map(
-                        |o| {
-                            format!(
-                                "redrove {} parked records to subscription {name}: {} delivered, {} parked again, {} skipped by its rules, {} of other subscriptions passed over",
-                                o.read, o.delivered, o.parked_again, o.skipped, o.passed_over
-                            )
-                        },
-                    )
+                    kbridge::deliver::redrive::redrive(kafka, &all, &name, max).map(|o| {
+                        format!(
+                            "redrove {} parked records to subscription {name}: {} delivered, {} parked again, {} skipped by its rules, {} of other subscriptions passed over, {} of quarantined keys left for replay --key",
+                            o.read, o.delivered, o.parked_again, o.skipped, o.passed_over, o.held_back
+                        )
+                    })
                 }
                 (None, Some(from), Some(to)) => kbridge::deliver::replay::replay(kafka, &from, &to, max)
                     .map(|n| format!("replayed {n} messages from {from} to {to}")),

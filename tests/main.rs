@@ -23,6 +23,7 @@ mod interop;
 mod kafka_security;
 mod old_brokers;
 mod ops;
+mod quarantine;
 mod redrive;
 mod security;
 mod sick_endpoint;

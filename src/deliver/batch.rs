@@ -268,6 +268,7 @@ mod tests {
             enrich_attempts: 0,
             solo: false,
             shrunk: 0,
+            copied: false,
         }
     }
 

@@ -134,6 +134,8 @@ pub struct DeliverConfig {
     pub commit: Commit,
     pub commit_interval: Duration,
     pub ordering: Ordering,
+    /// `on_park = quarantine_key`: the state topic of the key quarantine.
+    pub quarantine: Option<String>,
     pub aggregate_field: String,
     /// The topics whose events this pipeline counts in the dashboard's
     /// aggregates: all of `topics`, less those an earlier subscription of
@@ -232,6 +234,7 @@ impl DeliverConfig {
             Ordering::None,
             &[("none", Ordering::None), ("key", Ordering::Key)],
         );
+        let quarantine = quarantine_config(&mut r, &group_id, ordering);
         let aggregate_field = r.string("aggregate_field", "type");
         let on_tombstone = r.choice(
             "on_tombstone",
@@ -369,6 +372,7 @@ impl DeliverConfig {
             commit,
             commit_interval: Duration::from_millis(commit_interval_ms),
             ordering,
+            quarantine,
             aggregate_field,
             aggregate_topics,
             on_tombstone,
@@ -398,6 +402,42 @@ impl DeliverConfig {
             .map(|t| format!("{t}{}", self.dlq_suffix))
             .collect()
     }
+}
+
+/// `on_park` and `quarantine_topic` (default `<group_id>.quarantine`, with
+/// characters a topic name cannot hold as `_`).
+fn quarantine_config(
+    r: &mut crate::config::SectionReader<'_>,
+    group_id: &str,
+    ordering: Ordering,
+) -> Option<String> {
+    let on = r.choice(
+        "on_park",
+        false,
+        &[("park", false), ("quarantine_key", true)],
+    );
+    let default: String = format!("{group_id}.quarantine")
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .take(249)
+        .collect();
+    let topic = r.string("quarantine_topic", &default);
+    if !valid_topic(&topic) {
+        r.error(
+            "quarantine_topic",
+            format!("expected a Kafka topic name, got {topic:?}"),
+        );
+    }
+    if on && ordering != Ordering::Key {
+        r.error(
+            "on_park",
+            "quarantine_key keeps a key's order, so it needs ordering = key".to_string(),
+        );
+    }
+    on.then_some(topic)
 }
 
 fn enrich_config(r: &mut crate::config::SectionReader<'_>) -> Option<EnrichConfig> {

@@ -214,3 +214,41 @@ fn a_signing_secret_others_can_read_or_not_in_whsec_form_stops_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn key_quarantine_needs_key_ordering_and_names_its_topic() {
+    let base = "[deliver]\ngroup_id = team/a b\ntopics = a\ntarget_url = http://h/x\n";
+    let (c, e) = load(&format!("{base}ordering = key\non_park = quarantine_key\n"));
+    assert!(e.0.is_empty(), "{e}");
+    assert_eq!(
+        c.unwrap().quarantine.as_deref(),
+        Some("team_a_b.quarantine"),
+        "the default topic, from the group id"
+    );
+    let (c, _) = load(&format!("{base}ordering = key\n"));
+    assert_eq!(
+        c.unwrap().quarantine,
+        None,
+        "off by default (on_park = park)"
+    );
+    let e = load(&format!("{base}on_park = quarantine_key\n"))
+        .1
+        .to_string();
+    assert!(
+        e.contains(
+            "[deliver] on_park: quarantine_key keeps a key's order, so it needs ordering = key"
+        ),
+        "{e}"
+    );
+    let e = load(&format!(
+        "{base}ordering = key\non_park = quarantine_key\nquarantine_topic = a b\n"
+    ))
+    .1
+    .to_string();
+    assert!(
+        e.contains("[deliver] quarantine_topic: expected a Kafka topic name"),
+        "{e}"
+    );
+    let e = load(&format!("{base}on_park = hold\n")).1.to_string();
+    assert!(e.contains("[deliver] on_park:"), "{e}");
+}

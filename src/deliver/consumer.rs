@@ -93,10 +93,20 @@ impl Role for DeliverRole {
 
     fn assigned(
         &self,
-        _member: &DeliverMember,
+        member: &DeliverMember,
         consumer: &DeliverConsumer,
         tpl: &TopicPartitionList,
     ) {
+        // What an earlier owner quarantined is known before its partitions'
+        // messages are (their state records precede its commits).
+        if let Some(h) = &self.shared.held
+            && !h.catch_up(self.shared.config.shutdown_timeout)
+        {
+            warn!(
+                "{}: the quarantine topic was not read to its end within shutdown_timeout_ms; keys quarantined by another member may be delivered",
+                member.name()
+            );
+        }
         // librdkafka keeps a partition paused across a revoke and re-assign.
         // A newly assigned partition takes the member's state: paused while
         // the channel is full (the flush resumes the whole assignment),
@@ -378,7 +388,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
     let mut headers = record::headers(m);
     let origin = match &c.redrive {
         None => None,
-        Some(r) => match r.claim(m.topic(), m.partition(), m.offset(), &mut headers) {
+        Some(r) => match r.claim(m.topic(), m.partition(), m.offset(), m.key(), &mut headers) {
             // Not registered: the run's commits stop before it.
             Claim::Beyond => return None,
             Claim::NotOurs => {
@@ -490,5 +500,6 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
         // A DELETE carries no body: it goes alone.
         solo: delete,
         shrunk: 0,
+        copied: false,
     })
 }

@@ -23,7 +23,7 @@ use crossbeam_channel::Sender;
 use log::{error, warn};
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 
@@ -97,15 +97,40 @@ impl ProducerContext for DlqCtx {
     type DeliveryOpaque = Box<Work>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, w: Box<Work>) {
-        let w = *w;
+        let mut w = *w;
+        let shared = &self.shared;
+        let state_topic = shared.held.as_ref().and_then(|h| h.topic());
         match result {
-            Ok(_) => {
-                self.shared.metrics.dead_lettered.inc();
-                self.shared.finish(w);
+            // The copy is in: the key quarantine's state record is next.
+            Ok(m) if state_topic.is_some_and(|t| t != m.topic()) && w.msg.key.is_some() => {
+                w.copied = true;
+                shared.requeue(Instant::now(), Stage::Send, w);
             }
-            Err((e, _)) => park_failed(&self.shared, w, e),
+            Ok(_) => {
+                shared.metrics.dead_lettered.inc();
+                shared.finish(w);
+            }
+            Err((e, m)) if state_topic == Some(m.topic()) => state_failed(shared, w, e),
+            Err((e, _)) => park_failed(shared, w, e),
         }
     }
+}
+
+/// Writing a parked message's quarantine state failed: tried again when
+/// it may succeed later; otherwise the key stays held in this process only.
+fn state_failed(shared: &Shared, w: Work, e: &KafkaError) {
+    let at = format!("{}/{}@{}", w.msg.topic, w.msg.partition, w.msg.offset);
+    if classify(e) == Failure::Transient {
+        warn!("writing the quarantine state of {at} failed: {e}; retrying");
+        let c = &shared.config;
+        let wait = backoff(3, c.backoff_initial, c.backoff_max, fastrand::f64());
+        return shared.requeue(Instant::now() + wait, Stage::Send, w);
+    }
+    error!(
+        "the quarantine state of {at} cannot be written ({e}): its key is held by this process only, until it stops"
+    );
+    shared.metrics.dead_lettered.inc();
+    shared.finish(w);
 }
 
 fn park_failed(shared: &Shared, mut w: Work, e: &KafkaError) {
@@ -184,6 +209,20 @@ impl DeadLetters {
             .unwrap_or_else(|| ("unknown".into(), None));
         let m = &w.msg;
         let (origin_topic, origin_partition, origin_offset) = m.source();
+        // The key is held from now on (`quarantine`); once the copy is in,
+        // the state record follows it.
+        if let (Some(h), Some(key)) = (&shared.held, &m.key) {
+            let record = h.note(origin_topic, origin_partition, origin_offset, key, &reason);
+            if w.copied {
+                return match (h.topic(), record) {
+                    (Some(topic), Some((k, v))) => self.write_state(topic, &k, &v, w),
+                    _ => {
+                        shared.metrics.dead_lettered.inc();
+                        shared.finish(w)
+                    }
+                };
+            }
+        }
         let topic = format!("{origin_topic}{}", shared.config.dlq_suffix);
         let (value, key, own_headers) = match w.shrunk {
             0 => (&m.payload[..], m.key.as_deref(), &m.headers[..]),
@@ -242,6 +281,18 @@ impl DeadLetters {
         }
         if let Err((e, record)) = self.producer.send(record) {
             park_failed(shared, *record.delivery_opaque, &e);
+        }
+    }
+
+    /// The quarantine's state record of `w`'s key; `w` is finished on its
+    /// acknowledgement.
+    fn write_state(&self, topic: &str, key: &[u8], value: &[u8], w: Work) {
+        let record: BaseRecord<'_, [u8], [u8], Box<Work>> =
+            BaseRecord::with_opaque_to(topic, Box::new(w))
+                .key(key)
+                .payload(value);
+        if let Err((e, record)) = self.producer.send(record) {
+            state_failed(&self.producer.context().shared, *record.delivery_opaque, &e);
         }
     }
 

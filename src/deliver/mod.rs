@@ -30,7 +30,9 @@ mod enrich;
 pub mod filter;
 mod lanes;
 pub mod outbound;
+pub mod quarantine;
 pub mod redrive;
+pub mod release;
 pub mod replay;
 pub mod retry;
 mod sender;
@@ -143,6 +145,9 @@ pub struct Work {
     pub solo: bool,
     /// How far its dead-letter copy was shrunk to fit the broker (see `dlq`).
     pub shrunk: u8,
+    /// Its dead-letter copy is acknowledged; the key quarantine's state
+    /// record is what is left to write (see `quarantine`).
+    pub copied: bool,
 }
 
 /// Why a message could not be handed on (it comes back to its owner).
@@ -179,6 +184,9 @@ pub(crate) struct Shared {
     /// Suspended over the admin API: the assignment is paused, offsets
     /// and the group membership kept.
     pub suspended: std::sync::atomic::AtomicBool,
+    /// The quarantined keys (`on_park = quarantine_key`; in memory only
+    /// for a redrive run).
+    pub held: Option<Arc<quarantine::Held>>,
 }
 
 impl Shared {
@@ -239,6 +247,20 @@ impl Shared {
         waiting >= self.config.channel_capacity
     }
 
+    /// Marks `w` for parking unsent when its key is quarantined; called
+    /// where a message would start its call (after the lane let it go).
+    pub fn hold(&self, w: &mut Work) {
+        if w.parking.is_some() {
+            return;
+        }
+        if let (Some(h), Some(key)) = (&self.held, &w.msg.key) {
+            let (t, p, o) = w.msg.source();
+            if let Some(why) = h.reason(t, p, o, key) {
+                w.parking = Some((why, None));
+            }
+        }
+    }
+
     /// The message is finished: free its key lane and report its offset.
     pub fn finish(&self, w: Work) {
         self.release_lane(&w);
@@ -294,6 +316,7 @@ pub struct Handle {
     enrichers: Option<WorkerPool>,
     requeue: JoinHandle<()>,
     probe_thread: JoinHandle<()>,
+    quarantine_tail: Option<JoinHandle<()>>,
     dlq: Arc<dlq::DeadLetters>,
     telemetry: Arc<telemetry::DeliverTelemetry>,
     shutdown_timeout: Duration,
@@ -326,6 +349,15 @@ pub fn spawn(
         None => (None, None),
     };
     let (requeue_tx, requeue_rx) = crossbeam_channel::unbounded();
+    // The quarantine's state is read to its end before any message is.
+    let (held, quarantine_tail) = match (&config.quarantine, &config.redrive) {
+        (Some(_), Some(_)) => (Some(quarantine::Held::memory()), None),
+        (Some(topic), None) => {
+            let (h, t) = quarantine::start(kafka, topic, stopper.token(), fatal.clone())?;
+            (Some(h), Some(t))
+        }
+        (None, _) => (None, None),
+    };
     let shared = Arc::new(Shared {
         metrics: telemetry::DeliverMetrics::new(config.max_in_flight),
         lanes: lanes::Lanes::default(),
@@ -338,6 +370,7 @@ pub fn spawn(
         fatal: fatal.clone(),
         requeue_beat: Default::default(),
         suspended: Default::default(),
+        held,
         config: config.clone(),
     });
     let kafka_stats = Arc::new(KafkaStats::default());
@@ -404,6 +437,7 @@ pub fn spawn(
         enrichers,
         requeue,
         probe_thread,
+        quarantine_tail,
         dlq,
         telemetry,
         shutdown_timeout: config.shutdown_timeout,
@@ -500,6 +534,9 @@ impl Handle {
         }
         clean &= self.requeue.join().is_ok();
         clean &= self.probe_thread.join().is_ok();
+        if let Some(t) = self.quarantine_tail.take() {
+            clean &= t.join().is_ok();
+        }
         if let Err(e) = self.dlq.flush(
             deadline
                 .saturating_duration_since(Instant::now())

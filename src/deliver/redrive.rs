@@ -14,7 +14,9 @@
 //! the ends, so not read twice in one run). Records another subscription
 //! parked (`kbridge-dlq-subscription`) are passed over; records parked
 //! before that header existed are this subscription's when no other one
-//! parks into the same topics.
+//! parks into the same topics. Records of keys quarantined now
+//! (`on_park = quarantine_key`) are left for `replay --key` (see `release`),
+//! which runs this pipeline on one key's records only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::DeliverConfig;
 use super::dlq::{SOURCE, SUBSCRIPTION};
+use super::quarantine::{Entry, Held};
 use crate::aggregates::Aggregates;
 use crate::config::KafkaConfig;
 use crate::kafka::client_config;
@@ -53,8 +56,21 @@ pub struct Redrive {
     dlq_suffix: String,
     /// Per dead-letter partition, the first offset not to take.
     until: HashMap<(String, i32), i64>,
-    /// Records of other subscriptions passed over.
+    /// Records of other subscriptions (or other keys) passed over.
     passed_over: AtomicU64,
+    scope: Scope,
+    /// Records of quarantined keys left for `replay --key`.
+    held_back: AtomicU64,
+}
+
+/// Which of the subscription's parked records a run redrives.
+#[derive(Debug)]
+pub enum Scope {
+    /// All of them but those of keys quarantined now (the state as read
+    /// at start; `None` when the subscription quarantines nothing).
+    All(Option<Arc<Held>>),
+    /// One quarantined key's: those parked since each entry's first offset.
+    Key(Vec<u8>, Vec<Entry>),
 }
 
 /// What a dead-letter record is to the redriving pipeline.
@@ -76,6 +92,7 @@ impl Redrive {
         topic: &str,
         partition: i32,
         offset: i64,
+        key: Option<&[u8]>,
         headers: &mut Vec<Header>,
     ) -> Claim {
         let end = self.until.get(&(topic.to_string(), partition));
@@ -104,6 +121,26 @@ impl Redrive {
                 partition,
                 offset,
             });
+        let since = |e: &Entry| {
+            *e.topic == *origin.topic
+                && (e.partition != origin.partition || origin.offset >= e.first)
+        };
+        match (&self.scope, key) {
+            (Scope::Key(k, entries), Some(key)) if k == key && entries.iter().any(since) => {}
+            (Scope::Key(..), _) => {
+                self.passed_over.fetch_add(1, Ordering::Relaxed);
+                return Claim::NotOurs;
+            }
+            (Scope::All(Some(held)), Some(key))
+                if held
+                    .reason(&origin.topic, origin.partition, origin.offset, key)
+                    .is_some() =>
+            {
+                self.held_back.fetch_add(1, Ordering::Relaxed);
+                return Claim::NotOurs;
+            }
+            (Scope::All(_), _) => {}
+        }
         headers.retain(|(k, _)| !k.starts_with(b"kbridge-dlq-"));
         Claim::Ours(origin)
     }
@@ -129,8 +166,10 @@ pub struct Outcome {
     pub parked_again: u64,
     /// Done without a call by the subscription's own rules (filter, skip).
     pub skipped: u64,
-    /// Records of other subscriptions.
+    /// Records of other subscriptions (or keys).
     pub passed_over: u64,
+    /// Records of quarantined keys, left for `replay --key`.
+    pub held_back: u64,
 }
 
 /// The subscription's name in commands and headers: `deliver` for `[deliver]`.
@@ -145,6 +184,28 @@ pub fn redrive(
     name: &str,
     max: Option<u64>,
 ) -> anyhow::Result<Outcome> {
+    let (c, claims_unnamed) = find(all, name)?;
+    let stopper = crate::shutdown::Stopper::new();
+    let held = match &c.quarantine {
+        Some(topic) => {
+            let (fatal, _) = crossbeam_channel::unbounded();
+            Some(super::quarantine::start(kafka, topic, stopper.token(), fatal)?.0)
+        }
+        None => None,
+    };
+    let group = format!("kbridge-redrive-{name}");
+    let outcome = run(kafka, c, claims_unnamed, group, Scope::All(held), max);
+    stopper.stop();
+    outcome
+}
+
+/// The subscription called `name`, and whether records without a
+/// subscription header are its own (no other subscription parks into the
+/// same topics).
+pub fn find<'a>(
+    all: &[&'a DeliverConfig],
+    name: &str,
+) -> anyhow::Result<(&'a DeliverConfig, bool)> {
     let Some(c) = all.iter().find(|c| name_of(c) == name) else {
         let known: Vec<&str> = all.iter().map(|c| name_of(c)).collect();
         anyhow::bail!("no subscription {name:?} in the configuration (it has {known:?})");
@@ -154,7 +215,21 @@ pub fn redrive(
         .iter()
         .filter(|o| name_of(o) != name)
         .any(|o| o.dlq_topics().iter().any(|t| dlq_topics.contains(t)));
-    let group = format!("kbridge-redrive-{name}");
+    Ok((c, claims_unnamed))
+}
+
+/// Runs `c`'s pipeline as `group` on its dead-letter topics over `scope`,
+/// up to the ends seen now (`max` shares fewer out).
+pub fn run(
+    kafka: &KafkaConfig,
+    c: &DeliverConfig,
+    claims_unnamed: bool,
+    group: String,
+    scope: Scope,
+    max: Option<u64>,
+) -> anyhow::Result<Outcome> {
+    let name = name_of(c).to_string();
+    let dlq_topics = c.dlq_topics();
     let watcher_props = [
         ("group.id".to_string(), group.clone()),
         ("statistics.interval.ms".to_string(), "0".to_string()),
@@ -174,8 +249,10 @@ pub fn redrive(
         dlq_suffix: c.dlq_suffix.clone(),
         until: until.clone(),
         passed_over: AtomicU64::new(0),
+        scope,
+        held_back: AtomicU64::new(0),
     });
-    let mut config = (*c).clone();
+    let mut config = c.clone();
     config.group_id = group;
     config.redrive = Some(redrive.clone());
     config
@@ -220,6 +297,7 @@ pub fn redrive(
         parked_again: counts.dead_lettered,
         skipped: counts.skipped,
         passed_over: redrive.passed_over.load(Ordering::Relaxed),
+        held_back: redrive.held_back.load(Ordering::Relaxed),
     };
     info!("redrive to {name} done: {outcome:?}");
     Ok(outcome)
@@ -300,6 +378,8 @@ mod tests {
             dlq_suffix: ".dlq".into(),
             until: [(("t.dlq".to_string(), 0), 10)].into_iter().collect(),
             passed_over: AtomicU64::new(0),
+            scope: Scope::All(None),
+            held_back: AtomicU64::new(0),
         }
     }
 
@@ -316,19 +396,22 @@ mod tests {
             partition: 3,
             offset: 41,
         };
-        assert_eq!(r.claim("t.dlq", 0, 2, &mut headers), Claim::Ours(origin));
+        assert_eq!(
+            r.claim("t.dlq", 0, 2, None, &mut headers),
+            Claim::Ours(origin)
+        );
         assert_eq!(headers, vec![h("a", "1")]);
         let mut other = vec![h(SUBSCRIPTION, "audit")];
-        assert_eq!(r.claim("t.dlq", 0, 3, &mut other), Claim::NotOurs);
+        assert_eq!(r.claim("t.dlq", 0, 3, None, &mut other), Claim::NotOurs);
         assert_eq!(r.passed_over.load(Ordering::Relaxed), 1);
-        assert_eq!(r.claim("t.dlq", 0, 10, &mut vec![]), Claim::Beyond);
-        assert_eq!(r.claim("u.dlq", 0, 0, &mut vec![]), Claim::Beyond);
+        assert_eq!(r.claim("t.dlq", 0, 10, None, &mut vec![]), Claim::Beyond);
+        assert_eq!(r.claim("u.dlq", 0, 0, None, &mut vec![]), Claim::Beyond);
     }
 
     #[test]
     fn unnamed_records_are_claimed_only_by_the_topics_sole_parker() {
         assert_eq!(
-            redrive("crm", false).claim("t.dlq", 0, 1, &mut vec![]),
+            redrive("crm", false).claim("t.dlq", 0, 1, None, &mut vec![]),
             Claim::NotOurs
         );
         let origin = Origin {
@@ -338,7 +421,7 @@ mod tests {
         };
         let mut bad_source = vec![h(SOURCE, "no-offset")];
         assert_eq!(
-            redrive("crm", true).claim("t.dlq", 0, 1, &mut bad_source),
+            redrive("crm", true).claim("t.dlq", 0, 1, None, &mut bad_source),
             Claim::Ours(origin)
         );
     }

@@ -115,6 +115,8 @@ pub fn spawn_pool(
                 }
                 let _task = g.task();
                 shared.metrics.busy.add(1);
+                let mut first = first;
+                shared.hold(&mut first);
                 // A message whose partition was revoked is given up where
                 // it would start: in `send` (the lease) or in `park`.
                 if first.parking.is_some() {
@@ -155,6 +157,10 @@ fn gather(
             }
             Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
         };
+        let next = next.map(|mut w| {
+            shared.hold(&mut w);
+            w
+        });
         match next {
             Ok(w) if w.parking.is_some() => dlq.park(w),
             Ok(w) if w.solo => return (batch, Some(w)),

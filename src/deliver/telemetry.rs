@@ -373,6 +373,15 @@ impl DeliverTelemetry {
             &[],
             u8::from(self.shared.suspended.load(std::sync::atomic::Ordering::Relaxed)),
         );
+        if let Some(h) = &self.shared.held {
+            p.single(
+                "kbridge_deliver_quarantined_keys",
+                "gauge",
+                "Keys quarantined (on_park = quarantine_key): their messages are parked unsent until replay --key releases them.",
+                &[],
+                h.count(),
+            );
+        }
         p.describe(
             "kbridge_deliver_skipped_total",
             "counter",

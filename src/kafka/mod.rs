@@ -324,12 +324,18 @@ pub fn ensure_topics(
     topics: &[String],
     partitions: i32,
     replication: i32,
+    configs: &[(&str, &str)],
     timeout: Duration,
 ) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .map(|t| {
+            configs.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(replication)),
+                |n, (k, v)| n.set(k, v),
+            )
+        })
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(timeout))

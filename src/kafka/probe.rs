@@ -139,6 +139,7 @@ impl Probe {
                         &missing,
                         plan.partitions,
                         replication,
+                        &[],
                         timeout,
                     ) {
                         Ok(created) => {

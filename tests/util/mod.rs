@@ -473,6 +473,7 @@ pub fn create_replicated_topic(brokers: &str, topic: &str, partitions: i32, repl
         &[topic.to_string()],
         partitions,
         replicas,
+        &[],
         Duration::from_secs(20),
     )
     .unwrap();
