@@ -1,5 +1,6 @@
 //! The benchmark's events: JSON objects of about 220 bytes, each with a
-//! unique string `id`, a `type` (a visit, or an activity such as a click),
+//! unique string `id`, a `type` (a visit, or an activity such as a click,
+//! with the `ip` it came from),
 //! and `ts`, the time it was sent in microseconds since the epoch, so a
 //! sink can measure POST → sink latency.
 
@@ -26,6 +27,17 @@ impl Kind {
 }
 
 const ACTIONS: [&str; 4] = ["click", "scroll", "login", "purchase"];
+/// Where activities come from (public addresses in four countries, and one
+/// private address no geoIP database knows): the demo enriches them.
+const ADDRESSES: [&str; 7] = [
+    "81.2.69.160",
+    "195.201.10.10",
+    "8.8.8.8",
+    "89.160.20.128",
+    "216.160.83.56",
+    "2.125.160.216",
+    "10.0.0.7",
+];
 
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -46,12 +58,13 @@ pub fn write_event(out: &mut Vec<u8>, id: &str, visit: bool, seq: u64, ts_us: u6
     } else {
         let _ = write!(
             out,
-            r#"{{"id":"{id}","type":"{}","user":"user-{user:05}","target":"button#buy-{}","session":"s-{:016x}","value":{}.{:02},"ua":"Mozilla/5.0 (X11; Linux x86_64)","ts":{ts_us}}}"#,
+            r#"{{"id":"{id}","type":"{}","user":"user-{user:05}","target":"button#buy-{}","session":"s-{:016x}","value":{}.{:02},"ip":"{}","ua":"Mozilla/5.0 (X11; Linux x86_64)","ts":{ts_us}}}"#,
             ACTIONS[(seq / 2 % 4) as usize],
             seq % 100,
             seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             seq % 500,
-            seq % 100
+            seq % 100,
+            ADDRESSES[(seq / 8 % 7) as usize]
         );
     }
 }

@@ -26,6 +26,7 @@ mod ops;
 mod quarantine;
 mod redrive;
 mod security;
+mod seed003;
 mod sick_endpoint;
 mod strict_http;
 mod subscriptions;

@@ -81,6 +81,11 @@ pub struct EnrichConfig {
     /// empty `routes` = every message.
     pub route_field: String,
     pub routes: Vec<String>,
+    /// `geoip_database`: in-process geoIP lookups of `geoip_field`, merged
+    /// under `geoip_into` (before the HTTP lookup, when both are set).
+    pub geoip: Option<std::sync::Arc<super::geoip::GeoIp>>,
+    pub geoip_field: String,
+    pub geoip_into: String,
 }
 
 /// The method of the calls (`method`; tombstones with `on_tombstone =
@@ -458,10 +463,30 @@ fn enrich_config(r: &mut crate::config::SectionReader<'_>) -> Option<EnrichConfi
     );
     let route_field = r.string("route_field", "type");
     let routes = comma_list(&r.string("enrich_routes", ""));
-    if url.is_empty() {
+    let databases = comma_list(&r.string("geoip_database", ""));
+    let geoip_field = r.string("geoip_field", "");
+    let geoip_into = r.string("geoip_into", "geo");
+    let geoip = match databases.is_empty() {
+        true => None,
+        false => match super::geoip::GeoIp::open(&databases) {
+            Ok(g) => Some(std::sync::Arc::new(g)),
+            Err(e) => {
+                r.error("geoip_database", e);
+                None
+            }
+        },
+    };
+    if !databases.is_empty() && geoip_field.is_empty() {
+        r.error(
+            "geoip_field",
+            "required with geoip_database: the top-level field holding the address".into(),
+        );
+    }
+    if url.is_empty() && databases.is_empty() {
         return None;
     }
     let field = match (url.find('{'), url.find('}')) {
+        _ if url.is_empty() => String::new(),
         (Some(a), Some(b)) if a < b && b > a + 1 => url[a + 1..b].to_string(),
         _ => {
             r.error(
@@ -483,6 +508,9 @@ fn enrich_config(r: &mut crate::config::SectionReader<'_>) -> Option<EnrichConfi
         on_error,
         route_field,
         routes,
+        geoip,
+        geoip_field,
+        geoip_into,
     })
 }
 

@@ -252,3 +252,25 @@ fn key_quarantine_needs_key_ordering_and_names_its_topic() {
     let e = load(&format!("{base}on_park = hold\n")).1.to_string();
     assert!(e.contains("[deliver] on_park:"), "{e}");
 }
+
+#[test]
+fn geoip_needs_a_database_and_the_field_holding_the_address() {
+    let base = "[deliver]\ngroup_id = g\ntopics = a\ntarget_url = http://h/x\n";
+    let e = load(&format!("{base}geoip_database = /nonexistent/city.mmdb\n"))
+        .1
+        .to_string();
+    assert!(
+        e.contains("[deliver] geoip_database: /nonexistent/city.mmdb: not a MaxMind database"),
+        "{e}"
+    );
+    assert!(
+        e.contains("[deliver] geoip_field: required with geoip_database"),
+        "{e}"
+    );
+    let (c, e) = load(base);
+    assert!(e.0.is_empty(), "{e}");
+    assert!(
+        c.unwrap().enrich.is_none(),
+        "no enrichment stage by default"
+    );
+}

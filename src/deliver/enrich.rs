@@ -3,6 +3,8 @@
 //! `enrich_url` with its `{field}` filled from the message, merge the JSON
 //! answer under `enrich_into`, and cache answers for `enrich_cache_ttl_s`.
 //! Messages whose `route_field` is not in `enrich_routes` bypass the stage.
+//! With `geoip_database` the stage looks addresses up in process first
+//! (see `geoip`); `enrich_url` may then be left out.
 //! A failed lookup either lets the message go on unenriched, or retries it
 //! with backoff and parks it in the dead-letter topic after `max_retries`.
 
@@ -64,8 +66,29 @@ pub fn spawn_pool(
                     Err(RecvTimeoutError::Timeout) if shared.stop.is_stopped() => return,
                     Err(RecvTimeoutError::Timeout) => continue,
                 };
+                // Already to be parked (not JSON, say): nothing to look up.
+                if w.parking.is_some() {
+                    forward(&shared, w);
+                    continue;
+                }
                 let _t = g.task();
                 shared.metrics.busy.add(1);
+                if let Some(geo) = &e.geoip {
+                    let found = field_value(&w.msg.payload, &e.geoip_field)
+                        .and_then(|address| geo.lookup(&address));
+                    match found.and_then(|r| merge(&w.msg.payload, &e.geoip_into, r)) {
+                        Some(merged) => {
+                            w.msg.payload = merged;
+                            shared.metrics.enriched.inc();
+                        }
+                        None => shared.metrics.geoip_misses.inc(),
+                    }
+                }
+                if e.url.is_empty() {
+                    forward(&shared, w);
+                    shared.metrics.busy.add(-1);
+                    continue;
+                }
                 let auth = shared.config.outbound.enrich_authorization.as_ref();
                 match lookup(&agent, auth, &cache, &e, &w.msg.payload) {
                     Ok(Some(answer)) => {
@@ -288,6 +311,9 @@ mod tests {
             on_error: EnrichFailure::Deliver,
             route_field: "type".into(),
             routes: routes.iter().map(|s| s.to_string()).collect(),
+            geoip: None,
+            geoip_field: String::new(),
+            geoip_into: "geo".into(),
         }
     }
 

@@ -28,6 +28,7 @@ mod consumer;
 mod dlq;
 mod enrich;
 pub mod filter;
+pub mod geoip;
 mod lanes;
 pub mod outbound;
 pub mod quarantine;

@@ -40,6 +40,8 @@ pub struct DeliverMetrics {
     pub abandoned: Counter,
     pub enriched: Counter,
     pub enrich_errors: Counter,
+    /// Messages the geoIP lookup left as they were (no address, none found).
+    pub geoip_misses: Counter,
     /// Senders inside a call (or parking).
     pub busy: Gauge,
     /// Messages waiting for their retry time or their lane.
@@ -285,7 +287,7 @@ impl DeliverTelemetry {
     fn render(&self, out: &mut String) {
         let m = &self.shared.metrics;
         let mut p = Prom::new(out);
-        let counters: [(&str, &str, &Counter); 16] = [
+        let counters: [(&str, &str, &Counter); 17] = [
             (
                 "kbridge_deliver_consumed_total",
                 "Messages consumed.",
@@ -356,6 +358,11 @@ impl DeliverTelemetry {
                 "kbridge_deliver_enrich_errors_total",
                 "Failed enrichment lookups.",
                 &m.enrich_errors,
+            ),
+            (
+                "kbridge_deliver_geoip_misses_total",
+                "Messages geoip_database left as they were: no address in geoip_field, not an address, or in no database.",
+                &m.geoip_misses,
             ),
             (
                 "kbridge_deliver_stats_total",
