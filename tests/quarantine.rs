@@ -195,3 +195,66 @@ fn a_quarantined_key_stays_parked_in_order_across_kill_9_until_its_replay_releas
     bin.sigterm();
     assert_eq!(bin.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
+
+#[test]
+fn a_member_that_takes_the_partition_over_holds_the_key_another_quarantined() {
+    let b = brokers();
+    let topic = unique_topic("quar-rb");
+    create_topic(&b, &topic, 1);
+    let sink = Sink::start(Arc::new(|call, _| {
+        let refused = call.ids().first().is_some_and(|id| id == "a-1");
+        Reply::status(if refused { 400 } else { 200 })
+    }));
+    let group = unique_topic("g");
+    let ini = |admin: u16| {
+        format!(
+            "[kafka]\nbrokers = {b}\n[admin]\nlisten = 127.0.0.1:{admin}\n\
+             [subscription.orders]\ngroup_id = {group}\ntopics = {topic}\ntarget_url = {}\n\
+             ordering = key\non_park = quarantine_key\ncommit_interval_ms = 200\n",
+            sink.url
+        )
+    };
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let (dir_a, dir_b) = (TempDir::new("quar-a"), TempDir::new("quar-b"));
+    let bin_a = spawn_bin(&ini(admin_a), &dir_a);
+    wait_ready(&format!("http://127.0.0.1:{admin_a}"));
+    // B is in the group before anything is quarantined, and idle (one
+    // partition, which A holds).
+    let mut bin_b = spawn_bin(&ini(admin_b), &dir_b);
+    wait_until("B joined the group, idle", Duration::from_secs(30), || {
+        let url = format!("http://127.0.0.1:{admin_b}/metrics");
+        agent()
+            .get(&url)
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .is_some_and(|m| {
+                m.contains("kbridge_deliver_members_without_partitions{subscription=\"orders\"} 1")
+            })
+    });
+    produce(
+        &b,
+        &topic,
+        &keyed(&[("a", "a-0"), ("a", "a-1"), ("a", "a-2")]),
+    );
+    let dlq = format!("{topic}.dlq");
+    read_exactly(&b, &dlq, 2);
+    wait_until("A committed all 3", Duration::from_secs(30), || {
+        committed(&b, &group, &topic, 1) == [3]
+    });
+    // A leaves; B takes the partition over and holds `a` as A did.
+    let mut bin_a = bin_a;
+    bin_a.sigterm();
+    assert_eq!(bin_a.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    produce(&b, &topic, &keyed(&[("a", "a-3"), ("c", "c-0")]));
+    wait_delivered(&sink, &["c-0".to_string()], Duration::from_secs(60));
+    let parked = read_exactly(&b, &dlq, 3);
+    assert_eq!(parked[2].value_str(), "{\"id\":\"a-3\"}");
+    assert_eq!(
+        parked[2].header("kbridge-dlq-reason"),
+        format!("quarantined after {topic}/0@1")
+    );
+    assert!(!sink.delivered().iter().any(|d| d == "a-2" || d == "a-3"));
+    bin_b.sigterm();
+    assert_eq!(bin_b.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
