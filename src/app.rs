@@ -28,6 +28,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "log",
     "ingest",
     "ingest.routes",
+    "ingest.formats",
     "ingest.producer",
     "deliver",
     "deliver.consumer",
@@ -90,6 +91,7 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
     let collect = CollectConfig::from_document(&doc, &mut errors);
     for (sub, parent) in [
         ("ingest.routes", ingest.is_some()),
+        ("ingest.formats", ingest.is_some()),
         ("ingest.producer", ingest.is_some()),
         ("deliver.consumer", deliver.is_some()),
         ("collect.consumer", collect.is_some()),

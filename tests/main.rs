@@ -18,6 +18,7 @@ mod hostile;
 mod hostile_records;
 mod hostile_sink;
 mod ingest;
+mod ingest_formats;
 mod ingest_tls;
 mod interop;
 mod kafka_security;

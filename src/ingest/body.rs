@@ -44,6 +44,12 @@ pub struct Span {
 pub enum BodyError {
     #[error("unsupported Content-Type {0:?}: expected application/json or application/x-ndjson")]
     ContentType(String),
+    #[error(
+        "unsupported Content-Type {0:?}: a text route takes text/plain (UTF-8) or application/x-ndjson (a record per line)"
+    )]
+    TextContentType(String),
+    #[error("empty body: this route takes the body as its record")]
+    EmptyRecord,
     #[error("unsupported Content-Encoding {0:?}: expected gzip or identity")]
     ContentEncoding(String),
     #[error("body exceeds max_body_bytes ({max} bytes)")]
@@ -95,7 +101,9 @@ pub enum BodyError {
 impl BodyError {
     pub fn status(&self) -> u16 {
         match self {
-            BodyError::ContentType(_) | BodyError::ContentEncoding(_) => 415,
+            BodyError::ContentType(_)
+            | BodyError::TextContentType(_)
+            | BodyError::ContentEncoding(_) => 415,
             BodyError::TooLarge { .. }
             | BodyError::InflatesTooLarge { .. }
             | BodyError::RecordTooLarge { .. }
@@ -373,7 +381,7 @@ pub fn exercise(input: &[u8]) {
 }
 
 /// 1-based line and column (in bytes) of `offset`.
-fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
+pub(super) fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
     let before = &bytes[..offset.min(bytes.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
     let column = offset

@@ -22,6 +22,8 @@ pub enum AckMode {
 pub struct Route {
     pub stream: String,
     pub topic: String,
+    /// What it takes and writes (`[ingest.formats]`).
+    pub format: super::raw::RouteFormat,
 }
 
 /// Seed 004's producer settings and our defaults for them; any other
@@ -150,6 +152,7 @@ impl IngestConfig {
             .map(|e| Route {
                 stream: e.key.clone(),
                 topic: e.value.clone(),
+                format: super::raw::RouteFormat::Json,
             })
             .collect();
         for route in &routes {
@@ -176,14 +179,17 @@ impl IngestConfig {
                 Route {
                     stream: "visit".into(),
                     topic: "visits".into(),
+                    format: super::raw::RouteFormat::Json,
                 },
                 Route {
                     stream: "activity".into(),
                     topic: "activities".into(),
+                    format: super::raw::RouteFormat::Json,
                 },
             ];
         }
         rr.finish();
+        super::raw::read_formats(doc, errors, &mut routes);
 
         let mut r = doc.reader("ingest", errors);
         let listen = r.socket_addr("listen", "0.0.0.0:8080");

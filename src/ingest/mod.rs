@@ -26,6 +26,7 @@ pub mod config;
 mod cost;
 pub mod idempotency;
 pub mod produce;
+pub mod raw;
 mod scan;
 mod server;
 mod telemetry;
@@ -61,6 +62,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct RouteState {
     pub stream: String,
     pub topic: Arc<str>,
+    pub format: raw::RouteFormat,
 }
 
 /// State the HTTP threads and the delivery callbacks share (read-mostly).
@@ -189,6 +191,7 @@ pub fn spawn(
             RouteState {
                 stream: r.stream.clone(),
                 topic: Arc::from(r.topic.as_str()),
+                format: r.format,
             }
         })
         .collect();

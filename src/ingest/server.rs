@@ -21,6 +21,7 @@ use super::config::AckMode;
 use super::cost;
 use super::idempotency::{Answer, Begin, Window};
 use super::produce::{Job, Pending};
+use super::raw::RouteFormat;
 use crate::http::{self, error_reply, header_value, json_reply, with_header, with_retry_after};
 
 const HEADER_PREFIX: &str = "x-kafka-header-";
@@ -253,7 +254,17 @@ fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Resul
         (e.status(), e.to_string(), extra)
     };
     let partition = parse_query(shared, query, route)?;
-    let format = body::format_of(header_value(req, "Content-Type")).map_err(body_err)?;
+    let route_format = shared.routes[route].format;
+    // JSON routes (the common case) judge the type here, without a copy.
+    let (format, content_type) = match route_format {
+        RouteFormat::Json => (
+            Some(body::format_of(header_value(req, "Content-Type")).map_err(body_err)?),
+            None,
+        ),
+        RouteFormat::Text | RouteFormat::Binary => {
+            (None, header_value(req, "Content-Type").map(str::to_string))
+        }
+    };
     let encoding = header_value(req, "Content-Encoding").map(str::to_string);
     let key = header_value(req, "X-Kafka-Key").map(str::to_string);
     let headers: Vec<(String, Vec<u8>)> = req
@@ -323,8 +334,15 @@ fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Resul
     };
     let scratch = cost::records_bound(&decoded, limits.max_records) * cost::SPLIT_SCRATCH;
     cost::grow(&mut charge, scratch, budget).map_err(refused)?;
-    let (_, spans) = body::split(&decoded, format, shared.config.key_field.as_deref(), limits)
-        .map_err(body_err)?;
+    let spans = match format {
+        Some(format) => {
+            body::split(&decoded, format, shared.config.key_field.as_deref(), limits)
+                .map_err(body_err)?
+                .1
+        }
+        None => super::raw::records(&decoded, route_format, content_type.as_deref(), limits)
+            .map_err(body_err)?,
+    };
     charge.shrink(scratch);
     let records = cost::of_records(&spans, key.as_deref(), &headers);
     cost::grow(&mut charge, records, budget).map_err(refused)?;
