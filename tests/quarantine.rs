@@ -10,22 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use crate::util::process::{spawn_bin, wait_ready};
+use crate::util::process::{replay_subscription, spawn_bin, wait_ready};
 use crate::util::sink::{Reply, Sink};
 use crate::util::*;
 
-/// Runs `kbridge replay --subscription <name> [args]`; (exit code, output).
+/// `kbridge replay --subscription orders [args]`: (exit code, output).
 fn replay(ini: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(kbridge_bin())
-        .args(["replay", "--config"])
-        .arg(ini)
-        .args(["--subscription", "orders"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    replay_subscription(ini, "orders", args)
 }
 
 fn keyed(items: &[(&str, &str)]) -> Vec<(Option<String>, String)> {

@@ -9,22 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use crate::util::process::{spawn_bin, wait_ready};
+use crate::util::process::{replay_subscription, spawn_bin, wait_ready};
 use crate::util::sink::{Reply, Sink};
 use crate::util::*;
-
-/// Runs `kbridge replay --subscription <name>`; (exit code, stdout + stderr).
-fn redrive(ini: &std::path::Path, name: &str) -> (Option<i32>, String) {
-    let out = std::process::Command::new(kbridge_bin())
-        .args(["replay", "--config"])
-        .arg(ini)
-        .args(["--subscription", name])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
-}
 
 #[test]
 fn redrive_sends_one_subscriptions_parked_messages_to_its_endpoint_only() {
@@ -91,7 +78,7 @@ fn redrive_sends_one_subscriptions_parked_messages_to_its_endpoint_only() {
     // The running process stays: its groups must see nothing again.
     phase.store(1, Ordering::SeqCst);
     let path = dir.0.join("config.ini");
-    let (code, text) = redrive(&path, "crm");
+    let (code, text) = replay_subscription(&path, "crm", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains(
@@ -145,16 +132,16 @@ fn redrive_sends_one_subscriptions_parked_messages_to_its_endpoint_only() {
 
     // The next run takes only what was parked since.
     phase.store(2, Ordering::SeqCst);
-    let (code, text) = redrive(&path, "crm");
+    let (code, text) = replay_subscription(&path, "crm", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("redrove 1 parked records to subscription crm: 1 delivered, 0 parked again"),
         "{text}"
     );
-    let (code, text) = redrive(&path, "crm");
+    let (code, text) = replay_subscription(&path, "crm", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("redrove 0 parked records"), "{text}");
-    let (code, text) = redrive(&path, "nobody");
+    let (code, text) = replay_subscription(&path, "nobody", &[]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("no subscription \"nobody\""), "{text}");
     bin.sigterm();

@@ -120,3 +120,22 @@ pub fn wait_ready(admin_url: &str) {
             .is_ok_and(|r| r.status() == 200)
     });
 }
+
+/// Runs `kbridge replay --config <ini> --subscription <name> [more]`;
+/// (exit code, stdout + stderr).
+pub fn replay_subscription(
+    ini: &std::path::Path,
+    name: &str,
+    more: &[&str],
+) -> (Option<i32>, String) {
+    let out = Command::new(kbridge_bin())
+        .args(["replay", "--config"])
+        .arg(ini)
+        .args(["--subscription", name])
+        .args(more)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
