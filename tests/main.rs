@@ -26,6 +26,7 @@ mod old_brokers;
 mod ops;
 mod quarantine;
 mod redrive;
+mod restproxy;
 mod security;
 mod seed003;
 mod sick_endpoint;

@@ -33,11 +33,13 @@ pub enum Format {
 }
 
 /// One record: its byte range in the body and the key taken from the
-/// configured `key_field`, if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// configured `key_field`, if any (or its own key and partition, from a
+/// REST Proxy envelope).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Span {
     pub range: Range<usize>,
-    pub key: Option<String>,
+    pub key: Option<Vec<u8>>,
+    pub partition: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,12 +249,13 @@ pub fn split<'a>(
         // minus the start of the body.
         let start = s.as_ptr() as usize - text.as_ptr() as usize;
         let key = match key_field {
-            Some(field) => key_of(s, field),
+            Some(field) => key_of(s, field).map(String::into_bytes),
             None => None,
         };
         spans.push(Span {
             range: start..start + s.len(),
             key,
+            partition: None,
         });
     }
     Ok((text, spans))

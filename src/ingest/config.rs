@@ -120,6 +120,9 @@ pub struct IngestConfig {
     pub max_json_depth: usize,
     /// JSON field whose value keys the record when no `X-Kafka-Key` is sent.
     pub key_field: Option<String>,
+    /// `rest_proxy_topics`: the topics the REST Proxy v2 produce API may
+    /// write (empty: the API is off).
+    pub rest_proxy_topics: Vec<String>,
     /// 0 disables idempotency keys.
     pub idempotency_window: Duration,
     pub idempotency_max_keys: usize,
@@ -210,6 +213,13 @@ impl IngestConfig {
         let max_records = r.int("max_records", 10_000usize, 1..=10_000_000);
         let max_json_depth = r.int("max_json_depth", 64usize, 1..=128);
         let key_field = r.string("key_field", "");
+        let rest_proxy_topics = crate::config::ini::comma_list(&r.string("rest_proxy_topics", ""));
+        if let Some(bad) = rest_proxy_topics.iter().find(|t| !valid_topic(t)) {
+            r.error(
+                "rest_proxy_topics",
+                format!("expected comma-separated Kafka topic names, got {bad:?}"),
+            );
+        }
         let idempotency_window_s = r.int("idempotency_window_s", 300u64, 0..=86_400);
         let idempotency_max_keys = r.int("idempotency_max_keys", 100_000usize, 1..=10_000_000);
         let idempotency_max_bytes = r.int("idempotency_max_bytes", 64usize << 20, 1024..=1 << 40);
@@ -222,7 +232,7 @@ impl IngestConfig {
         let auth_tokens_file =
             (!auth_tokens_file.is_empty()).then(|| PathBuf::from(auth_tokens_file));
         if let Some(path) = &auth_tokens_file {
-            let streams: Vec<String> = routes.iter().map(|r| r.stream.clone()).collect();
+            let streams = stream_names(&routes, &rest_proxy_topics);
             if let Err(e) = super::auth::parse_file(path, &streams) {
                 r.error("auth_tokens_file", e);
             }
@@ -307,6 +317,7 @@ impl IngestConfig {
             max_json_depth,
             max_record_bytes,
             key_field: (!key_field.is_empty()).then_some(key_field),
+            rest_proxy_topics,
             idempotency_window: Duration::from_secs(idempotency_window_s),
             idempotency_max_keys,
             idempotency_max_bytes,
@@ -321,12 +332,26 @@ impl IngestConfig {
         })
     }
 
+    /// The route names tokens are scoped to: each stream, then
+    /// `topics/<topic>` for each REST Proxy topic.
+    pub fn streams(&self) -> Vec<String> {
+        stream_names(&self.routes, &self.rest_proxy_topics)
+    }
+
     pub fn topics(&self) -> Vec<String> {
         let mut t: Vec<String> = self.routes.iter().map(|r| r.topic.clone()).collect();
+        t.extend(self.rest_proxy_topics.iter().cloned());
         t.sort();
         t.dedup();
         t
     }
+}
+
+fn stream_names(routes: &[Route], rest_proxy_topics: &[String]) -> Vec<String> {
+    let native = routes.iter().map(|r| r.stream.clone());
+    native
+        .chain(rest_proxy_topics.iter().map(|t| format!("topics/{t}")))
+        .collect()
 }
 
 #[cfg(test)]

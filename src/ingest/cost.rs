@@ -97,7 +97,8 @@ mod tests {
     fn span(len: usize, key: Option<&str>) -> Span {
         Span {
             range: 0..len,
-            key: key.map(str::to_string),
+            key: key.map(|k| k.as_bytes().to_vec()),
+            partition: None,
         }
     }
 

@@ -27,6 +27,8 @@ mod cost;
 pub mod idempotency;
 pub mod produce;
 pub mod raw;
+mod request;
+pub mod restproxy;
 mod scan;
 mod server;
 mod telemetry;
@@ -63,6 +65,8 @@ pub(crate) struct RouteState {
     pub stream: String,
     pub topic: Arc<str>,
     pub format: raw::RouteFormat,
+    /// `POST /topics/<topic>` of the REST Proxy v2 API (`rest_proxy_topics`).
+    pub rest_proxy: bool,
 }
 
 /// State the HTTP threads and the delivery callbacks share (read-mostly).
@@ -108,8 +112,7 @@ pub fn spawn(
     let auth = match &config.auth_tokens_file {
         None => None,
         Some(path) => {
-            let streams: Vec<String> = config.routes.iter().map(|r| r.stream.clone()).collect();
-            let auth = auth::Auth::open(path, &streams)
+            let auth = auth::Auth::open(path, &config.streams())
                 .map_err(|e| anyhow::anyhow!("[ingest] auth_tokens_file: {e}"))?;
             Some(Arc::new(auth))
         }
@@ -181,7 +184,7 @@ pub fn spawn(
         })
     };
     let mut paths = HashMap::new();
-    let routes: Vec<RouteState> = config
+    let mut routes: Vec<RouteState> = config
         .routes
         .iter()
         .enumerate()
@@ -192,9 +195,20 @@ pub fn spawn(
                 stream: r.stream.clone(),
                 topic: Arc::from(r.topic.as_str()),
                 format: r.format,
+                rest_proxy: false,
             }
         })
         .collect();
+    // The REST Proxy topics are routes too (tokens, metrics, budgets).
+    for t in &config.rest_proxy_topics {
+        paths.insert(format!("/topics/{t}"), routes.len());
+        routes.push(RouteState {
+            stream: format!("topics/{t}"),
+            topic: Arc::from(t.as_str()),
+            format: raw::RouteFormat::Json,
+            rest_proxy: true,
+        });
+    }
     let head_check = auth.as_ref().map(|a| {
         let slot = slot.clone();
         server::head_check(a.clone(), paths.clone(), move |route, status| {
@@ -337,9 +351,18 @@ impl Shared {
             }
             return;
         };
-        let (status, body) = produce::answer(&p.topic, &outcomes);
+        let (status, body, content_type) = match self.routes[p.route].rest_proxy {
+            true => {
+                let (status, body) = restproxy::answer(&outcomes);
+                (status, body, restproxy::CONTENT_TYPE)
+            }
+            false => {
+                let (status, body) = produce::answer(&p.topic, &outcomes);
+                (status, body, "application/json")
+            }
+        };
         self.finish_idempotent(p.idempotency.as_ref(), status, &body);
-        let mut reply = crate::http::body(status, "application/json", body.into_bytes());
+        let mut reply = crate::http::body(status, content_type, body.into_bytes());
         if status == 503 {
             reply = with_retry_after(reply, 1);
         }

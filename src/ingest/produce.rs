@@ -204,12 +204,17 @@ pub fn produce(producer: &Producer, job: Job, queue_wait: Duration, on_queue_ful
     let topic: &str = &topic;
     for (i, span) in job.spans.iter().enumerate() {
         let payload = &job.body[span.range.clone()];
-        let mut record: BaseRecord<'_, str, [u8], _> =
+        let mut record: BaseRecord<'_, [u8], [u8], _> =
             BaseRecord::with_opaque_to(topic, Box::new((job.pending.clone(), i))).payload(payload);
-        if let Some(k) = job.key.as_deref().or(span.key.as_deref()) {
+        if let Some(k) = job
+            .key
+            .as_deref()
+            .map(str::as_bytes)
+            .or(span.key.as_deref())
+        {
             record = record.key(k);
         }
-        if let Some(p) = job.partition {
+        if let Some(p) = span.partition.or(job.partition) {
             record = record.partition(p);
         }
         if let Some(h) = &headers {

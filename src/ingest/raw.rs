@@ -58,7 +58,11 @@ pub fn records(
                 max: limits.max_bytes,
             });
         }
-        spans.push(Span { range, key: None });
+        spans.push(Span {
+            range,
+            key: None,
+            partition: None,
+        });
         Ok(())
     };
     if !lines {

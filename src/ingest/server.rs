@@ -16,18 +16,13 @@ use tiny_http::{Method, Request};
 
 use super::Shared;
 use super::auth::Denied;
-use super::body::{self, BodyError};
 use super::config::AckMode;
-use super::cost;
 use super::idempotency::{Answer, Begin, Window};
 use super::produce::{Job, Pending};
-use super::raw::RouteFormat;
+use super::request::{Parsed, parse};
+use super::restproxy;
 use crate::http::{self, error_reply, header_value, json_reply, with_header, with_retry_after};
 
-const HEADER_PREFIX: &str = "x-kafka-header-";
-/// Record headers of this prefix are kbridge's own (retry and dead-letter
-/// bookkeeping); clients cannot set them.
-const RESERVED_PREFIX: &str = "kbridge-";
 /// Longest `Idempotency-Key` accepted, in bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -72,7 +67,16 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
     let (path, query) = http::split_url(req.url());
     let (path, query) = (path.to_string(), query.to_string());
     let path = path.as_str();
-    let route = shared.paths.get(path).copied();
+    let (route, path_partition) = match restproxy::route_of(&shared.paths, path) {
+        Some((r, p)) => (Some(r), p.map(str::to_string)),
+        None => (None, None),
+    };
+    let rest = route.is_some_and(|r| shared.routes[r].rest_proxy);
+    // Refusals in the shape the route's clients read.
+    let refuse = |status: u16, msg: &str, extra: serde_json::Value| match rest {
+        true => restproxy::error_reply(status, msg, extra["error_code"].as_u64()),
+        false => error_reply(status, msg, extra),
+    };
     // The server checked the token from the head, before reading the body
     // (`head_check`): what arrives here is authenticated.
     let who = match &shared.auth {
@@ -89,20 +93,25 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
         debug!(target: "kbridge::ingest::access", "{name}: {} {path}", req.method());
     }
     let Some(route) = route else {
+        if let Some((topic, _)) = restproxy::topic_path(path) {
+            let msg = format!("topic {topic} not found (it is not in [ingest] rest_proxy_topics)");
+            let r = restproxy::error_reply(404, &msg, Some(40401));
+            return shared.reply(req, None, started, r);
+        }
         let msg = format!("no route for {path}; routes: {}", shared.route_list());
         return shared.reply(req, None, started, error_reply(404, &msg, json!({})));
     };
     if *req.method() != Method::Post {
         let msg = format!("method {} not allowed on {path}: use POST", req.method());
-        let r = with_header(error_reply(405, &msg, json!({})), "Allow", "POST");
+        let r = with_header(refuse(405, &msg, json!({})), "Allow", "POST");
         return shared.reply(req, Some(route), started, r);
     }
-    let parsed = match parse(shared, &mut req, &query, route) {
+    let parsed = match parse(shared, &mut req, &query, route, path_partition.as_deref()) {
         Ok(p) => p,
         Err((status, msg, extra)) => {
             // The server read the whole body before this handler saw it, so
             // the connection's framing is intact: it stays open.
-            let mut r = error_reply(status, &msg, extra);
+            let mut r = refuse(status, &msg, extra);
             if status == 503 {
                 r = with_retry_after(r, 1);
             }
@@ -121,7 +130,7 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
                 "Idempotency-Key: expected 1 to {MAX_IDEMPOTENCY_KEY} bytes, got {}",
                 key.len()
             );
-            return shared.reply(req, Some(route), started, error_reply(400, &msg, json!({})));
+            return shared.reply(req, Some(route), started, refuse(400, &msg, json!({})));
         }
         // One client cannot replay (and read) another's answer, nor evict
         // another's keys: each token name has a window of its own.
@@ -139,12 +148,12 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             Begin::Parked => return,
             Begin::Replay(answer, r) => {
                 shared.metrics.idempotent_replays.inc();
+                let content_type = match rest {
+                    true => restproxy::CONTENT_TYPE,
+                    false => "application/json",
+                };
                 let reply = with_header(
-                    http::body(
-                        answer.status,
-                        "application/json",
-                        answer.body.as_bytes().to_vec(),
-                    ),
+                    http::body(answer.status, content_type, answer.body.as_bytes().to_vec()),
                     "Idempotent-Replayed",
                     "true",
                 );
@@ -152,7 +161,7 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             }
             Begin::Mismatch(r) => {
                 let msg = format!("Idempotency-Key {key:?} was used with a different request");
-                return shared.reply(r, Some(route), started, error_reply(422, &msg, json!({})));
+                return shared.reply(r, Some(route), started, refuse(422, &msg, json!({})));
             }
         };
         ticket = Some(Ticket {
@@ -208,10 +217,14 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
         Err(SendTimeoutError::Timeout(job) | SendTimeoutError::Disconnected(job)) => {
             shared.metrics.channel_full.inc();
             let req = here.or_else(|| job.pending.reply.lock().ok().and_then(|mut r| r.take()));
-            let body = json!({
-                "status": 503,
-                "error": format!("ingest is saturated: the request channel stayed full for {} ms; nothing of this request is stored", shared.config.enqueue_timeout.as_millis()),
-            });
+            let msg = format!(
+                "ingest is saturated: the request channel stayed full for {} ms; nothing of this request is stored",
+                shared.config.enqueue_timeout.as_millis()
+            );
+            let body = match rest {
+                true => json!({ "error_code": 503, "message": msg }),
+                false => json!({ "status": 503, "error": msg }),
+            };
             shared.finish_idempotent(
                 kept.as_ref().or(job.pending.idempotency.as_ref()),
                 503,
@@ -227,182 +240,6 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
             }
         }
     }
-}
-
-/// A request that passed every check.
-struct Parsed {
-    body: Vec<u8>,
-    spans: Vec<body::Span>,
-    partition: Option<i32>,
-    key: Option<String>,
-    headers: Vec<(String, Vec<u8>)>,
-    /// What the request holds of the budget (see `cost`).
-    charge: tiny_http::Reservation,
-}
-
-type Reject = (u16, String, serde_json::Value);
-
-fn parse(shared: &Shared, req: &mut Request, query: &str, route: usize) -> Result<Parsed, Reject> {
-    let body_err = |e: BodyError| {
-        let mut extra = json!({});
-        if let Some((line, column)) = e.position() {
-            extra = json!({ "line": line, "column": column });
-        }
-        if let Some(i) = e.record() {
-            extra["record"] = json!(i);
-        }
-        (e.status(), e.to_string(), extra)
-    };
-    let partition = parse_query(shared, query, route)?;
-    let route_format = shared.routes[route].format;
-    // JSON routes (the common case) judge the type here, without a copy.
-    let (format, content_type) = match route_format {
-        RouteFormat::Json => (
-            Some(body::format_of(header_value(req, "Content-Type")).map_err(body_err)?),
-            None,
-        ),
-        RouteFormat::Text | RouteFormat::Binary => {
-            (None, header_value(req, "Content-Type").map(str::to_string))
-        }
-    };
-    let encoding = header_value(req, "Content-Encoding").map(str::to_string);
-    let key = header_value(req, "X-Kafka-Key").map(str::to_string);
-    let headers: Vec<(String, Vec<u8>)> = req
-        .headers()
-        .iter()
-        .filter_map(|h| {
-            let name = h.field.as_str().as_str();
-            let suffix = name.get(HEADER_PREFIX.len()..)?;
-            (name[..HEADER_PREFIX.len()].eq_ignore_ascii_case(HEADER_PREFIX) && !suffix.is_empty())
-                .then(|| (suffix.to_string(), h.value.as_str().as_bytes().to_vec()))
-        })
-        .collect();
-    if let Some((name, _)) = headers.iter().find(|(n, _)| {
-        n.len() >= RESERVED_PREFIX.len()
-            && n[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
-    }) {
-        return Err((
-            400,
-            format!(
-                "header X-Kafka-Header-{name}: record headers named {RESERVED_PREFIX}* are kbridge's own"
-            ),
-            json!({}),
-        ));
-    }
-
-    let max = shared.config.limits.max_body_bytes;
-    let budget = shared.budget.max();
-    let refused = |r: cost::Refused| {
-        let (status, msg) = r.reply();
-        (status, msg, json!({}))
-    };
-    // The body as the server charged it, then everything it grows into.
-    let mut charge = match req.take_reservation().or_else(|| shared.budget.reserve(0)) {
-        Some(c) => c,
-        None => return Err(refused(cost::Refused::Busy)),
-    };
-    let wire = req
-        .take_body()
-        .map_err(|e| (400, format!("cannot read the request body: {e}"), json!({})))?;
-    if wire.len() > max {
-        return Err(body_err(BodyError::TooLarge { max }));
-    }
-    let mut over = None;
-    let decoded = body::decode_charged(encoding.as_deref(), wire, max, &mut |n| match cost::grow(
-        &mut charge,
-        n,
-        budget,
-    ) {
-        Ok(()) => true,
-        Err(r) => {
-            over = Some(r);
-            false
-        }
-    });
-    let decoded = match (decoded, over) {
-        (Ok(d), _) => d,
-        (Err(_), Some(r)) => return Err(refused(r)),
-        (Err(e), None) => return Err(body_err(e)),
-    };
-    // From here the body held is the decoded one (inflated, the wire form
-    // it came from is gone; identity hands the wire form on).
-    charge.shrink(charge.bytes().saturating_sub(decoded.len()));
-    let limits = body::RecordLimits {
-        max_bytes: shared.config.max_record_bytes,
-        max_records: shared.config.max_records,
-        max_depth: shared.config.max_json_depth,
-    };
-    let scratch = cost::records_bound(&decoded, limits.max_records) * cost::SPLIT_SCRATCH;
-    cost::grow(&mut charge, scratch, budget).map_err(refused)?;
-    let spans = match format {
-        Some(format) => {
-            body::split(&decoded, format, shared.config.key_field.as_deref(), limits)
-                .map_err(body_err)?
-                .1
-        }
-        None => super::raw::records(&decoded, route_format, content_type.as_deref(), limits)
-            .map_err(body_err)?,
-    };
-    charge.shrink(scratch);
-    let records = cost::of_records(&spans, key.as_deref(), &headers);
-    cost::grow(&mut charge, records, budget).map_err(refused)?;
-    Ok(Parsed {
-        body: decoded,
-        spans,
-        partition,
-        key,
-        headers,
-        charge,
-    })
-}
-
-/// `?partition=N`, checked against the partition count last seen.
-fn parse_query(shared: &Shared, query: &str, route: usize) -> Result<Option<i32>, Reject> {
-    let mut partition = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "partition" => {
-                let p: i32 = v.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
-                    (
-                        400,
-                        format!(
-                            "query parameter partition: expected a partition number >= 0, got {v:?}"
-                        ),
-                        json!({}),
-                    )
-                })?;
-                let topic = &shared.routes[route].topic;
-                if let Some(n) = shared.probe.partitions(topic)
-                    && p >= n
-                {
-                    return Err((
-                        400,
-                        format!(
-                            "query parameter partition: topic {topic} has {n} partitions (0..={}), got {p}",
-                            n - 1
-                        ),
-                        json!({}),
-                    ));
-                }
-                if partition.replace(p).is_some() {
-                    return Err((
-                        400,
-                        "query parameter partition given more than once".into(),
-                        json!({}),
-                    ));
-                }
-            }
-            other => {
-                return Err((
-                    400,
-                    format!("unknown query parameter {other:?}: only partition is accepted"),
-                    json!({}),
-                ));
-            }
-        }
-    }
-    Ok(partition)
 }
 
 /// 401 (one answer whatever was wrong) or 403 (a token for other routes).
@@ -432,7 +269,7 @@ pub(crate) fn head_check(
 ) -> tiny_http::HeadCheck {
     Arc::new(move |method, target, headers| {
         let (path, _) = http::split_url(target);
-        let route = paths.get(path).copied();
+        let route = restproxy::route_of(&paths, path).map(|(r, _)| r);
         let mut given = headers
             .iter()
             .filter(|h| h.field.equiv("Authorization"))
@@ -466,7 +303,7 @@ fn http_reply(r: tiny_http::Refusal) -> http::Reply {
 /// What makes two requests "the same" for an idempotency key.
 fn body_hash(route: usize, p: &Parsed) -> u64 {
     let mut h = DefaultHasher::new();
-    (route, &p.body, p.partition, &p.key, &p.headers).hash(&mut h);
+    (route, &p.body, &p.spans, p.partition, &p.key, &p.headers).hash(&mut h);
     h.finish()
 }
 
@@ -509,7 +346,10 @@ impl Shared {
     fn route_list(&self) -> String {
         self.routes
             .iter()
-            .map(|r| format!("POST /api/{}/v1/", r.stream))
+            .map(|r| match r.rest_proxy {
+                true => format!("POST /{}", r.stream),
+                false => format!("POST /api/{}/v1/", r.stream),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -1,0 +1,230 @@
+//! One ingest request → its records: route checks (`?partition=`, record
+//! headers), the body as the budget charges it (decoded, split), and what
+//! the route takes — JSON records, text or binary ones, or REST Proxy v2
+//! envelopes. Every problem is a refusal (status, message, extra fields),
+//! found before anything is enqueued.
+
+use serde_json::json;
+use tiny_http::Request;
+
+use super::Shared;
+use super::body::{self, BodyError};
+use super::cost;
+use super::raw::RouteFormat;
+use super::restproxy;
+use crate::http::header_value;
+
+const HEADER_PREFIX: &str = "x-kafka-header-";
+/// Record headers of this prefix are kbridge's own (retry and dead-letter
+/// bookkeeping); clients cannot set them.
+const RESERVED_PREFIX: &str = "kbridge-";
+/// A request that passed every check.
+pub(super) struct Parsed {
+    pub body: Vec<u8>,
+    pub spans: Vec<body::Span>,
+    pub partition: Option<i32>,
+    pub key: Option<String>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// What the request holds of the budget (see `cost`).
+    pub charge: tiny_http::Reservation,
+}
+
+type Reject = (u16, String, serde_json::Value);
+
+pub(super) fn parse(
+    shared: &Shared,
+    req: &mut Request,
+    query: &str,
+    route: usize,
+    path_partition: Option<&str>,
+) -> Result<Parsed, Reject> {
+    let v2 = |r: restproxy::Refusal| (r.status, r.message, json!({ "error_code": r.code }));
+    let body_err = |e: BodyError| {
+        let mut extra = json!({});
+        if let Some((line, column)) = e.position() {
+            extra = json!({ "line": line, "column": column });
+        }
+        if let Some(i) = e.record() {
+            extra["record"] = json!(i);
+        }
+        (e.status(), e.to_string(), extra)
+    };
+    let partition = parse_query(shared, query, route)?;
+    let route_format = shared.routes[route].format;
+    let topic = shared.routes[route].topic.clone();
+    let count = shared.probe.partitions(&topic);
+    // REST Proxy envelopes, JSON records (the common case: the type judged
+    // without a copy), text or binary records.
+    let (embedded, format, content_type) = match (shared.routes[route].rest_proxy, route_format) {
+        (true, _) => {
+            let e = restproxy::embedded(header_value(req, "Content-Type")).map_err(v2)?;
+            (Some(e), None, None)
+        }
+        (false, RouteFormat::Json) => (
+            None,
+            Some(body::format_of(header_value(req, "Content-Type")).map_err(body_err)?),
+            None,
+        ),
+        (false, RouteFormat::Text | RouteFormat::Binary) => (
+            None,
+            None,
+            header_value(req, "Content-Type").map(str::to_string),
+        ),
+    };
+    let path_partition = match path_partition {
+        Some(p) => Some(restproxy::path_partition(p, &topic, count).map_err(v2)?),
+        None => None,
+    };
+    let encoding = header_value(req, "Content-Encoding").map(str::to_string);
+    let key = header_value(req, "X-Kafka-Key").map(str::to_string);
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers()
+        .iter()
+        .filter_map(|h| {
+            let name = h.field.as_str().as_str();
+            let suffix = name.get(HEADER_PREFIX.len()..)?;
+            (name[..HEADER_PREFIX.len()].eq_ignore_ascii_case(HEADER_PREFIX) && !suffix.is_empty())
+                .then(|| (suffix.to_string(), h.value.as_str().as_bytes().to_vec()))
+        })
+        .collect();
+    if let Some((name, _)) = headers.iter().find(|(n, _)| {
+        n.len() >= RESERVED_PREFIX.len()
+            && n[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+    }) {
+        return Err((
+            400,
+            format!(
+                "header X-Kafka-Header-{name}: record headers named {RESERVED_PREFIX}* are kbridge's own"
+            ),
+            json!({}),
+        ));
+    }
+
+    let max = shared.config.limits.max_body_bytes;
+    let budget = shared.budget.max();
+    let refused = |r: cost::Refused| {
+        let (status, msg) = r.reply();
+        (status, msg, json!({}))
+    };
+    // The body as the server charged it, then everything it grows into.
+    let mut charge = match req.take_reservation().or_else(|| shared.budget.reserve(0)) {
+        Some(c) => c,
+        None => return Err(refused(cost::Refused::Busy)),
+    };
+    let wire = req
+        .take_body()
+        .map_err(|e| (400, format!("cannot read the request body: {e}"), json!({})))?;
+    if wire.len() > max {
+        return Err(body_err(BodyError::TooLarge { max }));
+    }
+    let mut over = None;
+    let decoded = body::decode_charged(encoding.as_deref(), wire, max, &mut |n| match cost::grow(
+        &mut charge,
+        n,
+        budget,
+    ) {
+        Ok(()) => true,
+        Err(r) => {
+            over = Some(r);
+            false
+        }
+    });
+    let decoded = match (decoded, over) {
+        (Ok(d), _) => d,
+        (Err(_), Some(r)) => return Err(refused(r)),
+        (Err(e), None) => return Err(body_err(e)),
+    };
+    // From here the body held is the decoded one (inflated, the wire form
+    // it came from is gone; identity hands the wire form on).
+    charge.shrink(charge.bytes().saturating_sub(decoded.len()));
+    let limits = body::RecordLimits {
+        max_bytes: shared.config.max_record_bytes,
+        max_records: shared.config.max_records,
+        max_depth: shared.config.max_json_depth,
+    };
+    let scratch = cost::records_bound(&decoded, limits.max_records) * cost::SPLIT_SCRATCH;
+    cost::grow(&mut charge, scratch, budget).map_err(refused)?;
+    let (body, spans) = match (embedded, format) {
+        (Some(e), _) => {
+            let (values, spans) =
+                restproxy::records(&decoded, e, path_partition, limits).map_err(v2)?;
+            restproxy::check_partitions(&spans, &topic, count).map_err(v2)?;
+            // The values, copied out of their envelope, replace it.
+            cost::grow(&mut charge, values.len(), budget).map_err(refused)?;
+            charge.shrink(decoded.len());
+            (values, spans)
+        }
+        (None, Some(format)) => {
+            let (_, spans) =
+                body::split(&decoded, format, shared.config.key_field.as_deref(), limits)
+                    .map_err(body_err)?;
+            (decoded, spans)
+        }
+        (None, None) => {
+            let spans =
+                super::raw::records(&decoded, route_format, content_type.as_deref(), limits)
+                    .map_err(body_err)?;
+            (decoded, spans)
+        }
+    };
+    charge.shrink(scratch);
+    let records = cost::of_records(&spans, key.as_deref(), &headers);
+    cost::grow(&mut charge, records, budget).map_err(refused)?;
+    Ok(Parsed {
+        body,
+        spans,
+        partition,
+        key,
+        headers,
+        charge,
+    })
+}
+
+/// `?partition=N`, checked against the partition count last seen.
+fn parse_query(shared: &Shared, query: &str, route: usize) -> Result<Option<i32>, Reject> {
+    let mut partition = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "partition" => {
+                let p: i32 = v.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
+                    (
+                        400,
+                        format!(
+                            "query parameter partition: expected a partition number >= 0, got {v:?}"
+                        ),
+                        json!({}),
+                    )
+                })?;
+                let topic = &shared.routes[route].topic;
+                if let Some(n) = shared.probe.partitions(topic)
+                    && p >= n
+                {
+                    return Err((
+                        400,
+                        format!(
+                            "query parameter partition: topic {topic} has {n} partitions (0..={}), got {p}",
+                            n - 1
+                        ),
+                        json!({}),
+                    ));
+                }
+                if partition.replace(p).is_some() {
+                    return Err((
+                        400,
+                        "query parameter partition given more than once".into(),
+                        json!({}),
+                    ));
+                }
+            }
+            other => {
+                return Err((
+                    400,
+                    format!("unknown query parameter {other:?}: only partition is accepted"),
+                    json!({}),
+                ));
+            }
+        }
+    }
+    Ok(partition)
+}

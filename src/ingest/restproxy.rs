@@ -1,0 +1,328 @@
+//! The Confluent REST Proxy v2 produce API on the ingest listener, as pure
+//! functions: `POST /topics/{topic}` and `POST /topics/{topic}/partitions/{p}`
+//! for the topics of `[ingest] rest_proxy_topics`, with the
+//! `application/vnd.kafka.{json,binary}.v2+json` envelopes
+//! (`{"records":[{"key","value","partition"}]}`), answered as the REST Proxy
+//! documents (`{"offsets":[{"partition","offset","error_code","error"}],
+//! "key_schema_id","value_schema_id"}`, `Content-Type:
+//! application/vnd.kafka.v2+json`, errors as `{"error_code","message"}`).
+//! The records become the same jobs the native routes make (server.rs and
+//! produce.rs stay the one way into Kafka), under the same tokens, limits,
+//! budgets, ack modes and idempotency keys. The schema formats (avro,
+//! protobuf, jsonschema) are refused with 415 until the registry client
+//! exists.
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::body::{RecordLimits, Span};
+use super::produce::Outcome;
+use super::scan;
+
+/// The answer's content type.
+pub const CONTENT_TYPE: &str = "application/vnd.kafka.v2+json";
+
+/// How a record's key and value are embedded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Embedded {
+    /// Any JSON value, stored as its bytes in the request.
+    Json,
+    /// A base64 string, stored decoded.
+    Binary,
+}
+
+/// A refusal: HTTP status, REST Proxy error code, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: u32,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, code: u32, message: String) -> Refusal {
+        Refusal {
+            status,
+            code,
+            message,
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "error_code": self.code, "message": self.message })
+    }
+}
+
+/// `/topics/{topic}` or `/topics/{topic}/partitions/{p}`: (topic, partition).
+pub fn topic_path(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/topics/")?.trim_end_matches('/');
+    match rest.split_once("/partitions/") {
+        Some((topic, p)) if !topic.is_empty() && !p.contains('/') => Some((topic, Some(p))),
+        Some(_) => None,
+        None if !rest.is_empty() && !rest.contains('/') => Some((rest, None)),
+        None => None,
+    }
+}
+
+/// The route of `path` and the partition its path names: a native route
+/// or `/topics/<t>` by exact match, `/topics/<t>/partitions/<p>` by its topic.
+pub fn route_of<'a>(
+    paths: &std::collections::HashMap<String, usize>,
+    path: &'a str,
+) -> Option<(usize, Option<&'a str>)> {
+    if let Some(r) = paths.get(path) {
+        return Some((*r, None));
+    }
+    let (topic, partition) = topic_path(path)?;
+    let r = paths.get(&format!("/topics/{topic}"))?;
+    Some((*r, partition))
+}
+
+/// An error answer in the REST Proxy's shape: `error_code` is the code
+/// given, else the HTTP status.
+pub fn error_reply(status: u16, message: &str, code: Option<u64>) -> crate::http::Reply {
+    let v = json!({ "error_code": code.unwrap_or(u64::from(status)), "message": message });
+    crate::http::body(status, CONTENT_TYPE, v.to_string().into_bytes())
+}
+
+/// The partition of a `/partitions/<p>` path, below the count last seen.
+pub fn path_partition(p: &str, topic: &str, count: Option<i32>) -> Result<i32, Refusal> {
+    let n: i32 = p.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        Refusal::new(
+            404,
+            40402,
+            format!("partition {p:?} of topic {topic} not found"),
+        )
+    })?;
+    match count {
+        Some(c) if n >= c => Err(Refusal::new(
+            404,
+            40402,
+            format!("partition {n} of topic {topic} not found: it has {c}"),
+        )),
+        _ => Ok(n),
+    }
+}
+
+/// Every record's partition exists (as last seen): 404 40402 otherwise.
+pub fn check_partitions(spans: &[Span], topic: &str, count: Option<i32>) -> Result<(), Refusal> {
+    match (spans.iter().filter_map(|s| s.partition).max(), count) {
+        (Some(p), Some(c)) if p >= c => Err(Refusal::new(
+            404,
+            40402,
+            format!("partition {p} of topic {topic} not found: it has {c}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The embedded format of a `Content-Type`.
+pub fn embedded(content_type: Option<&str>) -> Result<Embedded, Refusal> {
+    let raw = content_type.unwrap_or("");
+    let mime = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/vnd.kafka.json.v2+json" => Ok(Embedded::Json),
+        "application/vnd.kafka.binary.v2+json" => Ok(Embedded::Binary),
+        "application/vnd.kafka.avro.v2+json"
+        | "application/vnd.kafka.protobuf.v2+json"
+        | "application/vnd.kafka.jsonschema.v2+json" => Err(Refusal::new(
+            415,
+            415,
+            format!("embedded format of {raw:?} is not served yet: use json or binary"),
+        )),
+        _ => Err(Refusal::new(
+            415,
+            415,
+            format!(
+                "unsupported Content-Type {raw:?}: expected application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json"
+            ),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    records: Vec<Record<'a>>,
+    #[serde(default, borrow)]
+    key_schema: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    value_schema: Option<&'a RawValue>,
+    #[serde(default)]
+    key_schema_id: Option<serde_json::Value>,
+    #[serde(default)]
+    value_schema_id: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record<'a> {
+    #[serde(default, borrow)]
+    key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    value: &'a RawValue,
+    #[serde(default)]
+    partition: Option<i32>,
+}
+
+/// The records of an envelope: their values one after the other in one
+/// buffer, and a span each (its key and partition with it). `path_partition`
+/// (from `/partitions/{p}`) applies to records that name none.
+pub fn records(
+    body: &[u8],
+    embedded: Embedded,
+    path_partition: Option<i32>,
+    limits: RecordLimits,
+) -> Result<(Vec<u8>, Vec<Span>), Refusal> {
+    let bad = |m: String| Refusal::new(422, 42205, m);
+    let text =
+        std::str::from_utf8(body).map_err(|_| bad("the request body is not UTF-8".into()))?;
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        bad(format!(
+            "invalid request body at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if env.key_schema.is_some()
+        || env.value_schema.is_some()
+        || env.key_schema_id.is_some()
+        || env.value_schema_id.is_some()
+    {
+        return Err(Refusal::new(
+            422,
+            42201,
+            "schemas are not taken with the json and binary embedded formats".into(),
+        ));
+    }
+    if env.records.is_empty() {
+        return Err(bad("records: expected at least one record".into()));
+    }
+    if env.records.len() > limits.max_records {
+        return Err(Refusal::new(
+            413,
+            413,
+            format!(
+                "more than max_records ({}) records in one request",
+                limits.max_records
+            ),
+        ));
+    }
+    let mut values = Vec::new();
+    let mut spans = Vec::with_capacity(env.records.len());
+    for (i, r) in env.records.iter().enumerate() {
+        let field = |part: &str, raw: &RawValue| -> Result<Option<Vec<u8>>, Refusal> {
+            let s = raw.get();
+            match embedded {
+                _ if s == "null" => Ok(None),
+                Embedded::Json => {
+                    if scan::check_depth(s.as_bytes(), limits.max_depth).is_err() {
+                        return Err(bad(format!(
+                            "records[{i}].{part}: nests deeper than max_json_depth ({})",
+                            limits.max_depth
+                        )));
+                    }
+                    Ok(Some(s.as_bytes().to_vec()))
+                }
+                Embedded::Binary => {
+                    let b64: String = serde_json::from_str(s).map_err(|_| {
+                        bad(format!(
+                            "records[{i}].{part}: expected a base64 string or null"
+                        ))
+                    })?;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64.as_bytes())
+                        .map(Some)
+                        .map_err(|e| bad(format!("records[{i}].{part}: invalid base64: {e}")))
+                }
+            }
+        };
+        let Some(value) = field("value", r.value)? else {
+            return Err(bad(format!(
+                "records[{i}].value: null values (tombstones) are not taken"
+            )));
+        };
+        let key = match r.key {
+            Some(k) => field("key", k)?,
+            None => None,
+        };
+        let size = value.len() + key.as_ref().map_or(0, Vec::len);
+        if size > limits.max_bytes {
+            return Err(Refusal::new(
+                422,
+                42201,
+                format!(
+                    "records[{i}]: key and value hold {size} bytes, more than max_record_bytes ({})",
+                    limits.max_bytes
+                ),
+            ));
+        }
+        if let Some(p) = r.partition
+            && p < 0
+        {
+            return Err(Refusal::new(
+                422,
+                42202,
+                format!("records[{i}].partition: expected a partition number, got {p}"),
+            ));
+        }
+        let start = values.len();
+        values.extend_from_slice(&value);
+        spans.push(Span {
+            range: start..values.len(),
+            key,
+            partition: r.partition.or(path_partition),
+        });
+    }
+    Ok((values, spans))
+}
+
+/// The answer to a settled request: 200 with an entry per record (an
+/// `error_code` of 1 for a retriable failure, 2 otherwise, as the REST Proxy
+/// reports Kafka errors per record), or the status a native route would
+/// give when no record was stored.
+pub fn answer(outcomes: &[Outcome]) -> (u16, String) {
+    let mut any_ok = false;
+    let mut worst = 200;
+    let offsets: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Acked { partition, offset } => {
+                any_ok = true;
+                json!({"partition": partition, "offset": offset, "error_code": null, "error": null})
+            }
+            Outcome::Failed {
+                message,
+                retriable,
+                possibly_stored,
+                ..
+            } => {
+                worst = worst.max(match (possibly_stored, retriable) {
+                    (true, _) => 504,
+                    (false, true) => 503,
+                    (false, false) => 500,
+                });
+                json!({"partition": null, "offset": null,
+                       "error_code": if *retriable { 1 } else { 2 }, "error": message})
+            }
+            Outcome::Waiting => {
+                json!({"partition": null, "offset": null, "error_code": 2, "error": "not settled"})
+            }
+        })
+        .collect();
+    let status = if any_ok { 200 } else { worst };
+    let body = json!({"offsets": offsets, "key_schema_id": null, "value_schema_id": null});
+    (status, body.to_string())
+}
+
+#[cfg(test)]
+#[path = "restproxy_tests.rs"]
+mod tests;

@@ -1,0 +1,182 @@
+//! The REST Proxy v2 envelopes and answers, without a server.
+
+use super::*;
+
+const LIMITS: RecordLimits = RecordLimits {
+    max_bytes: 64,
+    max_records: 3,
+    max_depth: 4,
+};
+
+/// A record's value, key and partition.
+type Part = (Vec<u8>, Option<Vec<u8>>, Option<i32>);
+
+fn parts(body: &str, e: Embedded) -> Result<Vec<Part>, Refusal> {
+    let (values, spans) = records(body.as_bytes(), e, Some(7), LIMITS)?;
+    Ok(spans
+        .into_iter()
+        .map(|s| (values[s.range].to_vec(), s.key, s.partition))
+        .collect())
+}
+
+#[test]
+fn paths_name_a_topic_and_maybe_a_partition() {
+    assert_eq!(topic_path("/topics/visits"), Some(("visits", None)));
+    assert_eq!(topic_path("/topics/visits/"), Some(("visits", None)));
+    assert_eq!(
+        topic_path("/topics/visits/partitions/2"),
+        Some(("visits", Some("2")))
+    );
+    for bad in [
+        "/topics/",
+        "/topics",
+        "/topics/a/b",
+        "/topics//partitions/1",
+        "/api/x/v1",
+        "/topics/a/partitions/1/x",
+    ] {
+        assert_eq!(topic_path(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn content_types_pick_the_embedded_format() {
+    assert_eq!(
+        embedded(Some("application/vnd.kafka.json.v2+json")),
+        Ok(Embedded::Json)
+    );
+    assert_eq!(
+        embedded(Some("application/vnd.kafka.binary.v2+json; charset=utf-8")),
+        Ok(Embedded::Binary)
+    );
+    for (ct, says) in [
+        ("application/vnd.kafka.avro.v2+json", "not served yet"),
+        ("application/json", "unsupported Content-Type"),
+    ] {
+        let e = embedded(Some(ct)).unwrap_err();
+        assert_eq!((e.status, e.code), (415, 415));
+        assert!(e.message.contains(says), "{}", e.message);
+    }
+}
+
+#[test]
+fn json_records_keep_their_bytes_and_binary_ones_are_decoded() {
+    let got = parts(
+        r#"{"records":[{"key":"k","value":{"a": 1}},{"value":[1,2],"partition":0}]}"#,
+        Embedded::Json,
+    );
+    assert_eq!(
+        got,
+        Ok(vec![
+            (br#"{"a": 1}"#.to_vec(), Some(br#""k""#.to_vec()), Some(7)),
+            (b"[1,2]".to_vec(), None, Some(0)),
+        ])
+    );
+    let got = parts(
+        r#"{"records":[{"key":"AP8=","value":"aGk="},{"key":null,"value":""}]}"#,
+        Embedded::Binary,
+    );
+    assert_eq!(
+        got,
+        Ok(vec![
+            (b"hi".to_vec(), Some(vec![0, 0xff]), Some(7)),
+            (vec![], None, Some(7))
+        ])
+    );
+}
+
+#[test]
+fn bad_envelopes_are_refused_naming_the_record_and_field() {
+    let refused = |body: &str, e| parts(body, e).unwrap_err();
+    let r = refused(r#"{"records":[{"value":"!!"}]}"#, Embedded::Binary);
+    assert_eq!((r.status, r.code), (422, 42205));
+    assert!(
+        r.message.starts_with("records[0].value: invalid base64"),
+        "{}",
+        r.message
+    );
+    let r = refused(
+        r#"{"records":[{"value":1},{"value":{"a":1}}]}"#,
+        Embedded::Binary,
+    );
+    assert!(
+        r.message
+            .starts_with("records[0].value: expected a base64 string"),
+        "{}",
+        r.message
+    );
+    let r = refused(
+        r#"{"records":[{"value":1},{"value":null}]}"#,
+        Embedded::Json,
+    );
+    assert!(
+        r.message.contains("records[1].value: null values"),
+        "{}",
+        r.message
+    );
+    let r = refused(r#"{"records":[{"value":[[[[[1]]]]]}]}"#, Embedded::Json);
+    assert!(
+        r.message.contains("records[0].value: nests deeper"),
+        "{}",
+        r.message
+    );
+    let r = refused(
+        r#"{"records":[{"value":1,"partition":-1}]}"#,
+        Embedded::Json,
+    );
+    assert_eq!(r.code, 42202);
+    let r = refused(
+        &format!(r#"{{"records":[{{"value":"{}"}}]}}"#, "x".repeat(70)),
+        Embedded::Json,
+    );
+    assert_eq!((r.status, r.code), (422, 42201));
+    let r = refused(
+        r#"{"records":[{"value":1},{"value":2},{"value":3},{"value":4}]}"#,
+        Embedded::Json,
+    );
+    assert_eq!(r.status, 413);
+    let r = refused(r#"{"records":[],"value_schema":"{}"}"#, Embedded::Json);
+    assert_eq!(r.code, 42201, "{}", r.message);
+    for body in [
+        r#"{"records":[]}"#,
+        r#"{"records":[{"value":1,"extra":2}]}"#,
+        "[1]",
+        "{",
+        "\u{0}",
+    ] {
+        let r = refused(body, Embedded::Json);
+        assert_eq!((r.status, r.code), (422, 42205), "{body}: {}", r.message);
+    }
+}
+
+#[test]
+fn answers_give_an_entry_per_record_in_order() {
+    let (status, body) = answer(&[
+        Outcome::Acked {
+            partition: 1,
+            offset: 40,
+        },
+        Outcome::Failed {
+            code: "MsgSizeTooLarge".into(),
+            message: "too large".into(),
+            retriable: false,
+            possibly_stored: false,
+        },
+    ]);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        json!({"offsets": [
+            {"partition": 1, "offset": 40, "error_code": null, "error": null},
+            {"partition": null, "offset": null, "error_code": 2, "error": "too large"}
+        ], "key_schema_id": null, "value_schema_id": null})
+    );
+    let (status, _) = answer(&[Outcome::Failed {
+        code: "x".into(),
+        message: "down".into(),
+        retriable: true,
+        possibly_stored: false,
+    }]);
+    assert_eq!(status, 503, "nothing stored, retriable");
+}
