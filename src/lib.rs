@@ -8,6 +8,8 @@
 //! - `collect`: consumer threads → files, fsynced before offsets are
 //!   committed, a retry topic for write errors;
 //! - `aggregates`: counts the deliver role keeps for the dashboard;
+//! - `codec`: payload formats below every role (Protobuf by a descriptor
+//!   set, the Confluent wire framing), pure;
 //! - `kafka`: client configuration, statistics, topic creation, the probe;
 //!   the one consumer group member both consumer roles run (`member`: context,
 //!   rebalance, commits, with the role's differences as a `Role`), its offset
@@ -24,6 +26,7 @@
 pub mod admin;
 pub mod aggregates;
 pub mod app;
+pub mod codec;
 pub mod collect;
 pub mod config;
 pub mod dashboard;

@@ -24,6 +24,7 @@ mod interop;
 mod kafka_security;
 mod old_brokers;
 mod ops;
+mod protobuf;
 mod quarantine;
 mod redrive;
 mod restproxy;

@@ -262,6 +262,7 @@ mod tests {
                 lease: Lease::default(),
                 done: crossbeam_channel::unbounded().0,
                 origin: None,
+                raw: None,
             },
             attempts: 0,
             parking: None,

@@ -148,6 +148,9 @@ pub struct DeliverConfig {
     pub aggregate_topics: Vec<String>,
     pub on_tombstone: OnTombstone,
     pub on_invalid_json: OnInvalid,
+    /// `value_format`: how values are read (JSON, or Protobuf decoded to
+    /// JSON; one that cannot be read is dead-lettered with the reason).
+    pub value_format: crate::codec::ValueFormat,
     /// Which messages are sent (`filter`); others are done uncalled.
     pub filter: Option<super::filter::Filter>,
     pub dlq_suffix: String,
@@ -251,6 +254,7 @@ impl DeliverConfig {
                 ("delete", OnTombstone::Delete),
             ],
         );
+        let value_format = crate::codec::ValueFormat::read(&mut r);
         let on_invalid_json = r.choice(
             "on_invalid_json",
             OnInvalid::DeadLetter,
@@ -382,6 +386,7 @@ impl DeliverConfig {
             aggregate_topics,
             on_tombstone,
             on_invalid_json,
+            value_format,
             filter,
             dlq_suffix,
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),

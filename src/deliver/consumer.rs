@@ -403,7 +403,14 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
         Some(o) => (&*o.topic, o.partition, o.offset),
         None => (m.topic(), m.partition(), m.offset()),
     };
-    let value = m.payload();
+    // A value in another format is read as its JSON; one that cannot be
+    // is parked with the reason.
+    let (decoded, unreadable) = match m.payload().map(|v| c.value_format.to_json(v)) {
+        Some(Ok(json)) => (json, None),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
+    };
+    let value = decoded.as_deref().or(m.payload());
     let (json, field) = match value {
         Some(v) => aggregates::inspect(v, &c.aggregate_field),
         None => (
@@ -419,6 +426,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
     shared.metrics.consumed.inc();
     let lease = member.with_offsets(|o| o.polled(m.topic(), m.partition(), m.offset()));
     let (kind, skip, mut park) = match (value, json) {
+        (_, _) if unreadable.is_some() => (ValueKind::Other, false, unreadable),
         (_, true) => (ValueKind::Json, false, None),
         (None, _) => match c.on_tombstone {
             OnTombstone::Skip => (ValueKind::Tombstone, true, None),
@@ -493,6 +501,9 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
             lease,
             done: role.done_tx.clone(),
             origin,
+            raw: decoded
+                .is_some()
+                .then(|| m.payload().unwrap_or_default().to_vec()),
         },
         attempts: 0,
         parking: park.map(|why| (why, None)),

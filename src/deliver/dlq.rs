@@ -224,10 +224,12 @@ impl DeadLetters {
             }
         }
         let topic = format!("{origin_topic}{}", shared.config.dlq_suffix);
+        // The value as it was read (before `value_format` decoded it).
+        let original = m.raw.as_deref().unwrap_or(&m.payload);
         let (value, key, own_headers) = match w.shrunk {
-            0 => (&m.payload[..], m.key.as_deref(), &m.headers[..]),
+            0 => (original, m.key.as_deref(), &m.headers[..]),
             1 => (
-                &m.payload[..m.payload.len().min(KEEP_VALUE)],
+                &original[..original.len().min(KEEP_VALUE)],
                 m.key.as_deref(),
                 &m.headers[..],
             ),
@@ -238,8 +240,8 @@ impl DeadLetters {
             ),
         };
         let mut cut = Vec::new();
-        if value.len() < m.payload.len() {
-            cut.push(format!("value={}", m.payload.len()));
+        if value.len() < original.len() {
+            cut.push(format!("value={}", original.len()));
         }
         if let (Some(k), Some(kept)) = (&m.key, key)
             && kept.len() < k.len()

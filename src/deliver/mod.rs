@@ -87,6 +87,9 @@ pub struct Msg {
     /// (`redrive`): its calls, dead-letter copy and idempotency key name
     /// that record, never the dead-letter one.
     pub origin: Option<Box<redrive::Origin>>,
+    /// The value as read, when `value_format` decoded it into `payload`:
+    /// what a dead-letter copy carries (byte for byte, as for any record).
+    pub raw: Option<Vec<u8>>,
 }
 
 /// What a record's value is, as far as the call is concerned.

@@ -1,0 +1,188 @@
+//! Seed 002's case: Protobuf records decoded by a local descriptor set
+//! (`value_format = protobuf`, no registry). Records written by Google's
+//! protobuf runtime (`scripts/protobuf-produce.py`, plain and in the
+//! Confluent wire format) reach the endpoint as the canonical JSON that
+//! runtime gives for them; a record that is no such message is parked with
+//! the reason, one the endpoint refuses is parked as the bytes it was read
+//! as (not its JSON), and everything is committed.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::sink::Sink;
+use crate::util::*;
+
+const PROTO: &str = r#"syntax = "proto3";
+package shop;
+message Customer { string name = 1; }
+enum State { NEW = 0; PAID = 1; }
+message Order {
+  string id = 1;
+  int64 amount_cents = 2;
+  repeated string tags = 3;
+  Customer customer = 4;
+  State state = 5;
+  bytes note = 6;
+}
+"#;
+
+/// `orders.desc`, made by protoc from `PROTO`.
+fn descriptor_set(dir: &TempDir) -> std::path::PathBuf {
+    std::fs::write(dir.0.join("orders.proto"), PROTO).unwrap();
+    let out = dir.0.join("orders.desc");
+    let status = Command::new("protoc")
+        .arg("--include_imports")
+        .arg(format!("--descriptor_set_out={}", out.display()))
+        .arg(format!("-I{}", dir.0.display()))
+        .arg("orders.proto")
+        .status()
+        .expect("protoc (scripts/test installs Debian's protobuf-compiler)");
+    assert!(status.success());
+    out
+}
+
+#[test]
+fn protobuf_records_reach_the_endpoint_as_their_canonical_json() {
+    let b = brokers();
+    let topic = unique_topic("pb");
+    create_topic(&b, &topic, 1);
+    let dir = TempDir::new("pb");
+    let desc = descriptor_set(&dir);
+    let specs = [
+        serde_json::json!({"value": {"id": "o-1", "amountCents": "1999", "tags": ["a", "b"],
+                                     "customer": {"name": "Ann"}, "state": "PAID", "note": "AP8="}, "key": "c1"}),
+        serde_json::json!({"value": {"id": "o-2"}, "framed": 42}),
+        serde_json::json!({"raw_hex": "ffffffff0a"}),
+        serde_json::json!({"value": {"id": "o-3", "amountCents": "-5"}}),
+    ];
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/protobuf-produce.py"
+        ))
+        .args([&b, &topic])
+        .arg(&desc)
+        .arg("shop.Order")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for s in &specs {
+            writeln!(stdin, "{s}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let written: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written.len(), 3);
+    let expected: Vec<serde_json::Value> = written.iter().map(|w| w["json"].clone()).collect();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+
+    // o-3 is refused (400: parked).
+    let sink = Sink::start(std::sync::Arc::new(|call, _| {
+        let refused = call.ids().first().is_some_and(|id| id == "o-3");
+        crate::util::sink::Reply::status(if refused { 400 } else { 200 })
+    }));
+    let group = unique_topic("g");
+    let extra = format!(
+        "value_format = protobuf\nprotobuf_descriptor_file = {}\nprotobuf_message = shop.Order\n",
+        desc.display()
+    );
+    let mut d = Deliver::start(&deliver_ini(&b, &group, &topic, &sink.url, &extra));
+    let mut dlq = read_exactly(&b, &format!("{topic}.dlq"), 2);
+    dlq.sort_by_key(|r| r.header("kbridge-dlq-status"));
+    assert!(
+        dlq[0]
+            .header("kbridge-dlq-reason")
+            .starts_with("value is not a valid shop.Order"),
+        "{}",
+        dlq[0].header("kbridge-dlq-reason")
+    );
+    assert_eq!(
+        dlq[0].value,
+        vec![0xff, 0xff, 0xff, 0xff, 0x0a],
+        "parked as it was"
+    );
+    assert_eq!(dlq[1].header("kbridge-dlq-status"), "400");
+    assert_eq!(
+        hex(&dlq[1].value),
+        written[2]["hex"].as_str().unwrap(),
+        "o-3 parked as the protobuf bytes it was read as"
+    );
+    wait_until("three delivered", Duration::from_secs(30), || {
+        sink.calls().len() >= 3
+    });
+    let by_id = |mut v: Vec<serde_json::Value>| {
+        v.sort_by_key(|x| x["id"].as_str().unwrap_or_default().to_string());
+        v
+    };
+    let got: Vec<serde_json::Value> = sink
+        .calls()
+        .iter()
+        .map(|c| serde_json::from_slice(&c.body).unwrap())
+        .collect();
+    assert_eq!(
+        by_id(got),
+        by_id(expected),
+        "the protobuf runtime's own JSON for each"
+    );
+    wait_until("all committed", Duration::from_secs(30), || {
+        committed(&b, &group, &topic, 1) == [4]
+    });
+    assert!(d.stop());
+}
+
+#[test]
+fn protobuf_mistakes_stop_start_naming_their_keys() {
+    let dir = TempDir::new("pb-cfg");
+    let desc = descriptor_set(&dir);
+    let check = |extra: &str| {
+        let ini = dir.0.join("c.ini");
+        std::fs::write(
+            &ini,
+            format!("[kafka]\nbrokers = 127.0.0.1:1\n[deliver]\ngroup_id = g\ntopics = t\ntarget_url = http://h/x\n{extra}"),
+        )
+        .unwrap();
+        let out = Command::new(kbridge_bin())
+            .args(["check-config", "--config"])
+            .arg(&ini)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, e) = check(&format!(
+        "value_format = protobuf\nprotobuf_descriptor_file = {}\nprotobuf_message = shop.Nope\n",
+        desc.display()
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        e.contains("[deliver] protobuf_message: no message \"shop.Nope\""),
+        "{e}"
+    );
+    assert!(e.contains("shop.Order"), "it names what there is: {e}");
+    let (_, e) = check("value_format = protobuf\nprotobuf_message = shop.Order\n");
+    assert!(
+        e.contains("[deliver] protobuf_descriptor_file: required"),
+        "{e}"
+    );
+    let (_, e) = check(&format!(
+        "value_format = protobuf\nprotobuf_descriptor_file = {}\nprotobuf_message = shop.Order\n",
+        dir.0.join("orders.proto").display()
+    ));
+    assert!(e.contains("is not a descriptor set"), "{e}");
+    let (code, _) = check(&format!(
+        "value_format = protobuf\nprotobuf_descriptor_file = {}\nprotobuf_message = shop.Order\n",
+        desc.display()
+    ));
+    assert_eq!(code, Some(0));
+}
