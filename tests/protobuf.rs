@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::collect::{Collect, collect_ini, stored};
 use crate::util::sink::Sink;
 use crate::util::*;
 
@@ -130,13 +131,50 @@ fn protobuf_records_reach_the_endpoint_as_their_canonical_json() {
         .collect();
     assert_eq!(
         by_id(got),
-        by_id(expected),
+        by_id(expected.clone()),
         "the protobuf runtime's own JSON for each"
     );
     wait_until("all committed", Duration::from_secs(30), || {
         committed(&b, &group, &topic, 1) == [4]
     });
     assert!(d.stop());
+
+    // collect files the same JSON, and the record that is no message as it
+    // is (in its documented encoding), counted.
+    let files = TempDir::new("pb-files");
+    let mut c = Collect::start(&collect_ini(
+        &b,
+        &unique_topic("gc"),
+        &topic,
+        &files.0,
+        &extra,
+    ));
+    wait_until("collect consumed all 4", Duration::from_secs(60), || {
+        metric(&c.metrics(), "kbridge_collect_consumed_total") >= 4.0
+    });
+    assert_eq!(
+        metric(&c.metrics(), "kbridge_collect_undecodable_total"),
+        1.0
+    );
+    assert!(c.stop());
+    let lines: Vec<String> = stored(&files.0, &topic)
+        .0
+        .into_iter()
+        .flat_map(|f| f.lines)
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let filed: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        by_id(filed.into_iter().filter(|v| v.is_object()).collect()),
+        by_id(expected.clone())
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("\"base64:")),
+        "{lines:?}"
+    );
 }
 
 #[test]

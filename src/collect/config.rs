@@ -30,6 +30,8 @@ pub struct CollectConfig {
     pub concurrent_count: usize,
     pub record_directory: PathBuf,
     pub format: Format,
+    /// `value_format`: values read as JSON, or Protobuf decoded to JSON.
+    pub value_format: crate::codec::ValueFormat,
     pub gzip: bool,
     pub rotate_bytes: u64,
     pub rotate_age: Duration,
@@ -101,6 +103,7 @@ impl CollectConfig {
             Format::Raw,
             &[("raw", Format::Raw), ("envelope", Format::Envelope)],
         );
+        let value_format = crate::codec::ValueFormat::read(&mut r);
         let gzip = r.choice("compression", false, &[("none", false), ("gzip", true)]);
         let rotate_bytes = r.int("rotate_bytes", 16u64 << 20, 1..=1 << 40);
         let rotate_age_s = r.int("rotate_age_s", 300u64, 1..=86_400);
@@ -117,6 +120,7 @@ impl CollectConfig {
             concurrent_count,
             record_directory,
             format,
+            value_format,
             gzip,
             rotate_bytes,
             rotate_age: Duration::from_secs(rotate_age_s),

@@ -294,8 +294,19 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
         let v = header(RETRY_SOURCE)?;
         parse_source(std::str::from_utf8(&v).ok()?, t)
     });
+    // A value in another format is filed as its JSON; one it cannot read,
+    // as it is (counted).
+    let decoded = match m.payload().map(|v| shared.config.value_format.to_json(v)) {
+        Some(Ok(json)) => json,
+        Some(Err(_)) => {
+            shared.metrics.undecodable.inc();
+            None
+        }
+        None => None,
+    };
+    let value = decoded.as_deref().or(m.payload());
     let line = match shared.config.format {
-        Format::Raw => raw_line(m.payload()),
+        Format::Raw => raw_line(value),
         Format::Envelope => {
             let (partition, offset) = first_read.unwrap_or((p, offset));
             Cow::Owned(envelope_line(
@@ -306,7 +317,7 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
                     key: m.key(),
                     timestamp: m.timestamp().to_millis(),
                 },
-                m.payload(),
+                value,
             ))
         }
     };

@@ -61,6 +61,8 @@ pub struct CollectMetrics {
     pub retry_failed: Counter,
     /// Offsets that went back (a new era of file names began).
     pub regressions: Counter,
+    /// Values `value_format` could not read (filed as they are).
+    pub undecodable: Counter,
     /// Commits, joins and assignments of the consumer threads.
     pub group: Arc<GroupCounters>,
     pub fsync: Latency,

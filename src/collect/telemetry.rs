@@ -97,7 +97,7 @@ impl Telemetry for CollectTelemetry {
     fn prometheus(&self, out: &mut String) {
         let m = &self.shared.metrics;
         let mut p = Prom::new(out);
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
                 "kbridge_collect_assignments_total",
                 "Partition assignments received from the group (rebalances).",
@@ -122,6 +122,11 @@ impl Telemetry for CollectTelemetry {
                 "kbridge_collect_consumed_total",
                 "Messages consumed.",
                 &m.consumed,
+            ),
+            (
+                "kbridge_collect_undecodable_total",
+                "Values value_format could not read: filed as they are, in the documented encoding.",
+                &m.undecodable,
             ),
             (
                 "kbridge_collect_written_bytes_total",
