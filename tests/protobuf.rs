@@ -1,6 +1,6 @@
 //! Seed 002's case: Protobuf records decoded by a local descriptor set
 //! (`value_format = protobuf`, no registry). Records written by Google's
-//! protobuf runtime (`scripts/protobuf-produce.py`, plain and in the
+//! protobuf runtime (`scripts/protobuf-io.py`, plain and in the
 //! Confluent wire format) reach the endpoint as the canonical JSON that
 //! runtime gives for them; a record that is no such message is parked with
 //! the reason, one the endpoint refuses is parked as the bytes it was read
@@ -13,6 +13,9 @@ use std::time::Duration;
 use crate::collect::{Collect, collect_ini, stored};
 use crate::util::sink::Sink;
 use crate::util::*;
+
+/// Google's protobuf runtime, as the tests' independent encoder and decoder.
+const IO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/protobuf-io.py");
 
 const PROTO: &str = r#"syntax = "proto3";
 package shop;
@@ -58,11 +61,8 @@ fn protobuf_records_reach_the_endpoint_as_their_canonical_json() {
         serde_json::json!({"value": {"id": "o-3", "amountCents": "-5"}}),
     ];
     let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/protobuf-produce.py"
-        ))
-        .args([&b, &topic])
+        .arg(IO)
+        .args(["produce", &b, &topic])
         .arg(&desc)
         .arg("shop.Order")
         .stdin(Stdio::piped())
@@ -223,4 +223,85 @@ fn protobuf_mistakes_stop_start_naming_their_keys() {
         desc.display()
     ));
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_protobuf_route_encodes_json_records_that_googles_runtime_reads_back() {
+    let b = brokers();
+    let topic = unique_topic("pb-in");
+    create_topic(&b, &topic, 1);
+    let dir = TempDir::new("pb-in");
+    let desc = descriptor_set(&dir);
+    let ini = ingest_ini(
+        &b,
+        &topic,
+        &format!("protobuf_descriptor_file = {}", desc.display()),
+        "",
+    ) + "[ingest.formats]\nt = protobuf:shop.Order\n";
+    let ing = Ingest::start(&ini);
+    let orders = r#"[{"id":"o-1","amountCents":"1999","tags":["a"],"customer":{"name":"Ann"},"state":"PAID"},{"id":"o-2","amount_cents":7}]"#;
+    let r = post(
+        &ing.url,
+        &[("Content-Type", "application/json")],
+        orders.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Records that do not fit: the record and the field path, nothing stored.
+    for (body, record, path) in [
+        (
+            r#"[{"id":"ok"},{"id":"x","amountCents":"lots"}]"#,
+            1,
+            "amountCents",
+        ),
+        // An unknown field: the object that holds it (the message names it).
+        (r#"{"id":"x","customer":{"nam":"typo"}}"#, 0, "customer"),
+        (r#"{"id":"x","tags":["a",3]}"#, 0, "tags[1]"),
+    ] {
+        let r = post(
+            &ing.url,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["record"], record, "{}", r.body);
+        assert_eq!(v["path"], path, "{}", r.body);
+        assert!(
+            v["error"].as_str().unwrap().contains("is no shop.Order"),
+            "{}",
+            r.body
+        );
+    }
+    let records = read_with_kafka_python(&b, &topic);
+    assert_eq!(records.len(), 2, "only the first request was stored");
+    let mut child = Command::new("python3")
+        .arg(IO)
+        .arg("decode")
+        .arg(&desc)
+        .arg("shop.Order")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for (r, _) in &records {
+            let hex: String = r.value.iter().map(|x| format!("{x:02x}")).collect();
+            writeln!(stdin, "{hex}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let read: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        read,
+        [
+            serde_json::json!({"id": "o-1", "amountCents": "1999", "tags": ["a"], "customer": {"name": "Ann"}, "state": "PAID"}),
+            serde_json::json!({"id": "o-2", "amountCents": "7"}),
+        ]
+    );
 }

@@ -4,7 +4,9 @@
 //! strings, enums by name, bytes as base64) with `prost-reflect`. A record
 //! in the Confluent wire format (magic byte 0; a Protobuf message never
 //! starts with byte 0, its first tag would be field 0) has its frame
-//! skipped; without a registry the configured type is the schema.
+//! skipped; without a registry the configured type is the schema. The
+//! other way, a JSON record (the same mapping; unknown fields refused) is
+//! encoded as a plain message, and what does not fit names its field path.
 
 use std::path::Path;
 
@@ -15,6 +17,22 @@ use super::wire;
 #[derive(Debug)]
 pub struct Schema {
     message: MessageDescriptor,
+}
+
+/// Two schemas are the same when they name the same message.
+impl PartialEq for Schema {
+    fn eq(&self, o: &Schema) -> bool {
+        self.name() == o.name()
+    }
+}
+impl Eq for Schema {}
+
+/// Why a JSON record does not fit the message: where (a JSON path such as
+/// `customer.name` or `tags[2]`; empty for the record itself) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misfit {
+    pub path: String,
+    pub message: String,
 }
 
 impl Schema {
@@ -53,6 +71,21 @@ impl Schema {
     /// The message's full name.
     pub fn name(&self) -> &str {
         self.message.full_name()
+    }
+
+    /// The message encoded from a JSON record.
+    pub fn from_json(&self, json: &[u8]) -> Result<Vec<u8>, Misfit> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(&mut de, &mut track);
+        let msg = DynamicMessage::deserialize(self.message.clone(), tracked).map_err(|e| {
+            let path = track.path().to_string();
+            Misfit {
+                path: if path == "." { String::new() } else { path },
+                message: e.to_string(),
+            }
+        })?;
+        Ok(prost::Message::encode_to_vec(&msg))
     }
 
     /// The record as its message's canonical JSON.

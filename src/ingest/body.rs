@@ -88,6 +88,13 @@ pub enum BodyError {
         size: usize,
         max: usize,
     },
+    #[error("record {index} is no {message}: at {path:?}: {why}")]
+    Misfit {
+        index: usize,
+        message: String,
+        path: String,
+        why: String,
+    },
     #[error("more than max_records ({max}) records in one request")]
     TooManyRecords { max: usize },
     #[error(
@@ -130,6 +137,7 @@ impl BodyError {
     pub fn record(&self) -> Option<usize> {
         match self {
             BodyError::NotObject { index, .. }
+            | BodyError::Misfit { index, .. }
             | BodyError::RecordTooLarge { index, .. }
             | BodyError::TooDeep { index, .. } => Some(*index),
             _ => None,

@@ -24,6 +24,8 @@ pub struct Route {
     pub topic: String,
     /// What it takes and writes (`[ingest.formats]`).
     pub format: super::raw::RouteFormat,
+    /// `protobuf:<message>`: the message its JSON records are encoded as.
+    pub schema: Option<std::sync::Arc<crate::codec::protobuf::Schema>>,
 }
 
 /// Seed 004's producer settings and our defaults for them; any other
@@ -156,6 +158,7 @@ impl IngestConfig {
                 stream: e.key.clone(),
                 topic: e.value.clone(),
                 format: super::raw::RouteFormat::Json,
+                schema: None,
             })
             .collect();
         for route in &routes {
@@ -183,16 +186,17 @@ impl IngestConfig {
                     stream: "visit".into(),
                     topic: "visits".into(),
                     format: super::raw::RouteFormat::Json,
+                    schema: None,
                 },
                 Route {
                     stream: "activity".into(),
                     topic: "activities".into(),
                     format: super::raw::RouteFormat::Json,
+                    schema: None,
                 },
             ];
         }
         rr.finish();
-        super::raw::read_formats(doc, errors, &mut routes);
 
         let mut r = doc.reader("ingest", errors);
         let listen = r.socket_addr("listen", "0.0.0.0:8080");
@@ -228,6 +232,7 @@ impl IngestConfig {
         let topic_replication_factor = r.int("topic_replication_factor", 1i32, 1..=32);
         let shutdown_timeout_ms = r.int("shutdown_timeout_ms", 10_000u64, 100..=3_600_000);
         let tls = ListenerTls::read(&mut r);
+        let descriptor_file = r.string("protobuf_descriptor_file", "");
         let auth_tokens_file = r.string("auth_tokens_file", "");
         let auth_tokens_file =
             (!auth_tokens_file.is_empty()).then(|| PathBuf::from(auth_tokens_file));
@@ -246,6 +251,7 @@ impl IngestConfig {
             );
         }
         r.finish();
+        super::raw::read_formats(doc, errors, &mut routes, &descriptor_file);
 
         let mut pr = doc.reader("ingest.producer", errors);
         let producer = librdkafka_section(&mut pr, PRODUCER_DEFAULTS);

@@ -21,6 +21,9 @@ pub enum RouteFormat {
     Text,
     /// Any bytes: the body is one record as it is.
     Binary,
+    /// JSON objects, as JSON routes take them, each encoded as the route's
+    /// Protobuf message (`protobuf:<message>`).
+    Protobuf,
 }
 
 /// The records of a text or binary route's body.
@@ -34,7 +37,7 @@ pub fn records(
         return Err(BodyError::EmptyRecord);
     }
     let lines = match format {
-        RouteFormat::Binary | RouteFormat::Json => false,
+        RouteFormat::Binary | RouteFormat::Json | RouteFormat::Protobuf => false,
         RouteFormat::Text => {
             let lines = text_framing(content_type)?;
             if let Err(e) = std::str::from_utf8(body) {
@@ -110,9 +113,15 @@ fn text_framing(content_type: Option<&str>) -> Result<bool, BodyError> {
     }
 }
 
-/// `[ingest.formats]`: `stream = json | text | binary` for routes of
-/// `[ingest.routes]` (unset: `json`).
-pub(super) fn read_formats(doc: &Document, errors: &mut ConfigErrors, routes: &mut [Route]) {
+/// `[ingest.formats]`: `stream = json | text | binary | protobuf:<message>`
+/// for routes of `[ingest.routes]` (unset: `json`); the message is one of
+/// `[ingest] protobuf_descriptor_file`.
+pub(super) fn read_formats(
+    doc: &Document,
+    errors: &mut ConfigErrors,
+    routes: &mut [Route],
+    descriptor_file: &str,
+) {
     let mut r = doc.reader("ingest.formats", errors);
     let entries: Vec<(String, String)> = r
         .all()
@@ -120,20 +129,45 @@ pub(super) fn read_formats(doc: &Document, errors: &mut ConfigErrors, routes: &m
         .map(|e| (e.key.clone(), e.value.clone()))
         .collect();
     for (stream, value) in entries {
+        let mut schema = None;
         let format = match value.as_str() {
             "json" => RouteFormat::Json,
             "text" => RouteFormat::Text,
             "binary" => RouteFormat::Binary,
+            v if v.starts_with("protobuf:") => {
+                let name = &v["protobuf:".len()..];
+                if descriptor_file.is_empty() {
+                    r.error(
+                        &stream,
+                        "protobuf needs [ingest] protobuf_descriptor_file (protoc --include_imports --descriptor_set_out)".into(),
+                    );
+                    continue;
+                }
+                match crate::codec::protobuf::Schema::open(
+                    std::path::Path::new(descriptor_file),
+                    name,
+                ) {
+                    Ok(s) => schema = Some(std::sync::Arc::new(s)),
+                    Err((_, e)) => {
+                        r.error(&stream, e);
+                        continue;
+                    }
+                }
+                RouteFormat::Protobuf
+            }
             _ => {
                 r.error(
                     &stream,
-                    format!("expected json, text or binary, got {value:?}"),
+                    format!("expected json, text, binary or protobuf:<message>, got {value:?}"),
                 );
                 continue;
             }
         };
         match routes.iter_mut().find(|rt| rt.stream == stream) {
-            Some(route) => route.format = format,
+            Some(route) => {
+                route.format = format;
+                route.schema = schema;
+            }
             None => r.error(&stream, "no such stream in [ingest.routes]".to_string()),
         }
     }
@@ -248,7 +282,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            e.contains("[ingest.formats] log: expected json, text or binary, got \"avro-ish\""),
+            e.contains("[ingest.formats] log: expected json, text, binary or protobuf:<message>, got \"avro-ish\""),
             "{e}"
         );
         assert!(

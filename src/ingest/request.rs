@@ -47,6 +47,9 @@ pub(super) fn parse(
         if let Some(i) = e.record() {
             extra["record"] = json!(i);
         }
+        if let BodyError::Misfit { path, .. } = &e {
+            extra["path"] = json!(path);
+        }
         (e.status(), e.to_string(), extra)
     };
     let partition = parse_query(shared, query, route)?;
@@ -60,7 +63,7 @@ pub(super) fn parse(
             let e = restproxy::embedded(header_value(req, "Content-Type")).map_err(v2)?;
             (Some(e), None, None)
         }
-        (false, RouteFormat::Json) => (
+        (false, RouteFormat::Json | RouteFormat::Protobuf) => (
             None,
             Some(body::format_of(header_value(req, "Content-Type")).map_err(body_err)?),
             None,
@@ -158,7 +161,17 @@ pub(super) fn parse(
             let (_, spans) =
                 body::split(&decoded, format, shared.config.key_field.as_deref(), limits)
                     .map_err(body_err)?;
-            (decoded, spans)
+            match &shared.routes[route].schema {
+                // Each record encoded as the route's message, in a new buffer.
+                Some(schema) => {
+                    let (values, spans) =
+                        encode(schema, &decoded, spans, limits.max_bytes).map_err(body_err)?;
+                    cost::grow(&mut charge, values.len(), budget).map_err(refused)?;
+                    charge.shrink(decoded.len());
+                    (values, spans)
+                }
+                None => (decoded, spans),
+            }
         }
         (None, None) => {
             let spans =
@@ -227,4 +240,41 @@ fn parse_query(shared: &Shared, query: &str, route: usize) -> Result<Option<i32>
         }
     }
     Ok(partition)
+}
+
+/// The records of `body` encoded as `schema`'s message: one buffer of
+/// values, the spans moved onto it (keys kept). A record that does not fit
+/// names its index and field path.
+fn encode(
+    schema: &crate::codec::protobuf::Schema,
+    body: &[u8],
+    spans: Vec<body::Span>,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Vec<body::Span>), BodyError> {
+    let mut values = Vec::with_capacity(body.len());
+    let mut out = Vec::with_capacity(spans.len());
+    for (index, s) in spans.into_iter().enumerate() {
+        let bytes = schema
+            .from_json(&body[s.range.clone()])
+            .map_err(|m| BodyError::Misfit {
+                index,
+                message: schema.name().to_string(),
+                path: m.path,
+                why: m.message,
+            })?;
+        if bytes.len() > max_bytes {
+            return Err(BodyError::RecordTooLarge {
+                index,
+                size: bytes.len(),
+                max: max_bytes,
+            });
+        }
+        let start = values.len();
+        values.extend_from_slice(&bytes);
+        out.push(body::Span {
+            range: start..values.len(),
+            ..s
+        });
+    }
+    Ok((values, out))
 }
