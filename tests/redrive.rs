@@ -38,11 +38,13 @@ fn redrive_sends_one_subscriptions_parked_messages_to_its_endpoint_only() {
     let dir = TempDir::new("redrive");
     let admin = free_port();
     let tag = unique_topic("g");
+    // One consumer thread each: no partition moves between threads of a
+    // group after start, so nothing is parked twice (at least once).
     let ini = format!(
         "[kafka]\nbrokers = {b}\n[admin]\nlisten = 127.0.0.1:{admin}\n\
          [subscription.crm]\ngroup_id = {tag}-crm\ntopics = {topic}\n\
-         target_url = {}/{{partition}}/{{offset}}\ncommit_interval_ms = 200\n\
-         [subscription.audit]\ngroup_id = {tag}-audit\ntopics = {topic}\ntarget_url = {}\ncommit_interval_ms = 200\n",
+         target_url = {}/{{partition}}/{{offset}}\ncommit_interval_ms = 200\nmax_threads = 1\n\
+         [subscription.audit]\ngroup_id = {tag}-audit\ntopics = {topic}\ntarget_url = {}\ncommit_interval_ms = 200\nmax_threads = 1\n",
         crm.url, audit.url
     );
     let mut bin = spawn_bin(&ini, &dir);

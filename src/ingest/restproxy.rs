@@ -150,8 +150,9 @@ pub fn embedded(content_type: Option<&str>) -> Result<Embedded, Refusal> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Envelope<'a> {
+    /// Read after the rest, at most `max_records` of them (see `bounded`).
     #[serde(borrow)]
-    records: Vec<Record<'a>>,
+    records: &'a RawValue,
     #[serde(default, borrow)]
     key_schema: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -203,22 +204,13 @@ pub fn records(
             "schemas are not taken with the json and binary embedded formats".into(),
         ));
     }
-    if env.records.is_empty() {
+    let records = bounded(env.records.get(), limits.max_records)?;
+    if records.is_empty() {
         return Err(bad("records: expected at least one record".into()));
     }
-    if env.records.len() > limits.max_records {
-        return Err(Refusal::new(
-            413,
-            413,
-            format!(
-                "more than max_records ({}) records in one request",
-                limits.max_records
-            ),
-        ));
-    }
     let mut values = Vec::new();
-    let mut spans = Vec::with_capacity(env.records.len());
-    for (i, r) in env.records.iter().enumerate() {
+    let mut spans = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
         let field = |part: &str, raw: &RawValue| -> Result<Option<Vec<u8>>, Refusal> {
             let s = raw.get();
             match embedded {
@@ -283,6 +275,47 @@ pub fn records(
         });
     }
     Ok((values, spans))
+}
+
+/// The records of the `records` array, refused (413) past `max` while
+/// reading, so a body of many tiny records never holds more than `max`.
+fn bounded(array: &str, max: usize) -> Result<Vec<Record<'_>>, Refusal> {
+    use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
+    const TOO_MANY: &str = "kbridge: too many records";
+    struct Limit(usize);
+    impl<'de> Visitor<'de> for Limit {
+        type Value = Vec<Record<'de>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of records")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(r) = seq.next_element::<Record<'de>>()? {
+                if out.len() == self.0 {
+                    return Err(A::Error::custom(TOO_MANY));
+                }
+                out.push(r);
+            }
+            Ok(out)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Limit {
+        type Value = Vec<Record<'de>>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(array);
+    Limit(max)
+        .deserialize(&mut de)
+        .map_err(|e| match e.to_string().starts_with(TOO_MANY) {
+            true => Refusal::new(
+                413,
+                413,
+                format!("more than max_records ({max}) records in one request"),
+            ),
+            false => Refusal::new(422, 42205, format!("records: {e}")),
+        })
 }
 
 /// The answer to a settled request: 200 with an entry per record (an
