@@ -54,8 +54,13 @@ pub(super) fn parse(
     };
     let partition = parse_query(shared, query, route)?;
     let route_format = shared.routes[route].format;
-    let topic = shared.routes[route].topic.clone();
-    let count = shared.probe.partitions(&topic);
+    let topic = &shared.routes[route].topic;
+    // Partition counts matter to REST Proxy routes only (native ones check
+    // `?partition=` in `parse_query`).
+    let count = match shared.routes[route].rest_proxy {
+        true => shared.probe.partitions(topic),
+        false => None,
+    };
     // REST Proxy envelopes, JSON records (the common case: the type judged
     // without a copy), text or binary records.
     let (embedded, format, content_type) = match (shared.routes[route].rest_proxy, route_format) {
@@ -75,7 +80,7 @@ pub(super) fn parse(
         ),
     };
     let path_partition = match path_partition {
-        Some(p) => Some(restproxy::path_partition(p, &topic, count).map_err(v2)?),
+        Some(p) => Some(restproxy::path_partition(p, topic, count).map_err(v2)?),
         None => None,
     };
     let encoding = header_value(req, "Content-Encoding").map(str::to_string);
@@ -151,7 +156,7 @@ pub(super) fn parse(
         (Some(e), _) => {
             let (values, spans) =
                 restproxy::records(&decoded, e, path_partition, limits).map_err(v2)?;
-            restproxy::check_partitions(&spans, &topic, count).map_err(v2)?;
+            restproxy::check_partitions(&spans, topic, count).map_err(v2)?;
             // The values, copied out of their envelope, replace it.
             cost::grow(&mut charge, values.len(), budget).map_err(refused)?;
             charge.shrink(decoded.len());
