@@ -80,3 +80,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    #[test]
+    fn any_bytes_give_a_frame_or_none_never_a_panic() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..24);
+            let mut b: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if rng.bool() && !b.is_empty() {
+                b[0] = 0;
+            }
+            if let Some(f) = protobuf_frame(&b) {
+                assert!(f.payload.len() <= b.len().saturating_sub(6));
+                assert!(!f.indexes.is_empty() && f.indexes.len() <= 64);
+            }
+        }
+    }
+}

@@ -180,3 +180,30 @@ fn answers_give_an_entry_per_record_in_order() {
     }]);
     assert_eq!(status, 503, "nothing stored, retriable");
 }
+
+#[test]
+fn hostile_bodies_are_refused_or_taken_never_a_panic() {
+    let good = br#"{"records":[{"key":"AP8=","value":"aGk=","partition":0},{"value":{"a":[1,{"b":null}]}}]}"#;
+    let mut rng = fastrand::Rng::with_seed(11);
+    for i in 0..20_000 {
+        let mut b = good.to_vec();
+        for _ in 0..rng.usize(1..6) {
+            let at = rng.usize(..b.len());
+            match rng.u8(..3) {
+                0 => b[at] = rng.u8(..),
+                1 => {
+                    b.remove(at);
+                }
+                _ => b.insert(at, *b"{}[]\",:\\0".get(rng.usize(..10)).unwrap_or(&b'x')),
+            }
+        }
+        let e = if i % 2 == 0 {
+            Embedded::Json
+        } else {
+            Embedded::Binary
+        };
+        if let Ok((values, spans)) = records(&b, e, None, LIMITS) {
+            assert!(spans.iter().all(|s| s.range.end <= values.len()));
+        }
+    }
+}
