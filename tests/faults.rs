@@ -416,6 +416,14 @@ fn deliver_killed_mid_stream_redelivers_and_never_committed_past_an_undelivered_
     let mut child = spawn_bin(&ini, &dir);
     let all: Vec<String> = (0..400).map(|i| format!("k-{i}")).collect();
     wait_delivered(&sink, &all, Duration::from_secs(90));
+    // Every id was seen, some maybe only from the killed process: the new
+    // one commits a partition once the group gave it that partition (after
+    // the dead member's session ends).
+    wait_until(
+        "the new process committed all",
+        Duration::from_secs(60),
+        || committed(&b, &group, &topic, 4).iter().sum::<i64>() == 400,
+    );
     child.sigterm();
     assert_eq!(child.wait_exit(Duration::from_secs(15)).code(), Some(0));
     let mut count: std::collections::HashMap<String, usize> = std::collections::HashMap::new();

@@ -157,13 +157,17 @@ fn seed_003_tweets_get_geoip_and_users_go_as_they_are_into_opensearch() {
     // once): one per source record counts.
     let dlq = format!("{tweets}.dlq");
     let mut parked: std::collections::BTreeMap<String, String> = Default::default();
-    wait_until("3 records parked", Duration::from_secs(30), || {
-        for r in read_all(&b, &dlq) {
+    // Read three records, one more each round while a copy parked twice
+    // hides a source (read_topic returns what it has at its deadline).
+    let mut n = 3;
+    wait_until("3 sources parked", Duration::from_secs(60), || {
+        for r in read_topic(&b, &dlq, n, Duration::from_secs(5)) {
             parked.insert(
                 r.header("kbridge-dlq-source"),
                 r.header("kbridge-dlq-status"),
             );
         }
+        n += 1;
         parked.len() >= 3
     });
     let mut statuses: Vec<String> = parked.values().cloned().collect();
