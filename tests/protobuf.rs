@@ -31,6 +31,37 @@ message Order {
 }
 "#;
 
+/// Runs `protobuf-io.py <args> <desc> shop.Order` with `lines` on its
+/// stdin; the JSON it prints, a value per line.
+fn google_protobuf(
+    args: &[&str],
+    desc: &std::path::Path,
+    lines: &[String],
+) -> Vec<serde_json::Value> {
+    let mut child = Command::new("python3")
+        .arg(IO)
+        .args(args)
+        .arg(desc)
+        .arg("shop.Order")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "protobuf-io.py {args:?} failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `orders.desc`, made by protoc from `PROTO`.
 fn descriptor_set(dir: &TempDir) -> std::path::PathBuf {
     std::fs::write(dir.0.join("orders.proto"), PROTO).unwrap();
@@ -60,31 +91,10 @@ fn protobuf_records_reach_the_endpoint_as_their_canonical_json() {
         serde_json::json!({"raw_hex": "ffffffff0a"}),
         serde_json::json!({"value": {"id": "o-3", "amountCents": "-5"}}),
     ];
-    let mut child = Command::new("python3")
-        .arg(IO)
-        .args(["produce", &b, &topic])
-        .arg(&desc)
-        .arg("shop.Order")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for s in &specs {
-            writeln!(stdin, "{s}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let written: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+    let written = google_protobuf(&["produce", &b, &topic], &desc, &lines);
     assert_eq!(written.len(), 3);
     let expected: Vec<serde_json::Value> = written.iter().map(|w| w["json"].clone()).collect();
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
 
     // o-3 is refused (400: parked).
     let sink = Sink::start(std::sync::Arc::new(|call, _| {
@@ -113,7 +123,7 @@ fn protobuf_records_reach_the_endpoint_as_their_canonical_json() {
     );
     assert_eq!(dlq[1].header("kbridge-dlq-status"), "400");
     assert_eq!(
-        hex(&dlq[1].value),
+        kbridge::kafka::record::hex(&dlq[1].value),
         written[2]["hex"].as_str().unwrap(),
         "o-3 parked as the protobuf bytes it was read as"
     );
@@ -274,29 +284,11 @@ fn a_protobuf_route_encodes_json_records_that_googles_runtime_reads_back() {
     }
     let records = read_with_kafka_python(&b, &topic);
     assert_eq!(records.len(), 2, "only the first request was stored");
-    let mut child = Command::new("python3")
-        .arg(IO)
-        .arg("decode")
-        .arg(&desc)
-        .arg("shop.Order")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for (r, _) in &records {
-            let hex: String = r.value.iter().map(|x| format!("{x:02x}")).collect();
-            writeln!(stdin, "{hex}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let read: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+    let values: Vec<String> = records
+        .iter()
+        .map(|(r, _)| kbridge::kafka::record::hex(&r.value))
         .collect();
+    let read = google_protobuf(&["decode"], &desc, &values);
     assert_eq!(
         read,
         [

@@ -172,6 +172,17 @@ pub struct Outcome {
     pub held_back: u64,
 }
 
+impl std::ops::AddAssign for Outcome {
+    fn add_assign(&mut self, o: Outcome) {
+        self.read += o.read;
+        self.delivered += o.delivered;
+        self.parked_again += o.parked_again;
+        self.skipped += o.skipped;
+        self.passed_over += o.passed_over;
+        self.held_back += o.held_back;
+    }
+}
+
 /// The subscription's name in commands and headers: `deliver` for `[deliver]`.
 pub fn name_of(c: &DeliverConfig) -> &str {
     c.subscription.as_deref().unwrap_or("deliver")

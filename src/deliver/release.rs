@@ -92,7 +92,7 @@ pub fn replay_key(
             Scope::Key(key.to_vec(), entries.clone()),
             None,
         )?;
-        add(&mut done.outcome, o);
+        done.outcome += o;
         if o.parked_again > 0 {
             break Ok(done);
         }
@@ -117,13 +117,4 @@ pub fn replay_key(
     stopper.stop();
     let _ = tail.join();
     result
-}
-
-fn add(total: &mut Outcome, o: Outcome) {
-    total.read += o.read;
-    total.delivered += o.delivered;
-    total.parked_again += o.parked_again;
-    total.skipped += o.skipped;
-    total.passed_over += o.passed_over;
-    total.held_back += o.held_back;
 }

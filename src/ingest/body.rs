@@ -145,15 +145,20 @@ impl BodyError {
     }
 }
 
-/// Picks the framing from `Content-Type` (parameters such as charset ignored).
-pub fn format_of(content_type: Option<&str>) -> Result<Format, BodyError> {
-    let raw = content_type.unwrap_or("");
-    let mime = raw
+/// The media type of a `Content-Type`, lower case, without parameters.
+pub fn mime(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// Picks the framing from `Content-Type` (parameters such as charset ignored).
+pub fn format_of(content_type: Option<&str>) -> Result<Format, BodyError> {
+    let raw = content_type.unwrap_or("");
+    let mime = mime(raw);
     match mime.as_str() {
         "application/json" => Ok(Format::Json),
         "application/x-ndjson"

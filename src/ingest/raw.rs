@@ -94,9 +94,8 @@ pub fn records(
 /// is refused.
 fn text_framing(content_type: Option<&str>) -> Result<bool, BodyError> {
     let raw = content_type.unwrap_or("text/plain");
-    let mut parts = raw.split(';');
-    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let charset_ok = parts.all(|p| {
+    let mime = body::mime(raw);
+    let charset_ok = raw.split(';').skip(1).all(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         !k.trim().eq_ignore_ascii_case("charset") || {
             let v = v.trim().trim_matches('"');

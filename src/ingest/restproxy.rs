@@ -121,12 +121,7 @@ pub fn check_partitions(spans: &[Span], topic: &str, count: Option<i32>) -> Resu
 /// The embedded format of a `Content-Type`.
 pub fn embedded(content_type: Option<&str>) -> Result<Embedded, Refusal> {
     let raw = content_type.unwrap_or("");
-    let mime = raw
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = super::body::mime(raw);
     match mime.as_str() {
         "application/vnd.kafka.json.v2+json" => Ok(Embedded::Json),
         "application/vnd.kafka.binary.v2+json" => Ok(Embedded::Binary),
