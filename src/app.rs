@@ -34,6 +34,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "deliver.consumer",
     "collect",
     "collect.consumer",
+    "schema_registry",
 ];
 
 /// The roles of the binary.
@@ -85,10 +86,12 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
         }
     }
     let common = CommonConfig::from_document(path, &doc, &mut errors);
-    let ingest = IngestConfig::from_document(&doc, &mut errors);
-    let deliver = DeliverConfig::from_document(&doc, &mut errors);
-    let subscriptions = deliver::subscriptions::from_document(&doc, &mut errors);
-    let collect = CollectConfig::from_document(&doc, &mut errors);
+    let registry = crate::codec::registry::Registry::read(&doc, &mut errors);
+    let registry = registry.as_ref();
+    let ingest = IngestConfig::from_document(&doc, &mut errors, registry);
+    let deliver = DeliverConfig::from_document(&doc, &mut errors, registry);
+    let subscriptions = deliver::subscriptions::from_document(&doc, &mut errors, registry);
+    let collect = CollectConfig::from_document(&doc, &mut errors, registry);
     for (sub, parent) in [
         ("ingest.routes", ingest.is_some()),
         ("ingest.formats", ingest.is_some()),

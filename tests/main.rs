@@ -2,6 +2,7 @@
 //! (Apache Kafka, started by `scripts/test`: `KBRIDGE_TEST_BROKERS`; tansu for
 //! the interoperability check: `TANSU_BIN`).
 
+mod avro;
 mod bench;
 mod broker_events;
 mod budget;

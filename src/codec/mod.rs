@@ -1,69 +1,274 @@
 //! Payload formats below every role: what a record's bytes are, and how
-//! they become the JSON the roles work with. Today: JSON itself, and
-//! Protobuf by a local descriptor set (seed 002's `protobuf->hash`), plain
-//! or in the Confluent wire format. Pure functions, no threads or sockets.
+//! they become the JSON the roles work with, and back. JSON itself; text
+//! and binary values as JSON strings (binary in base64); Protobuf by a
+//! local descriptor set (seed 002's `protobuf->hash`); Avro by a local
+//! `.avsc` or by the schema registry's ids (the Confluent wire format);
+//! `auto`, where the magic byte decides. `value_format` and its keys are
+//! read here for deliver and collect; ingest's routes use [`writer`].
 
+pub mod avro;
+mod avro_decode;
 pub mod protobuf;
+pub mod registry;
 pub mod wire;
+pub mod writer;
 
 use std::sync::Arc;
 
+use base64::Engine;
+
 use crate::config::SectionReader;
+use registry::{Kind as Registered, Registry};
+
+/// Why a JSON record does not fit a schema: where (a JSON path such as
+/// `customer.name` or `tags[2]`; empty for the record itself) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misfit {
+    pub path: String,
+    pub message: String,
+}
+
+/// Why a value could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Never will be (corrupt bytes, an id the registry does not know): a
+    /// hostile record.
+    Unreadable(String),
+    /// Not now: the registry is unreachable or failing; ask again.
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Json,
+    Text,
+    Binary,
+    Auto,
+    Protobuf(Arc<protobuf::Schema>),
+    /// By the registry's ids when there is one, else by the local schema.
+    Avro(Option<Arc<avro::Schema>>),
+}
 
 /// How a record's value is read (`value_format`).
 #[derive(Debug, Clone)]
-pub enum ValueFormat {
-    /// JSON, byte for byte.
-    Json,
-    /// Protobuf messages of one type, decoded to their canonical JSON.
-    Protobuf(Arc<protobuf::Schema>),
+pub struct ValueFormat {
+    kind: Kind,
+    registry: Option<Arc<Registry>>,
 }
 
 impl ValueFormat {
-    /// `value_format` (`json` | `protobuf`) and, for `protobuf`,
-    /// `protobuf_descriptor_file` and `protobuf_message`; mistakes name
-    /// their key.
-    pub fn read(r: &mut SectionReader<'_>) -> ValueFormat {
-        let protobuf = r.choice(
+    /// `value_format` (`json` | `text` | `binary` | `auto` | `protobuf` |
+    /// `avro`) with `protobuf_descriptor_file` and `protobuf_message`
+    /// (protobuf) or `avro_schema_file` (avro without a registry);
+    /// mistakes name their key.
+    pub fn read(r: &mut SectionReader<'_>, registry: Option<&Arc<Registry>>) -> ValueFormat {
+        let name = r.choice(
             "value_format",
-            false,
-            &[("json", false), ("protobuf", true)],
+            "json",
+            &[
+                ("json", "json"),
+                ("text", "text"),
+                ("binary", "binary"),
+                ("auto", "auto"),
+                ("protobuf", "protobuf"),
+                ("avro", "avro"),
+            ],
         );
         let file = r.string("protobuf_descriptor_file", "");
         let message = r.string("protobuf_message", "");
-        if !protobuf {
-            return ValueFormat::Json;
-        }
-        if file.is_empty() {
-            r.error(
-                "protobuf_descriptor_file",
-                "required with value_format = protobuf: a descriptor set (protoc --include_imports --descriptor_set_out)".into(),
-            );
-            return ValueFormat::Json;
-        }
-        if message.is_empty() {
-            r.error(
-                "protobuf_message",
-                "required with value_format = protobuf: the message's full name, e.g. shop.Order"
-                    .into(),
-            );
-            return ValueFormat::Json;
-        }
-        match protobuf::Schema::open(std::path::Path::new(&file), &message) {
-            Ok(s) => ValueFormat::Protobuf(Arc::new(s)),
-            Err((key, e)) => {
-                r.error(key, e);
-                ValueFormat::Json
+        let avsc = r.string("avro_schema_file", "");
+        let mut kind = match name {
+            "text" => Kind::Text,
+            "binary" => Kind::Binary,
+            "auto" => Kind::Auto,
+            _ => Kind::Json,
+        };
+        if name == "protobuf" {
+            if file.is_empty() {
+                r.error(
+                    "protobuf_descriptor_file",
+                    "required with value_format = protobuf: a descriptor set (protoc --include_imports --descriptor_set_out)".into(),
+                );
+            } else if message.is_empty() {
+                r.error(
+                    "protobuf_message",
+                    "required with value_format = protobuf: the message's full name, e.g. shop.Order"
+                        .into(),
+                );
+            } else {
+                match protobuf::Schema::open(std::path::Path::new(&file), &message) {
+                    Ok(s) => kind = Kind::Protobuf(Arc::new(s)),
+                    Err((key, e)) => r.error(key, e),
+                }
             }
+        }
+        if name == "avro" {
+            if !avsc.is_empty() {
+                match avro::Schema::open(std::path::Path::new(&avsc)) {
+                    Ok(s) => kind = Kind::Avro(Some(Arc::new(s))),
+                    Err(e) => r.error("avro_schema_file", e),
+                }
+            } else if registry.is_none() {
+                r.error(
+                    "value_format",
+                    "avro needs [schema_registry] url (records in the Confluent wire format) or avro_schema_file (plain datums)".into(),
+                );
+            } else {
+                kind = Kind::Avro(None);
+            }
+        }
+        ValueFormat {
+            kind,
+            registry: registry.cloned(),
         }
     }
 
     /// The value as JSON bytes: `Ok(None)` when it already is (JSON, kept
-    /// as it is); `Err` says why it cannot be read.
-    pub fn to_json(&self, value: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        match self {
-            ValueFormat::Json => Ok(None),
-            ValueFormat::Protobuf(s) => s.to_json(value).map(Some),
+    /// as it is).
+    pub fn to_json(&self, value: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
+        let unreadable = Failure::Unreadable;
+        match &self.kind {
+            Kind::Json => Ok(None),
+            Kind::Text => match std::str::from_utf8(value) {
+                Ok(t) => Ok(Some(json_string(t))),
+                Err(e) => Err(unreadable(format!("value is not UTF-8 text: {e}"))),
+            },
+            Kind::Binary => Ok(Some(base64_string(value))),
+            Kind::Protobuf(s) => s.to_json(value).map(Some).map_err(unreadable),
+            Kind::Avro(local) => match (&self.registry, local) {
+                (Some(reg), _) => {
+                    let (id, payload) = wire::frame(value).ok_or_else(|| {
+                        unreadable(
+                            "value is not in the Confluent wire format (magic byte 0, 4-byte schema id)"
+                                .into(),
+                        )
+                    })?;
+                    match &reg.by_id(id)?.schema {
+                        Registered::Avro(s) => s.to_json(payload).map(Some).map_err(|e| {
+                            unreadable(format!(
+                                "value is not a valid Avro datum of schema {id}: {e}"
+                            ))
+                        }),
+                        other => Err(unreadable(format!(
+                            "schema {id} is {}, not Avro",
+                            kind_name(other)
+                        ))),
+                    }
+                }
+                (None, Some(s)) => s
+                    .to_json(value)
+                    .map(Some)
+                    .map_err(|e| unreadable(format!("value is not a valid Avro datum: {e}"))),
+                (None, None) => Err(unreadable("no Avro schema".into())),
+            },
+            Kind::Auto => self.auto(value),
         }
     }
+
+    /// Framed (magic byte 0, with a registry): as its schema says; else
+    /// JSON as it is, UTF-8 text as a string, other bytes in base64.
+    fn auto(&self, value: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
+        if let (Some(reg), Some((id, payload))) = (&self.registry, wire::frame(value)) {
+            return match &reg.by_id(id)?.schema {
+                Registered::Avro(s) => s.to_json(payload).map(Some).map_err(|e| {
+                    Failure::Unreadable(format!(
+                        "value is not a valid Avro datum of schema {id}: {e}"
+                    ))
+                }),
+                Registered::Json => match is_json(payload) {
+                    true => Ok(Some(payload.to_vec())),
+                    false => Err(Failure::Unreadable(format!(
+                        "value of JSON Schema {id} is not JSON"
+                    ))),
+                },
+                Registered::Protobuf => Err(Failure::Unreadable(format!(
+                    "schema {id} is a Protobuf schema: kbridge reads Protobuf by a descriptor set (value_format = protobuf), not from the registry"
+                ))),
+            };
+        }
+        if is_json(value) {
+            return Ok(None);
+        }
+        match std::str::from_utf8(value) {
+            Ok(t) => Ok(Some(json_string(t))),
+            Err(_) => Ok(Some(base64_string(value))),
+        }
+    }
+
+    /// The registry's failed calls, when values are read through it.
+    pub fn registry_errors(&self) -> Option<u64> {
+        let reads = matches!(self.kind, Kind::Avro(_) | Kind::Auto);
+        let r = self.registry.as_ref().filter(|_| reads)?;
+        Some(r.errors.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// [`to_json`](Self::to_json), waiting out registry outages (asking
+    /// again after 100 ms, doubling to 5 s; one WARN per outage, naming
+    /// `who`): `Err` only for a value that can never be read, `None` when
+    /// `stopped` says so first. `idle` runs in a loop while it waits and
+    /// paces it (it keeps the caller's consumer alive: heartbeats, done
+    /// reports, a short sleep).
+    pub fn to_json_waiting(
+        &self,
+        value: &[u8],
+        who: &str,
+        stopped: &dyn Fn() -> bool,
+        idle: &mut dyn FnMut(),
+    ) -> Option<Result<Option<Vec<u8>>, String>> {
+        let mut pause = std::time::Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            match self.to_json(value) {
+                Ok(json) => {
+                    if warned {
+                        log::info!("{who}: the schema registry answers again");
+                    }
+                    return Some(Ok(json));
+                }
+                Err(Failure::Unreadable(why)) => return Some(Err(why)),
+                Err(Failure::Unavailable(why)) => {
+                    if !warned {
+                        log::warn!(
+                            "{who}: {why}; waiting for the schema registry (records wait, none is parked for an outage)"
+                        );
+                        warned = true;
+                    }
+                    let until = std::time::Instant::now() + pause;
+                    while std::time::Instant::now() < until {
+                        if stopped() {
+                            return None;
+                        }
+                        idle();
+                    }
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+fn kind_name(k: &Registered) -> &'static str {
+    match k {
+        Registered::Avro(_) => "an Avro schema",
+        Registered::Json => "a JSON Schema",
+        Registered::Protobuf => "a Protobuf schema",
+    }
+}
+
+fn is_json(b: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+}
+
+fn json_string(t: &str) -> Vec<u8> {
+    serde_json::to_vec(t).unwrap_or_default()
+}
+
+fn base64_string(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() * 4 / 3 + 4);
+    out.push(b'"');
+    let mut s = String::new();
+    base64::engine::general_purpose::STANDARD.encode_string(b, &mut s);
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    out
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 
-use super::wire;
+use super::{Misfit, wire};
 
 #[derive(Debug)]
 pub struct Schema {
@@ -26,14 +26,6 @@ impl PartialEq for Schema {
     }
 }
 impl Eq for Schema {}
-
-/// Why a JSON record does not fit the message: where (a JSON path such as
-/// `customer.name` or `tags[2]`; empty for the record itself) and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Misfit {
-    pub path: String,
-    pub message: String,
-}
 
 impl Schema {
     /// The message `name` of the descriptor set in `file`; the error names

@@ -10,6 +10,21 @@ pub struct Framed<'a> {
     pub payload: &'a [u8],
 }
 
+/// Splits a Confluent-framed record into its schema id and the rest;
+/// `None` when `bytes` do not start with the magic byte 0 and 4 bytes.
+pub fn frame(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    match bytes {
+        [0, a, b, c, d, rest @ ..] => Some((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
+        _ => None,
+    }
+}
+
+/// Appends the frame of schema `id` (magic byte 0, the id big-endian).
+pub fn put_frame(out: &mut Vec<u8>, id: u32) {
+    out.push(0);
+    out.extend_from_slice(&id.to_be_bytes());
+}
+
 /// Splits a Confluent-framed Protobuf record; `None` when `bytes` do not
 /// start with the magic byte or the frame is cut short.
 pub fn protobuf_frame(bytes: &[u8]) -> Option<Framed<'_>> {

@@ -82,7 +82,11 @@ pub fn parse_groups(s: &str) -> Result<Vec<Group>, String> {
 }
 
 impl CollectConfig {
-    pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Option<CollectConfig> {
+    pub fn from_document(
+        doc: &Document,
+        errors: &mut ConfigErrors,
+        registry: Option<&std::sync::Arc<crate::codec::registry::Registry>>,
+    ) -> Option<CollectConfig> {
         let mut r = doc.reader("collect", errors);
         if !r.exists() {
             return None;
@@ -103,7 +107,7 @@ impl CollectConfig {
             Format::Raw,
             &[("raw", Format::Raw), ("envelope", Format::Envelope)],
         );
-        let value_format = crate::codec::ValueFormat::read(&mut r);
+        let value_format = crate::codec::ValueFormat::read(&mut r, registry);
         let gzip = r.choice("compression", false, &[("none", false), ("gzip", true)]);
         let rotate_bytes = r.int("rotate_bytes", 16u64 << 20, 1..=1 << 40);
         let rotate_age_s = r.int("rotate_age_s", 300u64, 1..=86_400);
@@ -174,7 +178,7 @@ mod tests {
             "[collect]\ngroups = g:t\nrecord_directory = /tmp/x\n",
             &mut errors,
         );
-        let c = CollectConfig::from_document(&doc, &mut errors).unwrap();
+        let c = CollectConfig::from_document(&doc, &mut errors, None).unwrap();
         assert!(errors.0.is_empty(), "{errors}");
         assert_eq!(
             (c.concurrent_count, c.format, c.gzip),
@@ -185,7 +189,7 @@ mod tests {
             "[collect]\ngroups = oops\ncompression = zip\n",
             &mut errors,
         );
-        CollectConfig::from_document(&doc, &mut errors);
+        CollectConfig::from_document(&doc, &mut errors, None);
         let t = errors.to_string();
         assert!(
             t.contains("c.ini:2 [collect] groups: \"oops\" is not group:topic"),

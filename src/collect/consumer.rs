@@ -295,14 +295,30 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
         parse_source(std::str::from_utf8(&v).ok()?, t)
     });
     // A value in another format is filed as its JSON; one it cannot read,
-    // as it is (counted).
-    let decoded = match m.payload().map(|v| shared.config.value_format.to_json(v)) {
-        Some(Ok(json)) => json,
-        Some(Err(_)) => {
-            shared.metrics.undecodable.inc();
-            None
-        }
+    // as it is (counted). While the schema registry cannot be reached the
+    // thread waits; stopping then leaves the record unfiled (and so not
+    // committed).
+    let decoded = match m.payload() {
         None => None,
+        Some(v) => {
+            let stopped = || shared.stop.is_stopped();
+            let mut idle = || {
+                member.heartbeat.tick();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            match shared
+                .config
+                .value_format
+                .to_json_waiting(v, "collect", &stopped, &mut idle)
+            {
+                None => return,
+                Some(Ok(json)) => json,
+                Some(Err(_)) => {
+                    shared.metrics.undecodable.inc();
+                    None
+                }
+            }
+        }
     };
     let value = decoded.as_deref().or(m.payload());
     let line = match shared.config.format {

@@ -166,7 +166,11 @@ pub struct DeliverConfig {
 }
 
 impl DeliverConfig {
-    pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Option<DeliverConfig> {
+    pub fn from_document(
+        doc: &Document,
+        errors: &mut ConfigErrors,
+        registry: Option<&std::sync::Arc<crate::codec::registry::Registry>>,
+    ) -> Option<DeliverConfig> {
         let mut r = doc.reader("deliver", errors);
         if !r.exists() {
             return None;
@@ -254,7 +258,7 @@ impl DeliverConfig {
                 ("delete", OnTombstone::Delete),
             ],
         );
-        let value_format = crate::codec::ValueFormat::read(&mut r);
+        let value_format = crate::codec::ValueFormat::read(&mut r, registry);
         let on_invalid_json = r.choice(
             "on_invalid_json",
             OnInvalid::DeadLetter,

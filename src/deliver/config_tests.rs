@@ -5,7 +5,7 @@ use super::*;
 fn load(text: &str) -> (Option<DeliverConfig>, ConfigErrors) {
     let mut errors = ConfigErrors::default();
     let doc = Document::parse("d.ini", text, &mut errors);
-    let c = DeliverConfig::from_document(&doc, &mut errors);
+    let c = DeliverConfig::from_document(&doc, &mut errors, None);
     (c, errors)
 }
 

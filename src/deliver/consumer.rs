@@ -405,10 +405,26 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
     };
     // A value in another format is read as its JSON; one that cannot be
     // is parked with the reason.
-    let (decoded, unreadable) = match m.payload().map(|v| c.value_format.to_json(v)) {
-        Some(Ok(json)) => (json, None),
-        Some(Err(why)) => (None, Some(why)),
+    // While the schema registry cannot be reached the thread waits (still
+    // heartbeating and taking done reports); stopping then leaves the
+    // record unregistered, so commits stop before it.
+    let (decoded, unreadable) = match m.payload() {
         None => (None, None),
+        Some(v) => {
+            let who = format!("deliver {}", c.group_id);
+            let stopped = || shared.stop.is_stopped();
+            let mut idle = || {
+                member.heartbeat.tick();
+                role.drain_done(member, Duration::from_millis(20));
+            };
+            match c
+                .value_format
+                .to_json_waiting(v, &who, &stopped, &mut idle)?
+            {
+                Ok(json) => (json, None),
+                Err(why) => (None, Some(why)),
+            }
+        }
     };
     let value = decoded.as_deref().or(m.payload());
     let (json, field) = match value {

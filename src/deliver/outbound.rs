@@ -27,15 +27,8 @@ impl Outbound {
     pub fn read(r: &mut SectionReader<'_>) -> Outbound {
         let mut out = Outbound {
             skip_verify: r.bool("tls_skip_verify", false),
-            ..Default::default()
+            ..Outbound::read_tls(r)
         };
-        let ca = r.string("tls_ca_file", "");
-        if !ca.is_empty() {
-            match read_certificates(Path::new(&ca)) {
-                Ok(c) => out.roots = c,
-                Err(e) => r.error("tls_ca_file", e),
-            }
-        }
         for (key, slot) in [
             ("auth_header_file", &mut out.authorization),
             ("enrich_auth_header_file", &mut out.enrich_authorization),
@@ -46,6 +39,19 @@ impl Outbound {
                     Ok(s) => *slot = Some(s),
                     Err(e) => r.error(key, e),
                 }
+            }
+        }
+        out
+    }
+
+    /// Only `tls_ca_file` (the schema registry's trust; verification on).
+    pub fn read_tls(r: &mut SectionReader<'_>) -> Outbound {
+        let mut out = Outbound::default();
+        let ca = r.string("tls_ca_file", "");
+        if !ca.is_empty() {
+            match read_certificates(Path::new(&ca)) {
+                Ok(c) => out.roots = c,
+                Err(e) => r.error("tls_ca_file", e),
             }
         }
         out

@@ -34,7 +34,11 @@ pub fn is_subscription_section(section: &str) -> bool {
 }
 
 /// Every `[subscription.<name>]` of `doc`, in name order.
-pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Vec<Subscription> {
+pub fn from_document(
+    doc: &Document,
+    errors: &mut ConfigErrors,
+    registry: Option<&std::sync::Arc<crate::codec::registry::Registry>>,
+) -> Vec<Subscription> {
     let mut out = Vec::new();
     for (section, s) in &doc.sections {
         let Some(rest) = section.strip_prefix("subscription.") else {
@@ -66,7 +70,7 @@ pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Vec<Subscript
         if consumer {
             continue;
         }
-        if let Some(mut config) = one(doc, name, s, errors) {
+        if let Some(mut config) = one(doc, name, s, errors, registry) {
             config.subscription = Some(name.to_string());
             out.push(Subscription {
                 name: name.to_string(),
@@ -83,6 +87,7 @@ fn one(
     name: &str,
     own: &Section,
     errors: &mut ConfigErrors,
+    registry: Option<&std::sync::Arc<crate::codec::registry::Registry>>,
 ) -> Option<DeliverConfig> {
     let merged = |base: Option<&Section>, own: Option<&Section>, skip: &[&str]| {
         let mut entries: Vec<Entry> = base
@@ -132,7 +137,7 @@ fn one(
         sections,
     };
     let mut own_errors = ConfigErrors::default();
-    let config = DeliverConfig::from_document(&derived, &mut own_errors);
+    let config = DeliverConfig::from_document(&derived, &mut own_errors, registry);
     for mut e in own_errors.0 {
         e.section = e
             .section
@@ -149,7 +154,7 @@ mod tests {
     fn load(text: &str) -> (Vec<Subscription>, String) {
         let mut errors = ConfigErrors::default();
         let doc = Document::parse("s.ini", text, &mut errors);
-        let subs = from_document(&doc, &mut errors);
+        let subs = from_document(&doc, &mut errors, None);
         (subs, errors.to_string())
     }
 

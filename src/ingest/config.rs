@@ -24,8 +24,8 @@ pub struct Route {
     pub topic: String,
     /// What it takes and writes (`[ingest.formats]`).
     pub format: super::raw::RouteFormat,
-    /// `protobuf:<message>`: the message its JSON records are encoded as.
-    pub schema: Option<std::sync::Arc<crate::codec::protobuf::Schema>>,
+    /// `protobuf:<message>`, `avro[:<file>]`: how its JSON records are encoded.
+    pub writer: Option<std::sync::Arc<crate::codec::writer::Writer>>,
 }
 
 /// Seed 004's producer settings and our defaults for them; any other
@@ -145,7 +145,11 @@ pub struct IngestConfig {
 
 impl IngestConfig {
     /// `None` when the file has no `[ingest]` section.
-    pub fn from_document(doc: &Document, errors: &mut ConfigErrors) -> Option<IngestConfig> {
+    pub fn from_document(
+        doc: &Document,
+        errors: &mut ConfigErrors,
+        registry: Option<&std::sync::Arc<crate::codec::registry::Registry>>,
+    ) -> Option<IngestConfig> {
         if !doc.reader("ingest", errors).exists() {
             // Sub-sections without their parent are reported as unknown by app.
             return None;
@@ -158,7 +162,7 @@ impl IngestConfig {
                 stream: e.key.clone(),
                 topic: e.value.clone(),
                 format: super::raw::RouteFormat::Json,
-                schema: None,
+                writer: None,
             })
             .collect();
         for route in &routes {
@@ -186,13 +190,13 @@ impl IngestConfig {
                     stream: "visit".into(),
                     topic: "visits".into(),
                     format: super::raw::RouteFormat::Json,
-                    schema: None,
+                    writer: None,
                 },
                 Route {
                     stream: "activity".into(),
                     topic: "activities".into(),
                     format: super::raw::RouteFormat::Json,
-                    schema: None,
+                    writer: None,
                 },
             ];
         }
@@ -251,7 +255,7 @@ impl IngestConfig {
             );
         }
         r.finish();
-        super::raw::read_formats(doc, errors, &mut routes, &descriptor_file);
+        super::raw::read_formats(doc, errors, &mut routes, &descriptor_file, registry);
 
         let mut pr = doc.reader("ingest.producer", errors);
         let producer = librdkafka_section(&mut pr, PRODUCER_DEFAULTS);
@@ -367,7 +371,7 @@ mod tests {
     fn load(text: &str) -> (Option<IngestConfig>, ConfigErrors) {
         let mut errors = ConfigErrors::default();
         let doc = Document::parse("i.ini", text, &mut errors);
-        let c = IngestConfig::from_document(&doc, &mut errors);
+        let c = IngestConfig::from_document(&doc, &mut errors, None);
         (c, errors)
     }
 

@@ -67,8 +67,8 @@ pub(crate) struct RouteState {
     pub format: raw::RouteFormat,
     /// `POST /topics/<topic>` of the REST Proxy v2 API (`rest_proxy_topics`).
     pub rest_proxy: bool,
-    /// The Protobuf message its records are encoded as (`protobuf:<message>`).
-    pub schema: Option<Arc<crate::codec::protobuf::Schema>>,
+    /// How its JSON records are encoded (`protobuf:<message>`, `avro`).
+    pub writer: Option<Arc<crate::codec::writer::Writer>>,
 }
 
 /// State the HTTP threads and the delivery callbacks share (read-mostly).
@@ -198,7 +198,7 @@ pub fn spawn(
                 topic: Arc::from(r.topic.as_str()),
                 format: r.format,
                 rest_proxy: false,
-                schema: r.schema.clone(),
+                writer: r.writer.clone(),
             }
         })
         .collect();
@@ -210,7 +210,7 @@ pub fn spawn(
             topic: Arc::from(t.as_str()),
             format: raw::RouteFormat::Json,
             rest_proxy: true,
-            schema: None,
+            writer: None,
         });
     }
     let head_check = auth.as_ref().map(|a| {

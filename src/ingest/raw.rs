@@ -22,8 +22,9 @@ pub enum RouteFormat {
     /// Any bytes: the body is one record as it is.
     Binary,
     /// JSON objects, as JSON routes take them, each encoded as the route's
-    /// Protobuf message (`protobuf:<message>`).
-    Protobuf,
+    /// Protobuf message (`protobuf:<message>`) or Avro schema (`avro`,
+    /// `avro:<file.avsc>`).
+    Schema,
 }
 
 /// The records of a text or binary route's body.
@@ -37,7 +38,7 @@ pub fn records(
         return Err(BodyError::EmptyRecord);
     }
     let lines = match format {
-        RouteFormat::Binary | RouteFormat::Json | RouteFormat::Protobuf => false,
+        RouteFormat::Binary | RouteFormat::Json | RouteFormat::Schema => false,
         RouteFormat::Text => {
             let lines = text_framing(content_type)?;
             if let Err(e) = std::str::from_utf8(body) {
@@ -112,15 +113,19 @@ fn text_framing(content_type: Option<&str>) -> Result<bool, BodyError> {
     }
 }
 
-/// `[ingest.formats]`: `stream = json | text | binary | protobuf:<message>`
-/// for routes of `[ingest.routes]` (unset: `json`); the message is one of
-/// `[ingest] protobuf_descriptor_file`.
+/// `[ingest.formats]`: `stream = json | text | binary | protobuf:<message>
+/// | avro | avro:<file.avsc>` for routes of `[ingest.routes]` (unset:
+/// `json`); the message is one of `[ingest] protobuf_descriptor_file`;
+/// `avro` alone is the latest schema of `<topic>-value` in the registry.
 pub(super) fn read_formats(
     doc: &Document,
     errors: &mut ConfigErrors,
     routes: &mut [Route],
     descriptor_file: &str,
+    registry: Option<&std::sync::Arc<crate::codec::registry::Registry>>,
 ) {
+    use crate::codec::writer::Writer;
+    use std::sync::Arc;
     let mut r = doc.reader("ingest.formats", errors);
     let entries: Vec<(String, String)> = r
         .all()
@@ -128,8 +133,36 @@ pub(super) fn read_formats(
         .map(|e| (e.key.clone(), e.value.clone()))
         .collect();
     for (stream, value) in entries {
-        let mut schema = None;
+        let mut writer = None;
+        let topic = routes
+            .iter()
+            .find(|rt| rt.stream == stream)
+            .map(|rt| rt.topic.clone())
+            .unwrap_or_default();
         let format = match value.as_str() {
+            "avro" if registry.is_none() => {
+                r.error(
+                    &stream,
+                    "avro without a file needs [schema_registry] url (the schema is the latest of <topic>-value); or name a schema: avro:<file.avsc>".into(),
+                );
+                continue;
+            }
+            "avro" => {
+                writer = Some(Arc::new(Writer::avro(None, &topic, registry)));
+                RouteFormat::Schema
+            }
+            v if v.starts_with("avro:") => {
+                match crate::codec::avro::Schema::open(std::path::Path::new(&v["avro:".len()..])) {
+                    Ok(s) => {
+                        writer = Some(Arc::new(Writer::avro(Some(Arc::new(s)), &topic, registry)))
+                    }
+                    Err(e) => {
+                        r.error(&stream, e);
+                        continue;
+                    }
+                }
+                RouteFormat::Schema
+            }
             "json" => RouteFormat::Json,
             "text" => RouteFormat::Text,
             "binary" => RouteFormat::Binary,
@@ -146,18 +179,18 @@ pub(super) fn read_formats(
                     std::path::Path::new(descriptor_file),
                     name,
                 ) {
-                    Ok(s) => schema = Some(std::sync::Arc::new(s)),
+                    Ok(s) => writer = Some(Arc::new(Writer::protobuf(Arc::new(s)))),
                     Err((_, e)) => {
                         r.error(&stream, e);
                         continue;
                     }
                 }
-                RouteFormat::Protobuf
+                RouteFormat::Schema
             }
             _ => {
                 r.error(
                     &stream,
-                    format!("expected json, text, binary or protobuf:<message>, got {value:?}"),
+                    format!("expected json, text, binary, protobuf:<message>, avro or avro:<file.avsc>, got {value:?}"),
                 );
                 continue;
             }
@@ -165,7 +198,7 @@ pub(super) fn read_formats(
         match routes.iter_mut().find(|rt| rt.stream == stream) {
             Some(route) => {
                 route.format = format;
-                route.schema = schema;
+                route.writer = writer;
             }
             None => r.error(&stream, "no such stream in [ingest.routes]".to_string()),
         }
@@ -255,7 +288,7 @@ mod tests {
     fn formats(text: &str) -> Result<Vec<RouteFormat>, String> {
         let mut errors = ConfigErrors::default();
         let doc = Document::parse("i.ini", text, &mut errors);
-        let c = super::super::config::IngestConfig::from_document(&doc, &mut errors);
+        let c = super::super::config::IngestConfig::from_document(&doc, &mut errors, None);
         match errors.0.is_empty() {
             true => Ok(c.unwrap().routes.iter().map(|r| r.format).collect()),
             false => Err(errors.to_string()),
@@ -281,7 +314,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            e.contains("[ingest.formats] log: expected json, text, binary or protobuf:<message>, got \"avro-ish\""),
+            e.contains("[ingest.formats] log: expected json, text, binary, protobuf:<message>, avro or avro:<file.avsc>, got \"avro-ish\""),
             "{e}"
         );
         assert!(

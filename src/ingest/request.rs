@@ -68,7 +68,7 @@ pub(super) fn parse(
             let e = restproxy::embedded(header_value(req, "Content-Type")).map_err(v2)?;
             (Some(e), None, None)
         }
-        (false, RouteFormat::Json | RouteFormat::Protobuf) => (
+        (false, RouteFormat::Json | RouteFormat::Schema) => (
             None,
             Some(body::format_of(header_value(req, "Content-Type")).map_err(body_err)?),
             None,
@@ -166,11 +166,12 @@ pub(super) fn parse(
             let (_, spans) =
                 body::split(&decoded, format, shared.config.key_field.as_deref(), limits)
                     .map_err(body_err)?;
-            match &shared.routes[route].schema {
-                // Each record encoded as the route's message, in a new buffer.
-                Some(schema) => {
+            match &shared.routes[route].writer {
+                // Each record encoded as the route's schema says, in a new buffer.
+                Some(writer) => {
+                    let encoder = writer.encoder().map_err(|f| schema_unavailable(f, topic))?;
                     let (values, spans) =
-                        encode(schema, &decoded, spans, limits.max_bytes).map_err(body_err)?;
+                        encode(&encoder, &decoded, spans, limits.max_bytes).map_err(body_err)?;
                     cost::grow(&mut charge, values.len(), budget).map_err(refused)?;
                     charge.shrink(decoded.len());
                     (values, spans)
@@ -247,11 +248,26 @@ fn parse_query(shared: &Shared, query: &str, route: usize) -> Result<Option<i32>
     Ok(partition)
 }
 
-/// The records of `body` encoded as `schema`'s message: one buffer of
-/// values, the spans moved onto it (keys kept). A record that does not fit
-/// names its index and field path.
+/// Why a schema route cannot encode now: the registry is unreachable
+/// (503, try again) or does not have what the route needs (503 too: it
+/// takes an operator, not the client, to register it).
+fn schema_unavailable(f: crate::codec::Failure, topic: &str) -> Reject {
+    let why = match f {
+        crate::codec::Failure::Unavailable(w) => w,
+        crate::codec::Failure::Unreadable(w) => w,
+    };
+    (
+        503,
+        format!("the schema of topic {topic} cannot be had now: {why}"),
+        json!({}),
+    )
+}
+
+/// The records of `body` encoded as the route's schema says: one buffer
+/// of values, the spans moved onto it (keys kept). A record that does not
+/// fit names its index and field path.
 fn encode(
-    schema: &crate::codec::protobuf::Schema,
+    schema: &crate::codec::writer::Encoder,
     body: &[u8],
     spans: Vec<body::Span>,
     max_bytes: usize,
@@ -259,23 +275,22 @@ fn encode(
     let mut values = Vec::with_capacity(body.len());
     let mut out = Vec::with_capacity(spans.len());
     for (index, s) in spans.into_iter().enumerate() {
-        let bytes = schema
-            .from_json(&body[s.range.clone()])
+        let start = values.len();
+        schema
+            .encode(&body[s.range.clone()], &mut values)
             .map_err(|m| BodyError::Misfit {
                 index,
-                message: schema.name().to_string(),
+                message: schema.name(),
                 path: m.path,
                 why: m.message,
             })?;
-        if bytes.len() > max_bytes {
+        if values.len() - start > max_bytes {
             return Err(BodyError::RecordTooLarge {
                 index,
-                size: bytes.len(),
+                size: values.len() - start,
                 max: max_bytes,
             });
         }
-        let start = values.len();
-        values.extend_from_slice(&bytes);
         out.push(body::Span {
             range: start..values.len(),
             ..s

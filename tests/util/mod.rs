@@ -11,6 +11,7 @@ pub mod murmur2;
 pub mod process;
 pub mod raw;
 pub mod records;
+pub mod relay;
 pub mod sink;
 pub mod tls;
 
