@@ -368,3 +368,97 @@ fn produce_raw(brokers: &str, topic: &str, value: &[u8]) {
         .unwrap();
     p.flush(Duration::from_secs(10)).unwrap();
 }
+
+#[test]
+fn rest_proxy_avro_envelopes_are_stored_in_the_wire_format_fastavro_reads() {
+    let b = brokers();
+    let topic = unique_topic("v2-avro");
+    create_topic(&b, &topic, 1);
+    let ini = format!(
+        "[kafka]\nbrokers = {b}\n[schema_registry]\nurl = {}\n[ingest]\nlisten = 127.0.0.1:0\n\
+         rest_proxy_topics = {topic}\n[ingest.routes]\nt = {}\n",
+        registry(),
+        unique_topic("v2-native")
+    );
+    let i = Ingest::start(&ini);
+    let url = i.url.replace("/api/t/v1/", &format!("/topics/{topic}"));
+    let ct = [("Content-Type", "application/vnd.kafka.avro.v2+json")];
+    let key_schema = r#"{"type":"string"}"#;
+    let body = json!({"key_schema": key_schema, "value_schema": ORDER,
+                      "records": [{"key": "c-1", "value": order(1)}, {"value": order(2)}]});
+    let r = post(&url, &ct, body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/vnd.kafka.v2+json");
+    let a = r.json();
+    let value_id = registry_call(
+        "GET",
+        &format!("/subjects/{topic}-value/versions/latest"),
+        None,
+    )["id"]
+        .clone();
+    let key_id = registry_call(
+        "GET",
+        &format!("/subjects/{topic}-key/versions/latest"),
+        None,
+    )["id"]
+        .clone();
+    assert_eq!(
+        (a["value_schema_id"].clone(), a["key_schema_id"].clone()),
+        (value_id.clone(), key_id)
+    );
+    // By id, with the answer's id.
+    let body = json!({"value_schema_id": value_id, "records": [{"value": order(3)}]});
+    let r = post(
+        &format!("{url}/partitions/0"),
+        &ct,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["value_schema_id"], value_id);
+
+    let got = fastavro(&["read", &b, &topic, &registry(), "3"], &[]);
+    let want: Vec<Value> = [1, 2, 3]
+        .into_iter()
+        .map(|n| json!({"id": value_id, "json": order(n)}))
+        .collect();
+    assert_eq!(got, want);
+    let recs = read_topic(&b, &topic, 3, Duration::from_secs(10));
+    let key = recs[0].key.clone().unwrap();
+    assert_eq!(
+        &key[5..],
+        &[6, b'c', b'-', b'1'],
+        "the key in the wire format of its string schema"
+    );
+
+    // Refusals, nothing stored: a record that does not fit, an unknown id,
+    // a schema that is none.
+    let mut bad = order(4);
+    bad["tags"] = json!(["x", 5]);
+    for (body, status, code, says) in [
+        (
+            json!({"value_schema_id": value_id, "records": [{"value": order(5)}, {"value": bad}]}),
+            422,
+            42205,
+            "records[1].value.tags[1]",
+        ),
+        (
+            json!({"value_schema_id": 999_999_999, "records": [{"value": order(6)}]}),
+            404,
+            40403,
+            "value_schema_id",
+        ),
+        (
+            json!({"value_schema": "{\"type\":\"recordz\"}", "records": [{"value": 1}]}),
+            422,
+            42201,
+            "value_schema",
+        ),
+    ] {
+        let r = post(&url, &ct, body.to_string().as_bytes());
+        assert_eq!(r.status, status, "{}", r.body);
+        let e = r.json();
+        assert_eq!(e["error_code"], code, "{e}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{e}");
+    }
+    assert_eq!(read_topic(&b, &topic, 4, Duration::from_secs(2)).len(), 3);
+}

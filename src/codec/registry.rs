@@ -59,6 +59,8 @@ struct State {
     order: VecDeque<u32>,
     unknown: HashMap<u32, (Instant, String)>,
     latest: HashMap<String, (Instant, Arc<Registered>)>,
+    /// (subject, schema text) → the id it was registered as.
+    registered: HashMap<(String, String), u32>,
 }
 
 impl Registry {
@@ -179,15 +181,30 @@ impl Registry {
         Ok(r)
     }
 
-    /// Registers an Avro schema under `subject` (or finds it there): its id.
+    /// Registers an Avro schema under `subject` (or finds it there): its
+    /// id, remembered (a REST Proxy client sends its schema with every
+    /// request).
     pub fn register(&self, subject: &str, schema: &avro::Schema) -> Result<u32, Failure> {
+        let key = (subject.to_string(), schema.text().to_string());
+        if let Ok(s) = self.state.lock()
+            && let Some(id) = s.registered.get(&key)
+        {
+            return Ok(*id);
+        }
         let path = format!("/subjects/{}/versions", encode(subject));
         let body = json!({ "schema": schema.text(), "schemaType": "AVRO" });
         let v = self.call("POST", &path, Some(&body))?;
-        v["id"]
+        let id = v["id"]
             .as_u64()
             .and_then(|i| u32::try_from(i).ok())
-            .ok_or_else(|| Failure::Unreadable(format!("{subject}: no id in {v}")))
+            .ok_or_else(|| Failure::Unreadable(format!("{subject}: no id in {v}")))?;
+        if let Ok(mut s) = self.state.lock() {
+            if s.registered.len() >= self.cache_entries {
+                s.registered.clear();
+            }
+            s.registered.insert(key, id);
+        }
+        Ok(id)
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Failure> {

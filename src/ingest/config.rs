@@ -102,6 +102,8 @@ impl ListenerTls {
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub listen: SocketAddr,
+    /// `[schema_registry]`: the REST Proxy API's avro envelopes use it.
+    pub registry: Option<std::sync::Arc<crate::codec::registry::Registry>>,
     /// Producer worker threads taking from the channel.
     pub workers: usize,
     /// No longer used (requests are handled on their connection's thread);
@@ -317,6 +319,7 @@ impl IngestConfig {
 
         Some(IngestConfig {
             listen,
+            registry: registry.cloned(),
             workers,
             http_threads,
             ack,

@@ -357,7 +357,7 @@ impl Shared {
         };
         let (status, body, content_type) = match self.routes[p.route].rest_proxy {
             true => {
-                let (status, body) = restproxy::answer(&outcomes);
+                let (status, body) = restproxy::answer(&outcomes, p.schema_ids);
                 (status, body, restproxy::CONTENT_TYPE)
             }
             false => {

@@ -52,6 +52,8 @@ pub struct Pending {
     /// The idempotency key this request holds, if any.
     pub(crate) idempotency: Option<super::server::Ticket>,
     pub started: Instant,
+    /// The key and value schema ids a REST Proxy answer names.
+    pub schema_ids: [Option<u32>; 2],
     remaining: AtomicUsize,
     outcomes: Mutex<Vec<Outcome>>,
     /// What the request holds of the server's byte budget (`ingest::cost`),
@@ -74,6 +76,7 @@ impl Pending {
             reply: Mutex::new(reply),
             idempotency,
             started: Instant::now(),
+            schema_ids: [None, None],
             remaining: AtomicUsize::new(records),
             outcomes: Mutex::new(vec![Outcome::Waiting; records]),
             _charge: charge,

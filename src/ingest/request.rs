@@ -25,6 +25,8 @@ pub(super) struct Parsed {
     pub partition: Option<i32>,
     pub key: Option<String>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The key and value schema ids of a REST Proxy avro envelope.
+    pub schema_ids: [Option<u32>; 2],
     /// What the request holds of the budget (see `cost`).
     pub charge: tiny_http::Reservation,
 }
@@ -66,6 +68,13 @@ pub(super) fn parse(
     let (embedded, format, content_type) = match (shared.routes[route].rest_proxy, route_format) {
         (true, _) => {
             let e = restproxy::embedded(header_value(req, "Content-Type")).map_err(v2)?;
+            if e == restproxy::Embedded::Avro && shared.config.registry.is_none() {
+                return Err((
+                    415,
+                    "the avro embedded format needs [schema_registry] url".into(),
+                    json!({ "error_code": 415 }),
+                ));
+            }
             (Some(e), None, None)
         }
         (false, RouteFormat::Json | RouteFormat::Schema) => (
@@ -152,10 +161,20 @@ pub(super) fn parse(
     };
     let scratch = cost::records_bound(&decoded, limits.max_records) * cost::SPLIT_SCRATCH;
     cost::grow(&mut charge, scratch, budget).map_err(refused)?;
+    let mut schema_ids = [None, None];
     let (body, spans) = match (embedded, format) {
         (Some(e), _) => {
-            let (values, spans) =
-                restproxy::records(&decoded, e, path_partition, limits).map_err(v2)?;
+            let registry = shared.config.registry.as_deref();
+            let mut schemas = |part: &'static str, r: restproxy::SchemaRef| {
+                envelope_schema(registry, topic, part, r)
+            };
+            let restproxy::Produced {
+                values,
+                spans,
+                schema_ids: ids,
+            } = restproxy::records(&decoded, e, path_partition, limits, &mut schemas)
+                .map_err(v2)?;
+            schema_ids = ids;
             restproxy::check_partitions(&spans, topic, count).map_err(v2)?;
             // The values, copied out of their envelope, replace it.
             cost::grow(&mut charge, values.len(), budget).map_err(refused)?;
@@ -195,8 +214,67 @@ pub(super) fn parse(
         partition,
         key,
         headers,
+        schema_ids,
         charge,
     })
+}
+
+/// The encoder of a REST Proxy avro envelope's schema: its text is parsed
+/// and registered under `<topic>-<part>` (or found there), its id looked
+/// up. Refusals as the REST Proxy gives them: 42201 a schema that is no
+/// Avro schema or that the registry refuses, 40403 an unknown id, 415
+/// without a registry, 503 (50301) while the registry cannot be reached.
+fn envelope_schema(
+    registry: Option<&crate::codec::registry::Registry>,
+    topic: &str,
+    part: &'static str,
+    named: restproxy::SchemaRef,
+) -> Result<std::sync::Arc<crate::codec::writer::Encoder>, restproxy::Refusal> {
+    use crate::codec::{Failure, avro, registry::Kind, writer::Encoder};
+    use restproxy::{Refusal, SchemaRef};
+    use std::sync::Arc;
+    let reg = registry.ok_or_else(|| {
+        Refusal::new(
+            415,
+            415,
+            "the avro embedded format needs [schema_registry] url".into(),
+        )
+    })?;
+    let down = |why: String| Refusal::new(503, 50301, why);
+    match named {
+        SchemaRef::Text(text) => {
+            let schema = avro::Schema::parse(&text)
+                .map_err(|e| Refusal::new(422, 42201, format!("{part}_schema: {e}")))?;
+            let schema = Arc::new(schema);
+            match reg.register(&format!("{topic}-{part}"), &schema) {
+                Ok(id) => Ok(Arc::new(Encoder::Avro {
+                    schema,
+                    id: Some(id),
+                })),
+                Err(Failure::Unavailable(why)) => Err(down(why)),
+                Err(Failure::Unreadable(why)) => {
+                    Err(Refusal::new(422, 42201, format!("{part}_schema: {why}")))
+                }
+            }
+        }
+        SchemaRef::Id(id) => match reg.by_id(id) {
+            Ok(r) => match &r.schema {
+                Kind::Avro(s) => Ok(Arc::new(Encoder::Avro {
+                    schema: s.clone(),
+                    id: Some(id),
+                })),
+                _ => Err(Refusal::new(
+                    422,
+                    42201,
+                    format!("{part}_schema_id: schema {id} is not an Avro schema"),
+                )),
+            },
+            Err(Failure::Unavailable(why)) => Err(down(why)),
+            Err(Failure::Unreadable(why)) => {
+                Err(Refusal::new(404, 40403, format!("{part}_schema_id: {why}")))
+            }
+        },
+    }
 }
 
 /// `?partition=N`, checked against the partition count last seen.

@@ -8,18 +8,24 @@
 //! application/vnd.kafka.v2+json`, errors as `{"error_code","message"}`).
 //! The records become the same jobs the native routes make (server.rs and
 //! produce.rs stay the one way into Kafka), under the same tokens, limits,
-//! budgets, ack modes and idempotency keys. The schema formats (avro,
-//! protobuf, jsonschema) are refused with 415 until the registry client
-//! exists.
+//! budgets, ack modes and idempotency keys. `avro` envelopes carry a
+//! schema (`value_schema`, `key_schema`: registered under `<topic>-value`,
+//! `<topic>-key`) or a schema id (`value_schema_id`, `key_schema_id`), which
+//! the caller's `schemas` resolves through the registry; records are
+//! encoded in the Confluent wire format and the answer names the ids.
+//! `protobuf` and `jsonschema` envelopes are refused with 415.
 
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
 use super::body::{RecordLimits, Span};
 use super::produce::Outcome;
 use super::scan;
+use crate::codec::writer::Encoder;
 
 /// The answer's content type.
 pub const CONTENT_TYPE: &str = "application/vnd.kafka.v2+json";
@@ -31,6 +37,27 @@ pub enum Embedded {
     Json,
     /// A base64 string, stored decoded.
     Binary,
+    /// Avro's JSON encoding, stored as Avro in the wire format.
+    Avro,
+}
+
+/// A schema an envelope names: its text or its registry id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaRef {
+    Text(String),
+    Id(u32),
+}
+
+/// Resolves a part's (`"key"`, `"value"`) schema to its encoder.
+pub type Schemas<'s> = dyn FnMut(&'static str, SchemaRef) -> Result<Arc<Encoder>, Refusal> + 's;
+
+/// What an envelope holds: its values one after the other, a span each,
+/// and the ids of the key and value schemas used.
+#[derive(Debug)]
+pub struct Produced {
+    pub values: Vec<u8>,
+    pub spans: Vec<Span>,
+    pub schema_ids: [Option<u32>; 2],
 }
 
 /// A refusal: HTTP status, REST Proxy error code, message.
@@ -42,7 +69,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: u16, code: u32, message: String) -> Refusal {
+    pub fn new(status: u16, code: u32, message: String) -> Refusal {
         Refusal {
             status,
             code,
@@ -125,18 +152,19 @@ pub fn embedded(content_type: Option<&str>) -> Result<Embedded, Refusal> {
     match mime.as_str() {
         "application/vnd.kafka.json.v2+json" => Ok(Embedded::Json),
         "application/vnd.kafka.binary.v2+json" => Ok(Embedded::Binary),
-        "application/vnd.kafka.avro.v2+json"
-        | "application/vnd.kafka.protobuf.v2+json"
-        | "application/vnd.kafka.jsonschema.v2+json" => Err(Refusal::new(
-            415,
-            415,
-            format!("embedded format of {raw:?} is not served yet: use json or binary"),
-        )),
+        "application/vnd.kafka.avro.v2+json" => Ok(Embedded::Avro),
+        "application/vnd.kafka.protobuf.v2+json" | "application/vnd.kafka.jsonschema.v2+json" => {
+            Err(Refusal::new(
+                415,
+                415,
+                format!("embedded format of {raw:?} is not served yet: use json, binary or avro"),
+            ))
+        }
         _ => Err(Refusal::new(
             415,
             415,
             format!(
-                "unsupported Content-Type {raw:?}: expected application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json"
+                "unsupported Content-Type {raw:?}: expected application/vnd.kafka.json.v2+json, application/vnd.kafka.binary.v2+json or application/vnd.kafka.avro.v2+json"
             ),
         )),
     }
@@ -171,13 +199,15 @@ struct Record<'a> {
 
 /// The records of an envelope: their values one after the other in one
 /// buffer, and a span each (its key and partition with it). `path_partition`
-/// (from `/partitions/{p}`) applies to records that name none.
+/// (from `/partitions/{p}`) applies to records that name none; `schemas`
+/// resolves the schemas of avro envelopes.
 pub fn records(
     body: &[u8],
     embedded: Embedded,
     path_partition: Option<i32>,
     limits: RecordLimits,
-) -> Result<(Vec<u8>, Vec<Span>), Refusal> {
+    schemas: &mut Schemas<'_>,
+) -> Result<Produced, Refusal> {
     let bad = |m: String| Refusal::new(422, 42205, m);
     let text =
         std::str::from_utf8(body).map_err(|_| bad("the request body is not UTF-8".into()))?;
@@ -188,11 +218,12 @@ pub fn records(
             e.column()
         ))
     })?;
-    if env.key_schema.is_some()
-        || env.value_schema.is_some()
-        || env.key_schema_id.is_some()
-        || env.value_schema_id.is_some()
-    {
+    let named = [
+        schema_ref("key", env.key_schema, env.key_schema_id.as_ref())?,
+        schema_ref("value", env.value_schema, env.value_schema_id.as_ref())?,
+    ];
+    let mut encoders: [Option<Arc<Encoder>>; 2] = [None, None];
+    if embedded != Embedded::Avro && named.iter().any(Option::is_some) {
         return Err(Refusal::new(
             422,
             42201,
@@ -200,6 +231,20 @@ pub fn records(
         ));
     }
     let records = bounded(env.records.get(), limits.max_records)?;
+    if embedded == Embedded::Avro {
+        if named[1].is_none() {
+            return Err(Refusal::new(
+                422,
+                42201,
+                "value_schema or value_schema_id is required with the avro embedded format".into(),
+            ));
+        }
+        for (i, (part, r)) in ["key", "value"].into_iter().zip(named).enumerate() {
+            if let Some(r) = r {
+                encoders[i] = Some(schemas(part, r)?);
+            }
+        }
+    }
     if records.is_empty() {
         return Err(bad("records: expected at least one record".into()));
     }
@@ -218,6 +263,29 @@ pub fn records(
                         )));
                     }
                     Ok(Some(s.as_bytes().to_vec()))
+                }
+                Embedded::Avro => {
+                    let slot = usize::from(part == "value");
+                    let enc = encoders[slot].as_ref().ok_or_else(|| {
+                        Refusal::new(
+                            422,
+                            42201,
+                            format!("records[{i}].{part}: a key needs key_schema or key_schema_id"),
+                        )
+                    })?;
+                    let mut out = Vec::new();
+                    enc.encode(s.as_bytes(), &mut out).map_err(|m| {
+                        let at = match m.path.is_empty() {
+                            true => String::new(),
+                            false => format!(".{}", m.path),
+                        };
+                        bad(format!(
+                            "records[{i}].{part}{at}: does not fit {}: {}",
+                            enc.name(),
+                            m.message
+                        ))
+                    })?;
+                    Ok(Some(out))
                 }
                 Embedded::Binary => {
                     let b64: String = serde_json::from_str(s).map_err(|_| {
@@ -269,7 +337,43 @@ pub fn records(
             partition: r.partition.or(path_partition),
         });
     }
-    Ok((values, spans))
+    let id = |e: &Option<Arc<Encoder>>| match e.as_deref() {
+        Some(Encoder::Avro { id, .. }) => *id,
+        _ => None,
+    };
+    Ok(Produced {
+        values,
+        spans,
+        schema_ids: [id(&encoders[0]), id(&encoders[1])],
+    })
+}
+
+/// The schema an envelope names for `part`: its text, or its id.
+fn schema_ref(
+    part: &str,
+    text: Option<&RawValue>,
+    id: Option<&serde_json::Value>,
+) -> Result<Option<SchemaRef>, Refusal> {
+    let bad = |m: String| Refusal::new(422, 42201, m);
+    match (text, id) {
+        (Some(_), Some(_)) => Err(bad(format!(
+            "{part}_schema and {part}_schema_id: give one of them"
+        ))),
+        (Some(t), None) => {
+            let s: String = serde_json::from_str(t.get()).map_err(|_| {
+                bad(format!(
+                    "{part}_schema: expected the schema as a JSON string"
+                ))
+            })?;
+            Ok(Some(SchemaRef::Text(s)))
+        }
+        (None, Some(v)) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(|n| Some(SchemaRef::Id(n)))
+            .ok_or_else(|| bad(format!("{part}_schema_id: expected a schema id, got {v}"))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The records of the `records` array, refused (413) past `max` while
@@ -317,7 +421,7 @@ fn bounded(array: &str, max: usize) -> Result<Vec<Record<'_>>, Refusal> {
 /// `error_code` of 1 for a retriable failure, 2 otherwise, as the REST Proxy
 /// reports Kafka errors per record), or the status a native route would
 /// give when no record was stored.
-pub fn answer(outcomes: &[Outcome]) -> (u16, String) {
+pub fn answer(outcomes: &[Outcome], schema_ids: [Option<u32>; 2]) -> (u16, String) {
     let mut any_ok = false;
     let mut worst = 200;
     let offsets: Vec<serde_json::Value> = outcomes
@@ -347,7 +451,7 @@ pub fn answer(outcomes: &[Outcome]) -> (u16, String) {
         })
         .collect();
     let status = if any_ok { 200 } else { worst };
-    let body = json!({"offsets": offsets, "key_schema_id": null, "value_schema_id": null});
+    let body = json!({"offsets": offsets, "key_schema_id": schema_ids[0], "value_schema_id": schema_ids[1]});
     (status, body.to_string())
 }
 

@@ -11,8 +11,31 @@ const LIMITS: RecordLimits = RecordLimits {
 /// A record's value, key and partition.
 type Part = (Vec<u8>, Option<Vec<u8>>, Option<i32>);
 
+/// Schemas as a registry would give them: a text is registered as id 5;
+/// id 9 is a record {"n": long}; others are unknown (40403).
+fn fake_registry(_part: &'static str, r: SchemaRef) -> Result<Arc<Encoder>, Refusal> {
+    let (text, id) = match r {
+        SchemaRef::Text(t) => (t, 5),
+        SchemaRef::Id(9) => (
+            r#"{"type":"record","name":"N","fields":[{"name":"n","type":"long"}]}"#.into(),
+            9,
+        ),
+        SchemaRef::Id(n) => return Err(Refusal::new(404, 40403, format!("schema {n} not found"))),
+    };
+    let schema =
+        crate::codec::avro::Schema::parse(&text).map_err(|e| Refusal::new(422, 42201, e))?;
+    Ok(Arc::new(Encoder::Avro {
+        schema: Arc::new(schema),
+        id: Some(id),
+    }))
+}
+
+fn produced(body: &[u8], e: Embedded, p: Option<i32>) -> Result<Produced, Refusal> {
+    records(body, e, p, LIMITS, &mut fake_registry)
+}
+
 fn parts(body: &str, e: Embedded) -> Result<Vec<Part>, Refusal> {
-    let (values, spans) = records(body.as_bytes(), e, Some(7), LIMITS)?;
+    let Produced { values, spans, .. } = produced(body.as_bytes(), e, Some(7))?;
     Ok(spans
         .into_iter()
         .map(|s| (values[s.range].to_vec(), s.key, s.partition))
@@ -49,8 +72,12 @@ fn content_types_pick_the_embedded_format() {
         embedded(Some("application/vnd.kafka.binary.v2+json; charset=utf-8")),
         Ok(Embedded::Binary)
     );
+    assert_eq!(
+        embedded(Some("application/vnd.kafka.avro.v2+json")),
+        Ok(Embedded::Avro)
+    );
     for (ct, says) in [
-        ("application/vnd.kafka.avro.v2+json", "not served yet"),
+        ("application/vnd.kafka.protobuf.v2+json", "not served yet"),
         ("application/json", "unsupported Content-Type"),
     ] {
         let e = embedded(Some(ct)).unwrap_err();
@@ -151,18 +178,21 @@ fn bad_envelopes_are_refused_naming_the_record_and_field() {
 
 #[test]
 fn answers_give_an_entry_per_record_in_order() {
-    let (status, body) = answer(&[
-        Outcome::Acked {
-            partition: 1,
-            offset: 40,
-        },
-        Outcome::Failed {
-            code: "MsgSizeTooLarge".into(),
-            message: "too large".into(),
-            retriable: false,
-            possibly_stored: false,
-        },
-    ]);
+    let (status, body) = answer(
+        &[
+            Outcome::Acked {
+                partition: 1,
+                offset: 40,
+            },
+            Outcome::Failed {
+                code: "MsgSizeTooLarge".into(),
+                message: "too large".into(),
+                retriable: false,
+                possibly_stored: false,
+            },
+        ],
+        [None, None],
+    );
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -172,12 +202,15 @@ fn answers_give_an_entry_per_record_in_order() {
             {"partition": null, "offset": null, "error_code": 2, "error": "too large"}
         ], "key_schema_id": null, "value_schema_id": null})
     );
-    let (status, _) = answer(&[Outcome::Failed {
-        code: "x".into(),
-        message: "down".into(),
-        retriable: true,
-        possibly_stored: false,
-    }]);
+    let (status, _) = answer(
+        &[Outcome::Failed {
+            code: "x".into(),
+            message: "down".into(),
+            retriable: true,
+            possibly_stored: false,
+        }],
+        [None, None],
+    );
     assert_eq!(status, 503, "nothing stored, retriable");
 }
 
@@ -197,13 +230,78 @@ fn hostile_bodies_are_refused_or_taken_never_a_panic() {
                 _ => b.insert(at, *b"{}[]\",:\\0".get(rng.usize(..10)).unwrap_or(&b'x')),
             }
         }
-        let e = if i % 2 == 0 {
-            Embedded::Json
-        } else {
-            Embedded::Binary
+        let e = match i % 3 {
+            0 => Embedded::Json,
+            1 => Embedded::Binary,
+            _ => Embedded::Avro,
         };
-        if let Ok((values, spans)) = records(&b, e, None, LIMITS) {
-            assert!(spans.iter().all(|s| s.range.end <= values.len()));
+        if e == Embedded::Avro {
+            b = br#"{"value_schema_id":9,"key_schema_id":9,"records":[{"key":{"n":1},"value":{"n":-7}}]}"#.to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..b.len());
+                b[at] = rng.u8(..);
+            }
+        }
+        if let Ok(p) = produced(&b, e, None) {
+            assert!(p.spans.iter().all(|s| s.range.end <= p.values.len()));
         }
     }
+}
+
+#[test]
+fn avro_envelopes_are_encoded_in_the_wire_format_by_their_schemas() {
+    let schema =
+        r#"{\"type\":\"record\",\"name\":\"V\",\"fields\":[{\"name\":\"s\",\"type\":\"string\"}]}"#;
+    let body = format!(
+        r#"{{"value_schema":"{schema}","key_schema_id":9,"records":[{{"key":{{"n":1}},"value":{{"s":"hi"}}}},{{"value":{{"s":""}}}}]}}"#
+    );
+    let p = produced(body.as_bytes(), Embedded::Avro, None).unwrap();
+    assert_eq!(p.schema_ids, [Some(9), Some(5)]);
+    let v0 = &p.values[p.spans[0].range.clone()];
+    assert_eq!(v0, &[0, 0, 0, 0, 5, 4, b'h', b'i'][..]);
+    assert_eq!(p.spans[0].key.as_deref(), Some(&[0, 0, 0, 0, 9, 2][..]));
+    assert_eq!(p.spans[1].key, None);
+    let (_, answer) = answer(
+        &[Outcome::Acked {
+            partition: 0,
+            offset: 1,
+        }],
+        p.schema_ids,
+    );
+    let a: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (a["key_schema_id"].clone(), a["value_schema_id"].clone()),
+        (json!(9), json!(5))
+    );
+
+    let refused = |body: String| produced(body.as_bytes(), Embedded::Avro, None).unwrap_err();
+    let r = refused(format!(
+        r#"{{"value_schema":"{schema}","records":[{{"value":{{"s":1}}}}]}}"#
+    ));
+    assert_eq!((r.status, r.code), (422, 42205), "{}", r.message);
+    assert!(
+        r.message.starts_with("records[0].value.s: does not fit V"),
+        "{}",
+        r.message
+    );
+    let r = refused(r#"{"records":[{"value":{"s":"x"}}]}"#.into());
+    assert_eq!((r.status, r.code), (422, 42201), "{}", r.message);
+    let r = refused(format!(
+        r#"{{"value_schema":"{schema}","records":[{{"key":1,"value":{{"s":"x"}}}}]}}"#
+    ));
+    assert_eq!((r.status, r.code), (422, 42201), "{}", r.message);
+    let r = refused(r#"{"value_schema_id":77,"records":[{"value":{}}]}"#.into());
+    assert_eq!((r.status, r.code), (404, 40403), "{}", r.message);
+    let r = refused(r#"{"value_schema":"{\"type\":\"nope\"}","records":[{"value":1}]}"#.into());
+    assert_eq!((r.status, r.code), (422, 42201), "{}", r.message);
+    let r = refused(r#"{"value_schema":"{}","value_schema_id":9,"records":[{"value":1}]}"#.into());
+    assert_eq!((r.status, r.code), (422, 42201), "{}", r.message);
+    // Schemas with json or binary are refused as before.
+    let r = produced(
+        br#"{"value_schema_id":9,"records":[{"value":1}]}"#,
+        Embedded::Json,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!((r.status, r.code), (422, 42201));
 }

@@ -179,14 +179,9 @@ pub fn handle(shared: &Shared, jobs: &Sender<Job>, mut req: Request) {
     } else {
         (None, ticket)
     };
-    let pending = Arc::new(Pending::new(
-        route,
-        topic.clone(),
-        records,
-        None,
-        travels,
-        parsed.charge,
-    ));
+    let mut pending = Pending::new(route, topic.clone(), records, None, travels, parsed.charge);
+    pending.schema_ids = parsed.schema_ids;
+    let pending = Arc::new(pending);
     // ack = kafka: the request travels with the job and is answered by a
     // responder; ack = queued: answered here.
     let mut here = Some(req);
