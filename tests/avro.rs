@@ -68,7 +68,7 @@ fn schema_file(dir: &TempDir) -> String {
     p.display().to_string()
 }
 
-fn registry_call(method: &str, path: &str, body: Option<Value>) -> Value {
+pub(crate) fn registry_call(method: &str, path: &str, body: Option<Value>) -> Value {
     let url = format!("{}{path}", registry());
     let r = match body {
         None => agent().get(&url).call(),
@@ -204,11 +204,12 @@ fn avro_records_of_another_writer_reach_deliver_and_collect_as_their_json() {
     wait_until("two delivered", Duration::from_secs(30), || {
         sink.calls().len() >= 2
     });
-    let got: Vec<Value> = sink
+    let mut got: Vec<Value> = sink
         .calls()
         .iter()
         .map(|c| serde_json::from_slice(&c.body).unwrap())
         .collect();
+    got.sort_by_key(|v| v["id"].to_string());
     assert_eq!(got, expected, "fastavro's JSON encoding of each");
     wait_until("all committed", Duration::from_secs(30), || {
         committed(&b, &group, &topic, 1) == [5]
@@ -357,7 +358,7 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 /// One record of `value` as it is.
-fn produce_raw(brokers: &str, topic: &str, value: &[u8]) {
+pub(crate) fn produce_raw(brokers: &str, topic: &str, value: &[u8]) {
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let p: BaseProducer = ClientConfig::new()

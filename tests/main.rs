@@ -22,6 +22,7 @@ mod ingest;
 mod ingest_formats;
 mod ingest_tls;
 mod interop;
+mod jsonschema;
 mod kafka_security;
 mod old_brokers;
 mod ops;

@@ -3,11 +3,13 @@
 //! and binary values as JSON strings (binary in base64); Protobuf by a
 //! local descriptor set (seed 002's `protobuf->hash`); Avro by a local
 //! `.avsc` or by the schema registry's ids (the Confluent wire format);
-//! `auto`, where the magic byte decides. `value_format` and its keys are
+//! JSON Schema (JSON checked against it, the frame removed); `auto`, where
+//! the magic byte decides. `value_format` and its keys are
 //! read here for deliver and collect; ingest's routes use [`writer`].
 
 pub mod avro;
 mod avro_decode;
+pub mod jsonschema;
 pub mod protobuf;
 pub mod registry;
 pub mod wire;
@@ -47,6 +49,9 @@ enum Kind {
     Protobuf(Arc<protobuf::Schema>),
     /// By the registry's ids when there is one, else by the local schema.
     Avro(Option<Arc<avro::Schema>>),
+    /// JSON checked against the schema of the registry's id (the frame
+    /// removed), else against the local one.
+    JsonSchema(Option<Arc<jsonschema::Schema>>),
 }
 
 /// How a record's value is read (`value_format`).
@@ -58,9 +63,9 @@ pub struct ValueFormat {
 
 impl ValueFormat {
     /// `value_format` (`json` | `text` | `binary` | `auto` | `protobuf` |
-    /// `avro`) with `protobuf_descriptor_file` and `protobuf_message`
-    /// (protobuf) or `avro_schema_file` (avro without a registry);
-    /// mistakes name their key.
+    /// `avro` | `jsonschema`) with `protobuf_descriptor_file` and
+    /// `protobuf_message` (protobuf), `avro_schema_file` or
+    /// `jsonschema_file` (without a registry); mistakes name their key.
     pub fn read(r: &mut SectionReader<'_>, registry: Option<&Arc<Registry>>) -> ValueFormat {
         let name = r.choice(
             "value_format",
@@ -72,11 +77,13 @@ impl ValueFormat {
                 ("auto", "auto"),
                 ("protobuf", "protobuf"),
                 ("avro", "avro"),
+                ("jsonschema", "jsonschema"),
             ],
         );
         let file = r.string("protobuf_descriptor_file", "");
         let message = r.string("protobuf_message", "");
         let avsc = r.string("avro_schema_file", "");
+        let json_schema = r.string("jsonschema_file", "");
         let mut kind = match name {
             "text" => Kind::Text,
             "binary" => Kind::Binary,
@@ -102,20 +109,33 @@ impl ValueFormat {
                 }
             }
         }
-        if name == "avro" {
-            if !avsc.is_empty() {
-                match avro::Schema::open(std::path::Path::new(&avsc)) {
-                    Ok(s) => kind = Kind::Avro(Some(Arc::new(s))),
-                    Err(e) => r.error("avro_schema_file", e),
-                }
-            } else if registry.is_none() {
+        if name == "avro" || name == "jsonschema" {
+            let (key, file) = match name {
+                "avro" => ("avro_schema_file", &avsc),
+                _ => ("jsonschema_file", &json_schema),
+            };
+            let local = match file.is_empty() {
+                true => None,
+                false => match writer::Local::open(name == "avro", std::path::Path::new(file)) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        r.error(key, e);
+                        None
+                    }
+                },
+            };
+            if local.is_none() && file.is_empty() && registry.is_none() {
                 r.error(
                     "value_format",
-                    "avro needs [schema_registry] url (records in the Confluent wire format) or avro_schema_file (plain datums)".into(),
+                    format!("{name} needs [schema_registry] url (records in the Confluent wire format) or {key} (plain records)"),
                 );
-            } else {
-                kind = Kind::Avro(None);
             }
+            kind = match local {
+                Some(writer::Local::Avro(s)) => Kind::Avro(Some(s)),
+                Some(writer::Local::Json(s)) => Kind::JsonSchema(Some(s)),
+                None if name == "avro" => Kind::Avro(None),
+                None => Kind::JsonSchema(None),
+            };
         }
         ValueFormat {
             kind,
@@ -135,56 +155,79 @@ impl ValueFormat {
             },
             Kind::Binary => Ok(Some(base64_string(value))),
             Kind::Protobuf(s) => s.to_json(value).map(Some).map_err(unreadable),
-            Kind::Avro(local) => match (&self.registry, local) {
-                (Some(reg), _) => {
-                    let (id, payload) = wire::frame(value).ok_or_else(|| {
-                        unreadable(
-                            "value is not in the Confluent wire format (magic byte 0, 4-byte schema id)"
-                                .into(),
-                        )
-                    })?;
-                    match &reg.by_id(id)?.schema {
-                        Registered::Avro(s) => s.to_json(payload).map(Some).map_err(|e| {
-                            unreadable(format!(
-                                "value is not a valid Avro datum of schema {id}: {e}"
-                            ))
-                        }),
-                        other => Err(unreadable(format!(
-                            "schema {id} is {}, not Avro",
-                            kind_name(other)
-                        ))),
-                    }
-                }
-                (None, Some(s)) => s
-                    .to_json(value)
-                    .map(Some)
-                    .map_err(|e| unreadable(format!("value is not a valid Avro datum: {e}"))),
-                (None, None) => Err(unreadable("no Avro schema".into())),
-            },
+            Kind::Avro(_) | Kind::JsonSchema(_) if self.registry.is_some() => {
+                let (id, payload) = wire::frame(value).ok_or_else(|| {
+                    unreadable(
+                        "value is not in the Confluent wire format (magic byte 0, 4-byte schema id)"
+                            .into(),
+                    )
+                })?;
+                self.registered(id, payload, Some(matches!(self.kind, Kind::Avro(_))))
+            }
+            Kind::Avro(Some(s)) => s
+                .to_json(value)
+                .map(Some)
+                .map_err(|e| unreadable(format!("value is not a valid Avro datum: {e}"))),
+            Kind::JsonSchema(Some(s)) => s.check(value).map(|()| None).map_err(|m| {
+                unreadable(format!(
+                    "value does not fit {}: at {:?}: {}",
+                    s.name(),
+                    m.path,
+                    m.message
+                ))
+            }),
+            Kind::Avro(None) | Kind::JsonSchema(None) => Err(unreadable("no schema".into())),
             Kind::Auto => self.auto(value),
+        }
+    }
+
+    /// A framed value by its registered schema `id`; `avro`: the kind
+    /// `value_format` expects (`None`: any, for `auto`).
+    fn registered(
+        &self,
+        id: u32,
+        payload: &[u8],
+        avro: Option<bool>,
+    ) -> Result<Option<Vec<u8>>, Failure> {
+        let Some(reg) = &self.registry else {
+            return Err(Failure::Unreadable("no registry".into()));
+        };
+        let schema = reg.by_id(id)?;
+        match (&schema.schema, avro) {
+            (Registered::Avro(s), None | Some(true)) => s.to_json(payload).map(Some).map_err(|e| {
+                Failure::Unreadable(format!(
+                    "value is not a valid Avro datum of schema {id}: {e}"
+                ))
+            }),
+            (Registered::Json(s), None | Some(false)) => match s.check(payload) {
+                Ok(()) => Ok(Some(payload.to_vec())),
+                Err(m) => Err(Failure::Unreadable(format!(
+                    "value does not fit JSON Schema {id}: at {:?}: {}",
+                    m.path, m.message
+                ))),
+            },
+            (Registered::Protobuf, None) => Err(Failure::Unreadable(format!(
+                "schema {id} is a Protobuf schema: kbridge reads Protobuf by a descriptor set (value_format = protobuf), not from the registry"
+            ))),
+            (other, _) => Err(Failure::Unreadable(format!(
+                "schema {id} is {}, not {}",
+                kind_name(other),
+                if avro == Some(true) {
+                    "Avro"
+                } else {
+                    "a JSON Schema"
+                }
+            ))),
         }
     }
 
     /// Framed (magic byte 0, with a registry): as its schema says; else
     /// JSON as it is, UTF-8 text as a string, other bytes in base64.
     fn auto(&self, value: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
-        if let (Some(reg), Some((id, payload))) = (&self.registry, wire::frame(value)) {
-            return match &reg.by_id(id)?.schema {
-                Registered::Avro(s) => s.to_json(payload).map(Some).map_err(|e| {
-                    Failure::Unreadable(format!(
-                        "value is not a valid Avro datum of schema {id}: {e}"
-                    ))
-                }),
-                Registered::Json => match is_json(payload) {
-                    true => Ok(Some(payload.to_vec())),
-                    false => Err(Failure::Unreadable(format!(
-                        "value of JSON Schema {id} is not JSON"
-                    ))),
-                },
-                Registered::Protobuf => Err(Failure::Unreadable(format!(
-                    "schema {id} is a Protobuf schema: kbridge reads Protobuf by a descriptor set (value_format = protobuf), not from the registry"
-                ))),
-            };
+        if self.registry.is_some()
+            && let Some((id, payload)) = wire::frame(value)
+        {
+            return self.registered(id, payload, None);
         }
         if is_json(value) {
             return Ok(None);
@@ -197,7 +240,7 @@ impl ValueFormat {
 
     /// The registry's failed calls, when values are read through it.
     pub fn registry_errors(&self) -> Option<u64> {
-        let reads = matches!(self.kind, Kind::Avro(_) | Kind::Auto);
+        let reads = matches!(self.kind, Kind::Avro(_) | Kind::JsonSchema(_) | Kind::Auto);
         let r = self.registry.as_ref().filter(|_| reads)?;
         Some(r.errors.load(std::sync::atomic::Ordering::Relaxed))
     }
@@ -250,7 +293,7 @@ impl ValueFormat {
 fn kind_name(k: &Registered) -> &'static str {
     match k {
         Registered::Avro(_) => "an Avro schema",
-        Registered::Json => "a JSON Schema",
+        Registered::Json(_) => "a JSON Schema",
         Registered::Protobuf => "a Protobuf schema",
     }
 }

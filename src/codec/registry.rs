@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{Failure, avro};
+use super::{Failure, avro, jsonschema};
 use crate::config::{ConfigErrors, Document};
 use crate::secret::Secret;
 
@@ -34,8 +34,8 @@ pub struct Registered {
 #[derive(Debug)]
 pub enum Kind {
     Avro(Arc<avro::Schema>),
-    /// JSON Schema: the payload is JSON (validation is the writer's).
-    Json,
+    /// JSON Schema: the payload is JSON, checked against it.
+    Json(Arc<jsonschema::Schema>),
     /// Protobuf: the schema's `.proto` text (not compiled here).
     Protobuf,
 }
@@ -181,18 +181,18 @@ impl Registry {
         Ok(r)
     }
 
-    /// Registers an Avro schema under `subject` (or finds it there): its
-    /// id, remembered (a REST Proxy client sends its schema with every
-    /// request).
-    pub fn register(&self, subject: &str, schema: &avro::Schema) -> Result<u32, Failure> {
-        let key = (subject.to_string(), schema.text().to_string());
+    /// Registers a schema (`schema_type` `AVRO` or `JSON`) under `subject`
+    /// (or finds it there): its id, remembered (a REST Proxy client sends
+    /// its schema with every request).
+    pub fn register(&self, subject: &str, text: &str, schema_type: &str) -> Result<u32, Failure> {
+        let key = (subject.to_string(), text.to_string());
         if let Ok(s) = self.state.lock()
             && let Some(id) = s.registered.get(&key)
         {
             return Ok(*id);
         }
         let path = format!("/subjects/{}/versions", encode(subject));
-        let body = json!({ "schema": schema.text(), "schemaType": "AVRO" });
+        let body = json!({ "schema": text, "schemaType": schema_type });
         let v = self.call("POST", &path, Some(&body))?;
         let id = v["id"]
             .as_u64()
@@ -264,7 +264,10 @@ fn parse(id: u32, v: &Value) -> Result<Registered, Failure> {
             avro::Schema::parse(text)
                 .map_err(|e| Failure::Unreadable(format!("schema {id}: {e}")))?,
         )),
-        "JSON" => Kind::Json,
+        "JSON" => Kind::Json(Arc::new(
+            jsonschema::Schema::parse(text)
+                .map_err(|e| Failure::Unreadable(format!("schema {id}: {e}")))?,
+        )),
         "PROTOBUF" => Kind::Protobuf,
         other => {
             return Err(Failure::Unreadable(format!(

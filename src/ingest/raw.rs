@@ -114,9 +114,10 @@ fn text_framing(content_type: Option<&str>) -> Result<bool, BodyError> {
 }
 
 /// `[ingest.formats]`: `stream = json | text | binary | protobuf:<message>
-/// | avro | avro:<file.avsc>` for routes of `[ingest.routes]` (unset:
-/// `json`); the message is one of `[ingest] protobuf_descriptor_file`;
-/// `avro` alone is the latest schema of `<topic>-value` in the registry.
+/// | avro[:<file.avsc>] | jsonschema[:<file.json>]` for routes of
+/// `[ingest.routes]` (unset: `json`); the message is one of `[ingest]
+/// protobuf_descriptor_file`; `avro` or `jsonschema` alone is the latest
+/// schema of `<topic>-value` in the registry.
 pub(super) fn read_formats(
     doc: &Document,
     errors: &mut ConfigErrors,
@@ -124,7 +125,7 @@ pub(super) fn read_formats(
     descriptor_file: &str,
     registry: Option<&std::sync::Arc<crate::codec::registry::Registry>>,
 ) {
-    use crate::codec::writer::Writer;
+    use crate::codec::writer::{Local, Writer};
     use std::sync::Arc;
     let mut r = doc.reader("ingest.formats", errors);
     let entries: Vec<(String, String)> = r
@@ -140,21 +141,28 @@ pub(super) fn read_formats(
             .map(|rt| rt.topic.clone())
             .unwrap_or_default();
         let format = match value.as_str() {
-            "avro" if registry.is_none() => {
+            v @ ("avro" | "jsonschema") if registry.is_none() => {
                 r.error(
                     &stream,
-                    "avro without a file needs [schema_registry] url (the schema is the latest of <topic>-value); or name a schema: avro:<file.avsc>".into(),
+                    format!("{v} without a file needs [schema_registry] url (the schema is the latest of <topic>-value); or name a schema file: {v}:<file>"),
                 );
                 continue;
             }
-            "avro" => {
-                writer = Some(Arc::new(Writer::avro(None, &topic, registry)));
+            v @ ("avro" | "jsonschema") => {
+                writer = Some(Arc::new(Writer::schema(
+                    v == "avro",
+                    None,
+                    &topic,
+                    registry,
+                )));
                 RouteFormat::Schema
             }
-            v if v.starts_with("avro:") => {
-                match crate::codec::avro::Schema::open(std::path::Path::new(&v["avro:".len()..])) {
+            v if v.starts_with("avro:") || v.starts_with("jsonschema:") => {
+                let (kind, file) = v.split_once(':').unwrap_or_default();
+                let avro = kind == "avro";
+                match Local::open(avro, std::path::Path::new(file)) {
                     Ok(s) => {
-                        writer = Some(Arc::new(Writer::avro(Some(Arc::new(s)), &topic, registry)))
+                        writer = Some(Arc::new(Writer::schema(avro, Some(s), &topic, registry)))
                     }
                     Err(e) => {
                         r.error(&stream, e);
@@ -190,7 +198,7 @@ pub(super) fn read_formats(
             _ => {
                 r.error(
                     &stream,
-                    format!("expected json, text, binary, protobuf:<message>, avro or avro:<file.avsc>, got {value:?}"),
+                    format!("expected json, text, binary, protobuf:<message>, avro[:<file.avsc>] or jsonschema[:<file.json>], got {value:?}"),
                 );
                 continue;
             }
@@ -314,7 +322,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            e.contains("[ingest.formats] log: expected json, text, binary, protobuf:<message>, avro or avro:<file.avsc>, got \"avro-ish\""),
+            e.contains("[ingest.formats] log: expected json, text, binary, protobuf:<message>, avro[:<file.avsc>] or jsonschema[:<file.json>], got \"avro-ish\""),
             "{e}"
         );
         assert!(

@@ -68,10 +68,10 @@ pub(super) fn parse(
     let (embedded, format, content_type) = match (shared.routes[route].rest_proxy, route_format) {
         (true, _) => {
             let e = restproxy::embedded(header_value(req, "Content-Type")).map_err(v2)?;
-            if e == restproxy::Embedded::Avro && shared.config.registry.is_none() {
+            if e.has_schemas() && shared.config.registry.is_none() {
                 return Err((
                     415,
-                    "the avro embedded format needs [schema_registry] url".into(),
+                    "the avro and jsonschema embedded formats need [schema_registry] url".into(),
                     json!({ "error_code": 415 }),
                 ));
             }
@@ -166,7 +166,7 @@ pub(super) fn parse(
         (Some(e), _) => {
             let registry = shared.config.registry.as_deref();
             let mut schemas = |part: &'static str, r: restproxy::SchemaRef| {
-                envelope_schema(registry, topic, part, r)
+                envelope_schema(registry, e == restproxy::Embedded::Avro, topic, part, r)
             };
             let restproxy::Produced {
                 values,
@@ -219,55 +219,60 @@ pub(super) fn parse(
     })
 }
 
-/// The encoder of a REST Proxy avro envelope's schema: its text is parsed
-/// and registered under `<topic>-<part>` (or found there), its id looked
-/// up. Refusals as the REST Proxy gives them: 42201 a schema that is no
-/// Avro schema or that the registry refuses, 40403 an unknown id, 415
-/// without a registry, 503 (50301) while the registry cannot be reached.
+/// The encoder of a REST Proxy avro or jsonschema envelope's schema: its
+/// text is parsed and registered under `<topic>-<part>` (or found there),
+/// its id looked up. Refusals as the REST Proxy gives them: 42201 a schema
+/// that is none of the kind or that the registry refuses, 40403 an unknown
+/// id, 415 without a registry, 503 (50301) while the registry cannot be
+/// reached.
 fn envelope_schema(
     registry: Option<&crate::codec::registry::Registry>,
+    avro: bool,
     topic: &str,
     part: &'static str,
     named: restproxy::SchemaRef,
 ) -> Result<std::sync::Arc<crate::codec::writer::Encoder>, restproxy::Refusal> {
-    use crate::codec::{Failure, avro, registry::Kind, writer::Encoder};
+    use crate::codec::Failure;
+    use crate::codec::writer::{Encoder, Local};
     use restproxy::{Refusal, SchemaRef};
     use std::sync::Arc;
     let reg = registry.ok_or_else(|| {
         Refusal::new(
             415,
             415,
-            "the avro embedded format needs [schema_registry] url".into(),
+            "schema embedded formats need [schema_registry] url".into(),
         )
     })?;
     let down = |why: String| Refusal::new(503, 50301, why);
+    let invalid = |why: String| Refusal::new(422, 42201, why);
     match named {
         SchemaRef::Text(text) => {
-            let schema = avro::Schema::parse(&text)
-                .map_err(|e| Refusal::new(422, 42201, format!("{part}_schema: {e}")))?;
-            let schema = Arc::new(schema);
-            match reg.register(&format!("{topic}-{part}"), &schema) {
-                Ok(id) => Ok(Arc::new(Encoder::Avro {
-                    schema,
-                    id: Some(id),
-                })),
+            let schema =
+                Local::parse(avro, &text).map_err(|e| invalid(format!("{part}_schema: {e}")))?;
+            match schema.register(reg, &format!("{topic}-{part}")) {
+                Ok(e) => Ok(Arc::new(e)),
                 Err(Failure::Unavailable(why)) => Err(down(why)),
-                Err(Failure::Unreadable(why)) => {
-                    Err(Refusal::new(422, 42201, format!("{part}_schema: {why}")))
-                }
+                Err(Failure::Unreadable(why)) => Err(invalid(format!("{part}_schema: {why}"))),
             }
         }
         SchemaRef::Id(id) => match reg.by_id(id) {
-            Ok(r) => match &r.schema {
-                Kind::Avro(s) => Ok(Arc::new(Encoder::Avro {
-                    schema: s.clone(),
+            Ok(r) => match Local::from_registered(avro, &r.schema) {
+                Some(Local::Avro(schema)) => Ok(Arc::new(Encoder::Avro {
+                    schema,
                     id: Some(id),
                 })),
-                _ => Err(Refusal::new(
-                    422,
-                    42201,
-                    format!("{part}_schema_id: schema {id} is not an Avro schema"),
-                )),
+                Some(Local::Json(schema)) => Ok(Arc::new(Encoder::JsonSchema {
+                    schema,
+                    id: Some(id),
+                })),
+                None => Err(invalid(format!(
+                    "{part}_schema_id: schema {id} is not {}",
+                    if avro {
+                        "an Avro schema"
+                    } else {
+                        "a JSON Schema"
+                    }
+                ))),
             },
             Err(Failure::Unavailable(why)) => Err(down(why)),
             Err(Failure::Unreadable(why)) => {

@@ -8,12 +8,13 @@
 //! application/vnd.kafka.v2+json`, errors as `{"error_code","message"}`).
 //! The records become the same jobs the native routes make (server.rs and
 //! produce.rs stay the one way into Kafka), under the same tokens, limits,
-//! budgets, ack modes and idempotency keys. `avro` envelopes carry a
+//! budgets, ack modes and idempotency keys. `avro` and `jsonschema`
+//! envelopes carry a
 //! schema (`value_schema`, `key_schema`: registered under `<topic>-value`,
 //! `<topic>-key`) or a schema id (`value_schema_id`, `key_schema_id`), which
 //! the caller's `schemas` resolves through the registry; records are
 //! encoded in the Confluent wire format and the answer names the ids.
-//! `protobuf` and `jsonschema` envelopes are refused with 415.
+//! `protobuf` envelopes are refused with 415.
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -39,6 +40,15 @@ pub enum Embedded {
     Binary,
     /// Avro's JSON encoding, stored as Avro in the wire format.
     Avro,
+    /// JSON checked against a JSON Schema, stored in the wire format.
+    JsonSchema,
+}
+
+impl Embedded {
+    /// Whether its envelopes name schemas.
+    pub fn has_schemas(self) -> bool {
+        matches!(self, Embedded::Avro | Embedded::JsonSchema)
+    }
 }
 
 /// A schema an envelope names: its text or its registry id.
@@ -153,13 +163,14 @@ pub fn embedded(content_type: Option<&str>) -> Result<Embedded, Refusal> {
         "application/vnd.kafka.json.v2+json" => Ok(Embedded::Json),
         "application/vnd.kafka.binary.v2+json" => Ok(Embedded::Binary),
         "application/vnd.kafka.avro.v2+json" => Ok(Embedded::Avro),
-        "application/vnd.kafka.protobuf.v2+json" | "application/vnd.kafka.jsonschema.v2+json" => {
-            Err(Refusal::new(
-                415,
-                415,
-                format!("embedded format of {raw:?} is not served yet: use json, binary or avro"),
-            ))
-        }
+        "application/vnd.kafka.jsonschema.v2+json" => Ok(Embedded::JsonSchema),
+        "application/vnd.kafka.protobuf.v2+json" => Err(Refusal::new(
+            415,
+            415,
+            format!(
+                "embedded format of {raw:?} is not served yet: use json, binary, avro or jsonschema"
+            ),
+        )),
         _ => Err(Refusal::new(
             415,
             415,
@@ -223,7 +234,7 @@ pub fn records(
         schema_ref("value", env.value_schema, env.value_schema_id.as_ref())?,
     ];
     let mut encoders: [Option<Arc<Encoder>>; 2] = [None, None];
-    if embedded != Embedded::Avro && named.iter().any(Option::is_some) {
+    if !embedded.has_schemas() && named.iter().any(Option::is_some) {
         return Err(Refusal::new(
             422,
             42201,
@@ -231,12 +242,12 @@ pub fn records(
         ));
     }
     let records = bounded(env.records.get(), limits.max_records)?;
-    if embedded == Embedded::Avro {
+    if embedded.has_schemas() {
         if named[1].is_none() {
             return Err(Refusal::new(
                 422,
                 42201,
-                "value_schema or value_schema_id is required with the avro embedded format".into(),
+                "value_schema or value_schema_id is required with the avro and jsonschema embedded formats".into(),
             ));
         }
         for (i, (part, r)) in ["key", "value"].into_iter().zip(named).enumerate() {
@@ -264,7 +275,7 @@ pub fn records(
                     }
                     Ok(Some(s.as_bytes().to_vec()))
                 }
-                Embedded::Avro => {
+                Embedded::Avro | Embedded::JsonSchema => {
                     let slot = usize::from(part == "value");
                     let enc = encoders[slot].as_ref().ok_or_else(|| {
                         Refusal::new(
@@ -337,10 +348,7 @@ pub fn records(
             partition: r.partition.or(path_partition),
         });
     }
-    let id = |e: &Option<Arc<Encoder>>| match e.as_deref() {
-        Some(Encoder::Avro { id, .. }) => *id,
-        _ => None,
-    };
+    let id = |e: &Option<Arc<Encoder>>| e.as_deref().and_then(Encoder::id);
     Ok(Produced {
         values,
         spans,
