@@ -462,4 +462,63 @@ fn rest_proxy_avro_envelopes_are_stored_in_the_wire_format_fastavro_reads() {
         assert!(e["message"].as_str().unwrap().contains(says), "{e}");
     }
     assert_eq!(read_topic(&b, &topic, 4, Duration::from_secs(2)).len(), 3);
+
+    // key_format = avro: deliver names the key by its text in the URL and
+    // X-Kafka-Key; collect files it as its JSON in the envelope.
+    let sink = Sink::start(std::sync::Arc::new(|_, _| {
+        crate::util::sink::Reply::status(200)
+    }));
+    let extra = format!(
+        "value_format = avro\nkey_format = avro\n[schema_registry]\nurl = {}\n",
+        registry()
+    );
+    let target = format!("{}/{{key}}", sink.url.trim_end_matches('/'));
+    let mut d = Deliver::start(&deliver_ini(
+        &b,
+        &unique_topic("g"),
+        &topic,
+        &target,
+        &extra,
+    ));
+    wait_until(
+        "the keyed record delivered",
+        Duration::from_secs(30),
+        || {
+            sink.calls()
+                .iter()
+                .any(|c| c.header("X-Kafka-Key") == Some("c-1"))
+        },
+    );
+    let keyed = sink
+        .calls()
+        .into_iter()
+        .find(|c| c.header("X-Kafka-Key") == Some("c-1"))
+        .unwrap();
+    assert!(keyed.url.ends_with("/c-1"), "{}", keyed.url);
+    assert!(d.stop());
+    let files = TempDir::new("v2-avro-files");
+    let extra = format!(
+        "format = envelope\nvalue_format = avro\nkey_format = avro\n[schema_registry]\nurl = {}\n",
+        registry()
+    );
+    let mut c = Collect::start(&collect_ini(
+        &b,
+        &unique_topic("gc"),
+        &topic,
+        &files.0,
+        &extra,
+    ));
+    wait_until("collect consumed all 3", Duration::from_secs(60), || {
+        metric(&c.metrics(), "kbridge_collect_consumed_total") >= 3.0
+    });
+    assert!(c.stop());
+    let lines: Vec<Value> = stored(&files.0, &topic)
+        .0
+        .into_iter()
+        .flat_map(|f| f.lines)
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["key"], json!("c-1"));
+    assert_eq!(lines[0]["value"], order(1));
+    assert_eq!(lines[1]["key"], Value::Null);
 }

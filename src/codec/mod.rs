@@ -143,6 +143,58 @@ impl ValueFormat {
         }
     }
 
+    /// `key_format` (`text`, the default: keys as they are | `json` |
+    /// `binary` | `auto` | `avro` | `jsonschema`, the last two by the
+    /// registry's ids).
+    pub fn read_key(r: &mut SectionReader<'_>, registry: Option<&Arc<Registry>>) -> ValueFormat {
+        let name = r.choice(
+            "key_format",
+            "text",
+            &[
+                ("text", "text"),
+                ("json", "json"),
+                ("binary", "binary"),
+                ("auto", "auto"),
+                ("avro", "avro"),
+                ("jsonschema", "jsonschema"),
+            ],
+        );
+        let kind = match name {
+            "binary" => Kind::Binary,
+            "auto" => Kind::Auto,
+            "avro" | "jsonschema" if registry.is_none() => {
+                r.error(
+                    "key_format",
+                    "avro and jsonschema keys are read by the registry's ids: they need [schema_registry] url".into(),
+                );
+                Kind::Json
+            }
+            "avro" => Kind::Avro(None),
+            "jsonschema" => Kind::JsonSchema(None),
+            _ => Kind::Json,
+        };
+        ValueFormat {
+            kind,
+            registry: registry.cloned(),
+        }
+    }
+
+    /// Whether keys are read as they are (`key_format = text`, `json`).
+    pub fn is_plain(&self) -> bool {
+        matches!(self.kind, Kind::Json)
+    }
+
+    /// A key's text as placeholders, filters and headers use it: a decoded
+    /// key that is a JSON string is that string, any other JSON its text;
+    /// `Ok(None)`: the key as it is.
+    pub fn key_text(json: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let json = json?;
+        match serde_json::from_slice::<String>(&json) {
+            Ok(s) => Some(s.into_bytes()),
+            Err(_) => Some(json),
+        }
+    }
+
     /// The value as JSON bytes: `Ok(None)` when it already is (JSON, kept
     /// as it is).
     pub fn to_json(&self, value: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
@@ -298,7 +350,8 @@ fn kind_name(k: &Registered) -> &'static str {
     }
 }
 
-fn is_json(b: &[u8]) -> bool {
+/// Whether `b` is one JSON value.
+pub fn is_json(b: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
 }
 
@@ -314,4 +367,87 @@ fn base64_string(b: &[u8]) -> Vec<u8> {
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigErrors, Document};
+
+    fn format(text: &str) -> Result<(ValueFormat, ValueFormat), String> {
+        let mut errors = ConfigErrors::default();
+        let doc = Document::parse("f.ini", &format!("[s]\n{text}"), &mut errors);
+        let mut r = doc.reader("s", &mut errors);
+        let v = ValueFormat::read(&mut r, None);
+        let k = ValueFormat::read_key(&mut r, None);
+        r.finish();
+        match errors.0.is_empty() {
+            true => Ok((v, k)),
+            false => Err(errors.to_string()),
+        }
+    }
+
+    fn json(f: &ValueFormat, b: &[u8]) -> Result<Option<String>, Failure> {
+        f.to_json(b)
+            .map(|o| o.map(|v| String::from_utf8(v).unwrap()))
+    }
+
+    #[test]
+    fn text_binary_and_auto_values_become_json_strings_or_stay_json() {
+        let (text, _) = format("value_format = text").unwrap();
+        assert_eq!(
+            json(&text, "a \"b\"\n".as_bytes()),
+            Ok(Some(r#""a \"b\"\n""#.into()))
+        );
+        assert!(matches!(json(&text, b"\xff"), Err(Failure::Unreadable(_))));
+        let (binary, _) = format("value_format = binary").unwrap();
+        assert_eq!(json(&binary, b"\x00\xff"), Ok(Some(r#""AP8=""#.into())));
+        let (auto, _) = format("value_format = auto").unwrap();
+        assert_eq!(json(&auto, br#"{"a":1}"#), Ok(None));
+        assert_eq!(json(&auto, b"plain"), Ok(Some(r#""plain""#.into())));
+        assert_eq!(
+            json(&auto, b"\x00\x00\x00\x00\x01\xff"),
+            Ok(Some(r#""AAAAAAH/""#.into()))
+        );
+        let (plain, key) = format("").unwrap();
+        assert_eq!(json(&plain, b"anything"), Ok(None));
+        assert!(key.is_plain());
+    }
+
+    #[test]
+    fn keys_read_as_their_text_and_schema_formats_need_a_registry() {
+        assert_eq!(
+            ValueFormat::key_text(Some(br#""c-1""#.to_vec())),
+            Some(b"c-1".to_vec())
+        );
+        assert_eq!(
+            ValueFormat::key_text(Some(br#"{"a":1}"#.to_vec())),
+            Some(br#"{"a":1}"#.to_vec())
+        );
+        assert_eq!(ValueFormat::key_text(None), None);
+        let (_, key) = format("key_format = binary").unwrap();
+        assert!(!key.is_plain());
+        for (text, says) in [
+            (
+                "value_format = avro",
+                "[s] value_format: avro needs [schema_registry] url",
+            ),
+            (
+                "value_format = jsonschema",
+                "jsonschema needs [schema_registry] url",
+            ),
+            (
+                "key_format = avro",
+                "[s] key_format: avro and jsonschema keys",
+            ),
+            (
+                "value_format = avro\navro_schema_file = /nonexistent.avsc",
+                "[s] avro_schema_file: cannot read",
+            ),
+            ("value_format = xml", "[s] value_format"),
+        ] {
+            let e = format(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
 }

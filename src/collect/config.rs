@@ -32,6 +32,8 @@ pub struct CollectConfig {
     pub format: Format,
     /// `value_format`: values read as JSON, or Protobuf decoded to JSON.
     pub value_format: crate::codec::ValueFormat,
+    /// `key_format`: keys as they are, or decoded to JSON (envelope).
+    pub key_format: crate::codec::ValueFormat,
     pub gzip: bool,
     pub rotate_bytes: u64,
     pub rotate_age: Duration,
@@ -108,6 +110,7 @@ impl CollectConfig {
             &[("raw", Format::Raw), ("envelope", Format::Envelope)],
         );
         let value_format = crate::codec::ValueFormat::read(&mut r, registry);
+        let key_format = crate::codec::ValueFormat::read_key(&mut r, registry);
         let gzip = r.choice("compression", false, &[("none", false), ("gzip", true)]);
         let rotate_bytes = r.int("rotate_bytes", 16u64 << 20, 1..=1 << 40);
         let rotate_age_s = r.int("rotate_age_s", 300u64, 1..=86_400);
@@ -125,6 +128,7 @@ impl CollectConfig {
             record_directory,
             format,
             value_format,
+            key_format,
             gzip,
             rotate_bytes,
             rotate_age: Duration::from_secs(rotate_age_s),

@@ -298,14 +298,14 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
     // as it is (counted). While the schema registry cannot be reached the
     // thread waits; stopping then leaves the record unfiled (and so not
     // committed).
+    let stopped = || shared.stop.is_stopped();
+    let mut idle = || {
+        member.heartbeat.tick();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let decoded = match m.payload() {
         None => None,
         Some(v) => {
-            let stopped = || shared.stop.is_stopped();
-            let mut idle = || {
-                member.heartbeat.tick();
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            };
             match shared
                 .config
                 .value_format
@@ -320,6 +320,23 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
             }
         }
     };
+    // A key in another format is filed as its JSON in the envelope; one it
+    // cannot read, as it is (counted).
+    let key_json = match m.key() {
+        Some(k) if !shared.config.key_format.is_plain() => {
+            let key_format = &shared.config.key_format;
+            match key_format.to_json_waiting(k, "collect", &stopped, &mut idle) {
+                None => return,
+                Some(Ok(Some(json))) => Some(json),
+                Some(Ok(None)) => crate::codec::is_json(k).then(|| k.to_vec()),
+                Some(Err(_)) => {
+                    shared.metrics.undecodable.inc();
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let value = decoded.as_deref().or(m.payload());
     let line = match shared.config.format {
         Format::Raw => raw_line(value),
@@ -330,7 +347,8 @@ fn take(consumer: &CollectConsumer, m: &BorrowedMessage<'_>, now: Instant) {
                     topic: dir_topic,
                     partition,
                     offset,
-                    key: m.key(),
+                    key: key_json.as_deref().or(m.key()),
+                    key_json: key_json.is_some(),
                     timestamp: m.timestamp().to_millis(),
                 },
                 value,

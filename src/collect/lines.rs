@@ -24,6 +24,8 @@ pub struct Coordinates<'a> {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<&'a [u8]>,
+    /// The key is JSON (`key_format` decoded it): written as it is.
+    pub key_json: bool,
     pub timestamp: Option<i64>,
 }
 
@@ -57,6 +59,10 @@ pub fn envelope_line(c: &Coordinates<'_>, value: Option<&[u8]>) -> Vec<u8> {
     let key_b64 = match c.key {
         None => {
             out.extend_from_slice(b"null");
+            false
+        }
+        Some(k) if c.key_json => {
+            out.extend_from_slice(k);
             false
         }
         Some(k) => text_or_base64(&mut out, k),
@@ -156,6 +162,7 @@ mod tests {
     #[test]
     fn envelopes_embed_the_value_verbatim() {
         let c = Coordinates {
+            key_json: false,
             topic: "t",
             partition: 2,
             offset: 7,
@@ -189,6 +196,7 @@ mod tests {
     #[test]
     fn bytes_that_are_not_text_are_base64_and_say_so() {
         let c = Coordinates {
+            key_json: false,
             topic: "t",
             partition: 0,
             offset: 1,

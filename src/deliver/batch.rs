@@ -113,7 +113,7 @@ pub fn headers_of(content_type: &str, batch: &[Work]) -> Vec<(&'static str, Stri
         h.push(("X-Kafka-Partition", partition.to_string()));
         h.push(("X-Kafka-Offset", offset.to_string()));
         h.push(("Idempotency-Key", format!("{topic}-{partition}-{offset}")));
-        if let Some(k) = &first.key {
+        if let Some(k) = first.key_text.as_ref().or(first.key.as_ref()) {
             if k.len() > MAX_HEADER_KEY {
                 h.push(("X-Kafka-Key-Size", k.len().to_string()));
             } else {
@@ -254,6 +254,7 @@ mod tests {
                 partition: 0,
                 offset,
                 key: None,
+                key_text: None,
                 payload: payload.to_vec(),
                 kind,
                 headers: vec![],

@@ -151,6 +151,9 @@ pub struct DeliverConfig {
     /// `value_format`: how values are read (JSON, or Protobuf decoded to
     /// JSON; one that cannot be read is dead-lettered with the reason).
     pub value_format: crate::codec::ValueFormat,
+    /// `key_format`: how keys are read for placeholders, filters and
+    /// `X-Kafka-Key` (as they are, or decoded to their text).
+    pub key_format: crate::codec::ValueFormat,
     /// Which messages are sent (`filter`); others are done uncalled.
     pub filter: Option<super::filter::Filter>,
     pub dlq_suffix: String,
@@ -259,6 +262,7 @@ impl DeliverConfig {
             ],
         );
         let value_format = crate::codec::ValueFormat::read(&mut r, registry);
+        let key_format = crate::codec::ValueFormat::read_key(&mut r, registry);
         let on_invalid_json = r.choice(
             "on_invalid_json",
             OnInvalid::DeadLetter,
@@ -391,6 +395,7 @@ impl DeliverConfig {
             on_tombstone,
             on_invalid_json,
             value_format,
+            key_format,
             filter,
             dlq_suffix,
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),

@@ -408,24 +408,38 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
     // While the schema registry cannot be reached the thread waits (still
     // heartbeating and taking done reports); stopping then leaves the
     // record unregistered, so commits stop before it.
-    let (decoded, unreadable) = match m.payload() {
+    let who = format!("deliver {}", c.group_id);
+    let stopped = || shared.stop.is_stopped();
+    let mut idle = || {
+        member.heartbeat.tick();
+        role.drain_done(member, Duration::from_millis(20));
+    };
+    let (decoded, mut unreadable) = match m.payload() {
         None => (None, None),
-        Some(v) => {
-            let who = format!("deliver {}", c.group_id);
-            let stopped = || shared.stop.is_stopped();
-            let mut idle = || {
-                member.heartbeat.tick();
-                role.drain_done(member, Duration::from_millis(20));
-            };
-            match c
-                .value_format
-                .to_json_waiting(v, &who, &stopped, &mut idle)?
-            {
-                Ok(json) => (json, None),
-                Err(why) => (None, Some(why)),
+        Some(v) => match c
+            .value_format
+            .to_json_waiting(v, &who, &stopped, &mut idle)?
+        {
+            Ok(json) => (json, None),
+            Err(why) => (None, Some(why)),
+        },
+    };
+    // A key in another format (`key_format`) is read as its text for
+    // placeholders, filters and `X-Kafka-Key`; ordering, quarantine and
+    // dead-letter copies keep its bytes.
+    let key_text = match m.key() {
+        Some(k) if !c.key_format.is_plain() => {
+            match c.key_format.to_json_waiting(k, &who, &stopped, &mut idle)? {
+                Ok(json) => crate::codec::ValueFormat::key_text(json),
+                Err(why) => {
+                    unreadable = unreadable.or(Some(format!("key: {why}")));
+                    None
+                }
             }
         }
+        _ => None,
     };
+    let key_view = key_text.as_deref().or(m.key());
     let value = decoded.as_deref().or(m.payload());
     let (json, field) = match value {
         Some(v) => aggregates::inspect(v, &c.aggregate_field),
@@ -468,7 +482,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
                 .flatten();
             let r = filter::Record {
                 value,
-                key: m.key(),
+                key: key_view,
                 headers: &headers,
             };
             !f.matches(&r, json.as_ref())
@@ -490,7 +504,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
                 topic,
                 partition,
                 offset,
-                key: m.key(),
+                key: key_view,
                 value,
             };
             match c.url.render(&fill) {
@@ -509,6 +523,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
+            key_text,
             payload: value.unwrap_or_default().to_vec(),
             kind,
             headers,

@@ -69,6 +69,8 @@ pub struct Msg {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
+    /// The key's text when `key_format` decoded it (`X-Kafka-Key`).
+    pub key_text: Option<Vec<u8>>,
     /// The value (empty for a tombstone: see `kind`).
     pub payload: Vec<u8>,
     pub kind: ValueKind,
