@@ -64,7 +64,12 @@ fn google_protobuf(
 
 /// `orders.desc`, made by protoc from `PROTO`.
 fn descriptor_set(dir: &TempDir) -> std::path::PathBuf {
-    std::fs::write(dir.0.join("orders.proto"), PROTO).unwrap();
+    descriptor_set_of(dir, PROTO)
+}
+
+/// The descriptor set protoc makes of `proto`.
+fn descriptor_set_of(dir: &TempDir, proto: &str) -> std::path::PathBuf {
+    std::fs::write(dir.0.join("orders.proto"), proto).unwrap();
     let out = dir.0.join("orders.desc");
     let status = Command::new("protoc")
         .arg("--include_imports")
@@ -296,4 +301,84 @@ fn a_protobuf_route_encodes_json_records_that_googles_runtime_reads_back() {
             serde_json::json!({"id": "o-2", "amountCents": "7"}),
         ]
     );
+}
+
+/// `PROTO` with `Order` first: the REST Proxy's protobuf envelope encodes
+/// records as the file's first message.
+const ORDER_FIRST: &str = r#"syntax = "proto3";
+package shop;
+message Order { string id = 1; int64 amount_cents = 2; repeated string tags = 3; State state = 5; }
+enum State { NEW = 0; PAID = 1; }
+"#;
+
+#[test]
+fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
+    let registry = crate::avro::registry();
+    let b = brokers();
+    let topic = unique_topic("pb-reg");
+    create_topic(&b, &topic, 1);
+    let dir = TempDir::new("pb-reg");
+    let desc = descriptor_set_of(&dir, ORDER_FIRST);
+    let ini = format!(
+        "[kafka]\nbrokers = {b}\n[schema_registry]\nurl = {registry}\n[ingest]\nlisten = 127.0.0.1:0\n\
+         rest_proxy_topics = {topic}\n[ingest.routes]\nt = {}\n",
+        unique_topic("pb-native")
+    );
+    let i = Ingest::start(&ini);
+    let url = i.url.replace("/api/t/v1/", &format!("/topics/{topic}"));
+    let ct = [("Content-Type", "application/vnd.kafka.protobuf.v2+json")];
+    let value =
+        serde_json::json!({"id": "o-1", "amountCents": "1999", "tags": ["a"], "state": "PAID"});
+    let body = serde_json::json!({"value_schema": ORDER_FIRST, "records": [{"value": value}]});
+    let r = post(&url, &ct, body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.json()["value_schema_id"].as_u64().unwrap() as u32;
+    let body = serde_json::json!({"value_schema_id": id, "records": [{"value": {"id": "o-2"}}]});
+    let r = post(&url, &ct, body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = serde_json::json!({"value_schema_id": id, "records": [{"value": {"nope": 1}}]});
+    let r = post(&url, &ct, body.to_string().as_bytes());
+    assert_eq!(
+        (r.status, r.json()["error_code"].clone()),
+        (422, serde_json::json!(42205)),
+        "{}",
+        r.body
+    );
+
+    // The wire format (magic byte, id, message index [0]), and a message
+    // Google's runtime decodes to the same values.
+    let stored = read_topic(&b, &topic, 2, Duration::from_secs(10));
+    assert_eq!(stored.len(), 2);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.push(0);
+    assert_eq!(&stored[0].value[..6], &frame[..]);
+    let payload = kbridge::kafka::record::hex(&stored[0].value[6..]);
+    let read = google_protobuf(&["decode"], &desc, &[payload]);
+    assert_eq!(read, vec![value.clone()]);
+
+    // deliver reads them by the registry: value_format = protobuf, no
+    // descriptor set.
+    let sink = Sink::start(std::sync::Arc::new(|_, _| {
+        crate::util::sink::Reply::status(200)
+    }));
+    let extra = format!("value_format = protobuf\n[schema_registry]\nurl = {registry}\n");
+    let mut d = Deliver::start(&deliver_ini(
+        &b,
+        &unique_topic("g"),
+        &topic,
+        &sink.url,
+        &extra,
+    ));
+    wait_until("two delivered", Duration::from_secs(30), || {
+        sink.calls().len() >= 2
+    });
+    let mut got: Vec<serde_json::Value> = sink
+        .calls()
+        .iter()
+        .map(|c| serde_json::from_slice(&c.body).unwrap())
+        .collect();
+    got.sort_by_key(|v| v["id"].to_string());
+    assert_eq!(got, vec![value, serde_json::json!({"id": "o-2"})]);
+    assert!(d.stop());
 }

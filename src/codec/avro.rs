@@ -38,8 +38,13 @@ impl PartialEq for Schema {
 impl Eq for Schema {}
 
 impl Schema {
-    /// A schema from its JSON text.
+    /// A schema from its JSON text, parsed on a stack of its own.
     pub fn parse(text: &str) -> Result<Schema, String> {
+        let text = text.to_string();
+        super::on_big_stack(move || Schema::parse_here(&text))
+    }
+
+    fn parse_here(text: &str) -> Result<Schema, String> {
         let root = Avro::parse_str(text).map_err(|e| format!("not an Avro schema: {e}"))?;
         let names = ResolvedSchema::try_from(&root)
             .map_err(|e| format!("not an Avro schema: {e}"))?

@@ -30,8 +30,13 @@ impl PartialEq for Schema {
 impl Eq for Schema {}
 
 impl Schema {
-    /// A schema from its JSON text.
+    /// A schema from its JSON text, compiled on a stack of its own.
     pub fn parse(text: &str) -> Result<Schema, String> {
+        let text = text.to_string();
+        super::on_big_stack(move || Schema::parse_here(&text))
+    }
+
+    fn parse_here(text: &str) -> Result<Schema, String> {
         let v: Value =
             serde_json::from_str(text).map_err(|e| format!("not a JSON Schema (not JSON: {e})"))?;
         let validator =

@@ -11,6 +11,7 @@ pub mod avro;
 mod avro_decode;
 pub mod jsonschema;
 pub mod protobuf;
+pub mod protofile;
 pub mod registry;
 pub mod wire;
 pub mod writer;
@@ -47,6 +48,8 @@ enum Kind {
     Binary,
     Auto,
     Protobuf(Arc<protobuf::Schema>),
+    /// Protobuf by the registry's ids and the frame's message indexes.
+    ProtobufRegistered,
     /// By the registry's ids when there is one, else by the local schema.
     Avro(Option<Arc<avro::Schema>>),
     /// JSON checked against the schema of the registry's id (the frame
@@ -90,11 +93,13 @@ impl ValueFormat {
             "auto" => Kind::Auto,
             _ => Kind::Json,
         };
-        if name == "protobuf" {
+        if name == "protobuf" && file.is_empty() && registry.is_some() {
+            kind = Kind::ProtobufRegistered;
+        } else if name == "protobuf" {
             if file.is_empty() {
                 r.error(
                     "protobuf_descriptor_file",
-                    "required with value_format = protobuf: a descriptor set (protoc --include_imports --descriptor_set_out)".into(),
+                    "required with value_format = protobuf without [schema_registry]: a descriptor set (protoc --include_imports --descriptor_set_out)".into(),
                 );
             } else if message.is_empty() {
                 r.error(
@@ -133,6 +138,7 @@ impl ValueFormat {
             kind = match local {
                 Some(writer::Local::Avro(s)) => Kind::Avro(Some(s)),
                 Some(writer::Local::Json(s)) => Kind::JsonSchema(Some(s)),
+                Some(writer::Local::Proto(_)) => Kind::Json,
                 None if name == "avro" => Kind::Avro(None),
                 None => Kind::JsonSchema(None),
             };
@@ -207,15 +213,13 @@ impl ValueFormat {
             },
             Kind::Binary => Ok(Some(base64_string(value))),
             Kind::Protobuf(s) => s.to_json(value).map(Some).map_err(unreadable),
-            Kind::Avro(_) | Kind::JsonSchema(_) if self.registry.is_some() => {
-                let (id, payload) = wire::frame(value).ok_or_else(|| {
-                    unreadable(
-                        "value is not in the Confluent wire format (magic byte 0, 4-byte schema id)"
-                            .into(),
-                    )
-                })?;
-                self.registered(id, payload, Some(matches!(self.kind, Kind::Avro(_))))
+            Kind::Avro(_) if self.registry.is_some() => {
+                self.registered(value, Some(SchemaKind::Avro))
             }
+            Kind::JsonSchema(_) if self.registry.is_some() => {
+                self.registered(value, Some(SchemaKind::Json))
+            }
+            Kind::ProtobufRegistered => self.registered(value, Some(SchemaKind::Protobuf)),
             Kind::Avro(Some(s)) => s
                 .to_json(value)
                 .map(Some)
@@ -233,41 +237,53 @@ impl ValueFormat {
         }
     }
 
-    /// A framed value by its registered schema `id`; `avro`: the kind
+    /// A framed value by its registered schema; `want`: the kind
     /// `value_format` expects (`None`: any, for `auto`).
     fn registered(
         &self,
-        id: u32,
-        payload: &[u8],
-        avro: Option<bool>,
+        value: &[u8],
+        want: Option<SchemaKind>,
     ) -> Result<Option<Vec<u8>>, Failure> {
-        let Some(reg) = &self.registry else {
-            return Err(Failure::Unreadable("no registry".into()));
+        let unreadable = Failure::Unreadable;
+        let (Some(reg), Some((id, payload))) = (&self.registry, wire::frame(value)) else {
+            return Err(unreadable(
+                "value is not in the Confluent wire format (magic byte 0, 4-byte schema id)".into(),
+            ));
         };
         let schema = reg.by_id(id)?;
-        match (&schema.schema, avro) {
-            (Registered::Avro(s), None | Some(true)) => s.to_json(payload).map(Some).map_err(|e| {
-                Failure::Unreadable(format!(
-                    "value is not a valid Avro datum of schema {id}: {e}"
-                ))
-            }),
-            (Registered::Json(s), None | Some(false)) => match s.check(payload) {
+        match (&schema.schema, want) {
+            (Registered::Avro(s), None | Some(SchemaKind::Avro)) => {
+                s.to_json(payload).map(Some).map_err(|e| {
+                    unreadable(format!(
+                        "value is not a valid Avro datum of schema {id}: {e}"
+                    ))
+                })
+            }
+            (Registered::Json(s), None | Some(SchemaKind::Json)) => match s.check(payload) {
                 Ok(()) => Ok(Some(payload.to_vec())),
-                Err(m) => Err(Failure::Unreadable(format!(
+                Err(m) => Err(unreadable(format!(
                     "value does not fit JSON Schema {id}: at {:?}: {}",
                     m.path, m.message
                 ))),
             },
-            (Registered::Protobuf, None) => Err(Failure::Unreadable(format!(
-                "schema {id} is a Protobuf schema: kbridge reads Protobuf by a descriptor set (value_format = protobuf), not from the registry"
-            ))),
-            (other, _) => Err(Failure::Unreadable(format!(
+            (Registered::Protobuf(f), None | Some(SchemaKind::Protobuf)) => {
+                let framed = wire::protobuf_frame(value).ok_or_else(|| {
+                    unreadable(format!(
+                        "value of Protobuf schema {id} has no message indexes"
+                    ))
+                })?;
+                let message = f
+                    .message(&framed.indexes)
+                    .map_err(|e| unreadable(format!("schema {id}: {e}")))?;
+                message.decode(framed.payload).map(Some).map_err(unreadable)
+            }
+            (other, _) => Err(unreadable(format!(
                 "schema {id} is {}, not {}",
                 kind_name(other),
-                if avro == Some(true) {
-                    "Avro"
-                } else {
-                    "a JSON Schema"
+                match want {
+                    Some(SchemaKind::Avro) => "Avro",
+                    Some(SchemaKind::Protobuf) => "Protobuf",
+                    _ => "a JSON Schema",
                 }
             ))),
         }
@@ -276,10 +292,8 @@ impl ValueFormat {
     /// Framed (magic byte 0, with a registry): as its schema says; else
     /// JSON as it is, UTF-8 text as a string, other bytes in base64.
     fn auto(&self, value: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
-        if self.registry.is_some()
-            && let Some((id, payload)) = wire::frame(value)
-        {
-            return self.registered(id, payload, None);
+        if self.registry.is_some() && wire::frame(value).is_some() {
+            return self.registered(value, None);
         }
         if is_json(value) {
             return Ok(None);
@@ -292,7 +306,10 @@ impl ValueFormat {
 
     /// The registry's failed calls, when values are read through it.
     pub fn registry_errors(&self) -> Option<u64> {
-        let reads = matches!(self.kind, Kind::Avro(_) | Kind::JsonSchema(_) | Kind::Auto);
+        let reads = matches!(
+            self.kind,
+            Kind::Avro(_) | Kind::JsonSchema(_) | Kind::ProtobufRegistered | Kind::Auto
+        );
         let r = self.registry.as_ref().filter(|_| reads)?;
         Some(r.errors.load(std::sync::atomic::Ordering::Relaxed))
     }
@@ -342,11 +359,35 @@ impl ValueFormat {
     }
 }
 
+/// Runs `f` (a schema parser or compiler: they recurse as deep as a
+/// schema nests) on a thread of its own with a large stack, so that no
+/// schema can overflow the small stacks of connection threads; a parser
+/// that panics is an error.
+pub fn on_big_stack<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    std::thread::Builder::new()
+        .name("schema".into())
+        .stack_size(64 << 20)
+        .spawn(f)
+        .map_err(|e| format!("cannot start the schema parser: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the schema parser failed on it".into()))
+}
+
+/// A kind of registry schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchemaKind {
+    Avro,
+    Json,
+    Protobuf,
+}
+
 fn kind_name(k: &Registered) -> &'static str {
     match k {
         Registered::Avro(_) => "an Avro schema",
         Registered::Json(_) => "a JSON Schema",
-        Registered::Protobuf => "a Protobuf schema",
+        Registered::Protobuf(_) => "a Protobuf schema",
     }
 }
 

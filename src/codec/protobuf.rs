@@ -60,6 +60,11 @@ impl Schema {
         Ok(Schema { message })
     }
 
+    /// One message of a compiled pool (a registry's schema).
+    pub fn of(message: MessageDescriptor) -> Schema {
+        Schema { message }
+    }
+
     /// The message's full name.
     pub fn name(&self) -> &str {
         self.message.full_name()
@@ -80,6 +85,14 @@ impl Schema {
         Ok(prost::Message::encode_to_vec(&msg))
     }
 
+    /// A plain message (no frame) as its canonical JSON.
+    pub fn decode(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let msg = DynamicMessage::decode(self.message.clone(), payload)
+            .map_err(|e| format!("value is not a valid {}: {e}", self.name()))?;
+        serde_json::to_vec(&msg)
+            .map_err(|e| format!("value of {} has no JSON form: {e}", self.name()))
+    }
+
     /// The record as its message's canonical JSON.
     pub fn to_json(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
         let payload = match bytes.first() {
@@ -90,10 +103,7 @@ impl Schema {
             }
             _ => bytes,
         };
-        let msg = DynamicMessage::decode(self.message.clone(), payload)
-            .map_err(|e| format!("value is not a valid {}: {e}", self.name()))?;
-        serde_json::to_vec(&msg)
-            .map_err(|e| format!("value of {} has no JSON form: {e}", self.name()))
+        self.decode(payload)
     }
 }
 

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{Failure, avro, jsonschema};
+use super::writer::Local;
+use super::{Failure, SchemaKind, avro, jsonschema, protofile};
 use crate::config::{ConfigErrors, Document};
 use crate::secret::Secret;
 
@@ -36,8 +37,8 @@ pub enum Kind {
     Avro(Arc<avro::Schema>),
     /// JSON Schema: the payload is JSON, checked against it.
     Json(Arc<jsonschema::Schema>),
-    /// Protobuf: the schema's `.proto` text (not compiled here).
-    Protobuf,
+    /// Protobuf: the `.proto` text and its references, compiled.
+    Protobuf(Arc<protofile::ProtoFile>),
 }
 
 #[derive(Debug)]
@@ -61,6 +62,8 @@ struct State {
     latest: HashMap<String, (Instant, Arc<Registered>)>,
     /// (subject, schema text) → the id it was registered as.
     registered: HashMap<(String, String), u32>,
+    /// Schema texts of REST Proxy envelopes, parsed.
+    parsed: HashMap<(SchemaKind, String), Local>,
 }
 
 impl Registry {
@@ -127,7 +130,7 @@ impl Registry {
             }
         }
         let answer = self.call("GET", &format!("/schemas/ids/{id}"), None);
-        let got = answer.and_then(|v| parse(id, &v));
+        let got = answer.and_then(|v| self.parse(id, &v));
         let mut s = self
             .state
             .lock()
@@ -170,7 +173,7 @@ impl Registry {
             .as_u64()
             .and_then(|i| u32::try_from(i).ok())
             .ok_or_else(|| Failure::Unreadable(format!("{subject}: no id in {v}")))?;
-        let r = Arc::new(parse(id, &v)?);
+        let r = Arc::new(self.parse(id, &v)?);
         if let Ok(mut s) = self.state.lock() {
             if s.latest.len() >= self.cache_entries {
                 s.latest.clear();
@@ -179,6 +182,25 @@ impl Registry {
                 .insert(subject.to_string(), (Instant::now(), r.clone()));
         }
         Ok(r)
+    }
+
+    /// A schema text parsed as `kind`, remembered (a REST Proxy client
+    /// sends its schema with every request).
+    pub fn parsed(&self, kind: SchemaKind, text: &str) -> Result<Local, String> {
+        let key = (kind, text.to_string());
+        if let Ok(s) = self.state.lock()
+            && let Some(l) = s.parsed.get(&key)
+        {
+            return Ok(l.clone());
+        }
+        let l = Local::parse(kind, text)?;
+        if let Ok(mut s) = self.state.lock() {
+            if s.parsed.len() >= self.cache_entries {
+                s.parsed.clear();
+            }
+            s.parsed.insert(key, l.clone());
+        }
+        Ok(l)
     }
 
     /// Registers a schema (`schema_type` `AVRO` or `JSON`) under `subject`
@@ -254,12 +276,59 @@ impl Registry {
     }
 }
 
-/// A `{"schema": …, "schemaType": …}` answer.
-fn parse(id: u32, v: &Value) -> Result<Registered, Failure> {
-    let text = v["schema"]
-        .as_str()
-        .ok_or_else(|| Failure::Unreadable(format!("schema {id}: no schema in the answer")))?;
-    let schema = match v["schemaType"].as_str().unwrap_or("AVRO") {
+impl Registry {
+    /// A `{"schema": …, "schemaType": …, "references": […]}` answer.
+    fn parse(&self, id: u32, v: &Value) -> Result<Registered, Failure> {
+        let text = v["schema"]
+            .as_str()
+            .ok_or_else(|| Failure::Unreadable(format!("schema {id}: no schema in the answer")))?;
+        let schema = match v["schemaType"].as_str().unwrap_or("AVRO") {
+            "PROTOBUF" => {
+                let mut imports = HashMap::new();
+                self.references(v, &mut imports)?;
+                Kind::Protobuf(Arc::new(
+                    protofile::ProtoFile::compile(text, imports)
+                        .map_err(|e| Failure::Unreadable(format!("schema {id}: {e}")))?,
+                ))
+            }
+            other => return parse(id, other, text),
+        };
+        Ok(Registered { id, schema })
+    }
+
+    /// The texts of a Protobuf schema's references (name → text), and of
+    /// theirs, up to [`protofile::MAX_FILES`].
+    fn references(&self, v: &Value, out: &mut HashMap<String, String>) -> Result<(), Failure> {
+        for r in v["references"].as_array().into_iter().flatten() {
+            let (Some(name), Some(subject), Some(version)) = (
+                r["name"].as_str(),
+                r["subject"].as_str(),
+                r["version"].as_i64(),
+            ) else {
+                return Err(Failure::Unreadable(format!("a malformed reference {r}")));
+            };
+            if out.contains_key(name) {
+                continue;
+            }
+            if out.len() >= protofile::MAX_FILES {
+                return Err(Failure::Unreadable(format!(
+                    "more than {} referenced files",
+                    protofile::MAX_FILES
+                )));
+            }
+            let path = format!("/subjects/{}/versions/{version}", encode(subject));
+            let answer = self.call("GET", &path, None)?;
+            let text = answer["schema"].as_str().unwrap_or_default().to_string();
+            out.insert(name.to_string(), text);
+            self.references(&answer, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// An Avro or JSON Schema answer's schema.
+fn parse(id: u32, schema_type: &str, text: &str) -> Result<Registered, Failure> {
+    let schema = match schema_type {
         "AVRO" => Kind::Avro(Arc::new(
             avro::Schema::parse(text)
                 .map_err(|e| Failure::Unreadable(format!("schema {id}: {e}")))?,
@@ -268,7 +337,6 @@ fn parse(id: u32, v: &Value) -> Result<Registered, Failure> {
             jsonschema::Schema::parse(text)
                 .map_err(|e| Failure::Unreadable(format!("schema {id}: {e}")))?,
         )),
-        "PROTOBUF" => Kind::Protobuf,
         other => {
             return Err(Failure::Unreadable(format!(
                 "schema {id}: unknown schema type {other:?}"

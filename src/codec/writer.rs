@@ -13,13 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::registry::{Kind, Registry};
-use super::{Failure, Misfit, avro, jsonschema, protobuf, wire};
+use super::{Failure, Misfit, SchemaKind, avro, jsonschema, protobuf, protofile, wire};
 
 /// How a route's records are encoded once its schema is known; `id`: the
 /// registry's, written as the wire format's frame.
 #[derive(Debug)]
 pub enum Encoder {
-    Protobuf(Arc<protobuf::Schema>),
+    /// The message; with an `id`, framed with the message index `[0]`.
+    Protobuf {
+        schema: Arc<protobuf::Schema>,
+        id: Option<u32>,
+    },
     Avro {
         schema: Arc<avro::Schema>,
         id: Option<u32>,
@@ -34,8 +38,13 @@ impl Encoder {
     /// One JSON record's bytes, appended to `out`.
     pub fn encode(&self, json: &[u8], out: &mut Vec<u8>) -> Result<(), Misfit> {
         match self {
-            Encoder::Protobuf(s) => {
-                out.extend_from_slice(&s.from_json(json)?);
+            Encoder::Protobuf { schema, id } => {
+                let bytes = schema.from_json(json)?;
+                if let Some(id) = id {
+                    wire::put_frame(out, *id);
+                    out.push(0);
+                }
+                out.extend_from_slice(&bytes);
                 Ok(())
             }
             Encoder::Avro { schema, id } => {
@@ -58,7 +67,7 @@ impl Encoder {
     /// The schema's name, for errors.
     pub fn name(&self) -> String {
         match self {
-            Encoder::Protobuf(s) => s.name().to_string(),
+            Encoder::Protobuf { schema, .. } => schema.name().to_string(),
             Encoder::Avro { schema, .. } => schema.name(),
             Encoder::JsonSchema { schema, .. } => schema.name(),
         }
@@ -67,14 +76,20 @@ impl Encoder {
     /// The registry id it writes, if any.
     pub fn id(&self) -> Option<u32> {
         match self {
-            Encoder::Protobuf(_) => None,
-            Encoder::Avro { id, .. } | Encoder::JsonSchema { id, .. } => *id,
+            Encoder::Protobuf { id, .. }
+            | Encoder::Avro { id, .. }
+            | Encoder::JsonSchema { id, .. } => *id,
         }
     }
 
-    /// An encoder of `schema` (a registered one: `id`).
-    fn of(schema: &Local, id: Option<u32>) -> Encoder {
-        match schema {
+    /// An encoder of `schema` (a registered one: `id`); a Protobuf file
+    /// encodes its first message.
+    fn of(schema: &Local, id: Option<u32>) -> Result<Encoder, Failure> {
+        Ok(match schema {
+            Local::Proto(f) => Encoder::Protobuf {
+                schema: f.message(&[0]).map_err(Failure::Unreadable)?,
+                id,
+            },
             Local::Avro(s) => Encoder::Avro {
                 schema: s.clone(),
                 id,
@@ -83,7 +98,7 @@ impl Encoder {
                 schema: s.clone(),
                 id,
             },
-        }
+        })
     }
 }
 
@@ -92,14 +107,18 @@ impl Encoder {
 pub enum Local {
     Avro(Arc<avro::Schema>),
     Json(Arc<jsonschema::Schema>),
+    /// A `.proto` file (the REST Proxy's protobuf envelopes).
+    Proto(Arc<protofile::ProtoFile>),
 }
 
 impl Local {
-    /// Parses `text` as the kind of `like` (`avro` or `jsonschema`).
-    pub fn parse(avro: bool, text: &str) -> Result<Local, String> {
-        match avro {
-            true => avro::Schema::parse(text).map(|s| Local::Avro(Arc::new(s))),
-            false => jsonschema::Schema::parse(text).map(|s| Local::Json(Arc::new(s))),
+    /// Parses `text` as a schema of `kind` (a `.proto` without imports).
+    pub fn parse(kind: SchemaKind, text: &str) -> Result<Local, String> {
+        match kind {
+            SchemaKind::Avro => avro::Schema::parse(text).map(|s| Local::Avro(Arc::new(s))),
+            SchemaKind::Json => jsonschema::Schema::parse(text).map(|s| Local::Json(Arc::new(s))),
+            SchemaKind::Protobuf => protofile::ProtoFile::compile(text, Default::default())
+                .map(|f| Local::Proto(Arc::new(f))),
         }
     }
 
@@ -115,6 +134,7 @@ impl Local {
         match self {
             Local::Avro(s) => s.text(),
             Local::Json(s) => s.text(),
+            Local::Proto(f) => f.text(),
         }
     }
 
@@ -123,22 +143,29 @@ impl Local {
         match self {
             Local::Avro(_) => "AVRO",
             Local::Json(_) => "JSON",
+            Local::Proto(_) => "PROTOBUF",
         }
     }
 
     /// Registers it under `subject` (or finds it there): its encoder.
     pub fn register(&self, registry: &Registry, subject: &str) -> Result<Encoder, Failure> {
         let id = registry.register(subject, self.text(), self.schema_type())?;
-        Ok(Encoder::of(self, Some(id)))
+        Encoder::of(self, Some(id))
     }
 
-    /// The encoder of a registered schema, when it is of the kind asked.
-    pub fn from_registered(avro: bool, kind: &Kind) -> Option<Local> {
-        match (avro, kind) {
-            (true, Kind::Avro(s)) => Some(Local::Avro(s.clone())),
-            (false, Kind::Json(s)) => Some(Local::Json(s.clone())),
+    /// A registered schema, when it is of the kind asked.
+    pub fn from_registered(want: SchemaKind, kind: &Kind) -> Option<Local> {
+        match (want, kind) {
+            (SchemaKind::Avro, Kind::Avro(s)) => Some(Local::Avro(s.clone())),
+            (SchemaKind::Json, Kind::Json(s)) => Some(Local::Json(s.clone())),
+            (SchemaKind::Protobuf, Kind::Protobuf(f)) => Some(Local::Proto(f.clone())),
             _ => None,
         }
+    }
+
+    /// Its encoder, for a registered schema of `id`.
+    pub fn encoder(&self, id: u32) -> Result<Encoder, Failure> {
+        Encoder::of(self, Some(id))
     }
 }
 
@@ -178,7 +205,7 @@ const RETRY: Duration = Duration::from_secs(1);
 impl Writer {
     pub fn protobuf(schema: Arc<protobuf::Schema>) -> Writer {
         Writer {
-            fixed: Some(Arc::new(Encoder::Protobuf(schema))),
+            fixed: Some(Arc::new(Encoder::Protobuf { schema, id: None })),
             local: None,
             avro: false,
             subject: String::new(),
@@ -196,7 +223,7 @@ impl Writer {
         registry: Option<&Arc<Registry>>,
     ) -> Writer {
         let fixed = match (&local, registry) {
-            (Some(s), None) => Some(Arc::new(Encoder::of(s, None))),
+            (Some(s), None) => Encoder::of(s, None).ok().map(Arc::new),
             _ => None,
         };
         Writer {
@@ -236,8 +263,12 @@ impl Writer {
         let got = match &self.local {
             Some(s) => s.register(reg, &self.subject),
             None => reg.latest(&self.subject).and_then(|r| {
-                match Local::from_registered(self.avro, &r.schema) {
-                    Some(s) => Ok(Encoder::of(&s, Some(r.id))),
+                let want = match self.avro {
+                    true => SchemaKind::Avro,
+                    false => SchemaKind::Json,
+                };
+                match Local::from_registered(want, &r.schema) {
+                    Some(s) => Encoder::of(&s, Some(r.id)),
                     None => Err(Failure::Unreadable(format!(
                         "the latest schema of subject {} is not {}",
                         self.subject,

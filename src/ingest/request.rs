@@ -166,7 +166,7 @@ pub(super) fn parse(
         (Some(e), _) => {
             let registry = shared.config.registry.as_deref();
             let mut schemas = |part: &'static str, r: restproxy::SchemaRef| {
-                envelope_schema(registry, e == restproxy::Embedded::Avro, topic, part, r)
+                envelope_schema(registry, e.schema_kind(), topic, part, r)
             };
             let restproxy::Produced {
                 values,
@@ -227,13 +227,13 @@ pub(super) fn parse(
 /// reached.
 fn envelope_schema(
     registry: Option<&crate::codec::registry::Registry>,
-    avro: bool,
+    kind: crate::codec::SchemaKind,
     topic: &str,
     part: &'static str,
     named: restproxy::SchemaRef,
 ) -> Result<std::sync::Arc<crate::codec::writer::Encoder>, restproxy::Refusal> {
     use crate::codec::Failure;
-    use crate::codec::writer::{Encoder, Local};
+    use crate::codec::writer::Local;
     use restproxy::{Refusal, SchemaRef};
     use std::sync::Arc;
     let reg = registry.ok_or_else(|| {
@@ -247,8 +247,9 @@ fn envelope_schema(
     let invalid = |why: String| Refusal::new(422, 42201, why);
     match named {
         SchemaRef::Text(text) => {
-            let schema =
-                Local::parse(avro, &text).map_err(|e| invalid(format!("{part}_schema: {e}")))?;
+            let schema = reg
+                .parsed(kind, &text)
+                .map_err(|e| invalid(format!("{part}_schema: {e}")))?;
             match schema.register(reg, &format!("{topic}-{part}")) {
                 Ok(e) => Ok(Arc::new(e)),
                 Err(Failure::Unavailable(why)) => Err(down(why)),
@@ -256,22 +257,14 @@ fn envelope_schema(
             }
         }
         SchemaRef::Id(id) => match reg.by_id(id) {
-            Ok(r) => match Local::from_registered(avro, &r.schema) {
-                Some(Local::Avro(schema)) => Ok(Arc::new(Encoder::Avro {
-                    schema,
-                    id: Some(id),
-                })),
-                Some(Local::Json(schema)) => Ok(Arc::new(Encoder::JsonSchema {
-                    schema,
-                    id: Some(id),
-                })),
-                None => Err(invalid(format!(
-                    "{part}_schema_id: schema {id} is not {}",
-                    if avro {
-                        "an Avro schema"
-                    } else {
-                        "a JSON Schema"
+            Ok(r) => match Local::from_registered(kind, &r.schema) {
+                Some(s) => s.encoder(id).map(Arc::new).map_err(|f| match f {
+                    Failure::Unavailable(why) | Failure::Unreadable(why) => {
+                        invalid(format!("{part}_schema_id: {why}"))
                     }
+                }),
+                None => Err(invalid(format!(
+                    "{part}_schema_id: schema {id} is not {kind:?}"
                 ))),
             },
             Err(Failure::Unavailable(why)) => Err(down(why)),

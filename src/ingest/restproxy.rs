@@ -14,7 +14,8 @@
 //! `<topic>-key`) or a schema id (`value_schema_id`, `key_schema_id`), which
 //! the caller's `schemas` resolves through the registry; records are
 //! encoded in the Confluent wire format and the answer names the ids.
-//! `protobuf` envelopes are refused with 415.
+//! `protobuf` envelopes carry `.proto` text (without imports) or ids; a
+//! record is the file's first message (message index `[0]`).
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -42,12 +43,27 @@ pub enum Embedded {
     Avro,
     /// JSON checked against a JSON Schema, stored in the wire format.
     JsonSchema,
+    /// Protobuf's JSON mapping, stored as the `.proto`'s first message in
+    /// the wire format.
+    Protobuf,
 }
 
 impl Embedded {
     /// Whether its envelopes name schemas.
     pub fn has_schemas(self) -> bool {
-        matches!(self, Embedded::Avro | Embedded::JsonSchema)
+        matches!(
+            self,
+            Embedded::Avro | Embedded::JsonSchema | Embedded::Protobuf
+        )
+    }
+
+    /// The kind of schema its envelopes name.
+    pub fn schema_kind(self) -> crate::codec::SchemaKind {
+        match self {
+            Embedded::JsonSchema => crate::codec::SchemaKind::Json,
+            Embedded::Protobuf => crate::codec::SchemaKind::Protobuf,
+            _ => crate::codec::SchemaKind::Avro,
+        }
     }
 }
 
@@ -164,18 +180,12 @@ pub fn embedded(content_type: Option<&str>) -> Result<Embedded, Refusal> {
         "application/vnd.kafka.binary.v2+json" => Ok(Embedded::Binary),
         "application/vnd.kafka.avro.v2+json" => Ok(Embedded::Avro),
         "application/vnd.kafka.jsonschema.v2+json" => Ok(Embedded::JsonSchema),
-        "application/vnd.kafka.protobuf.v2+json" => Err(Refusal::new(
-            415,
-            415,
-            format!(
-                "embedded format of {raw:?} is not served yet: use json, binary, avro or jsonschema"
-            ),
-        )),
+        "application/vnd.kafka.protobuf.v2+json" => Ok(Embedded::Protobuf),
         _ => Err(Refusal::new(
             415,
             415,
             format!(
-                "unsupported Content-Type {raw:?}: expected application/vnd.kafka.json.v2+json, application/vnd.kafka.binary.v2+json or application/vnd.kafka.avro.v2+json"
+                "unsupported Content-Type {raw:?}: expected application/vnd.kafka.{{json,binary,avro,jsonschema,protobuf}}.v2+json"
             ),
         )),
     }
@@ -275,7 +285,7 @@ pub fn records(
                     }
                     Ok(Some(s.as_bytes().to_vec()))
                 }
-                Embedded::Avro | Embedded::JsonSchema => {
+                Embedded::Avro | Embedded::JsonSchema | Embedded::Protobuf => {
                     let slot = usize::from(part == "value");
                     let enc = encoders[slot].as_ref().ok_or_else(|| {
                         Refusal::new(

@@ -76,8 +76,19 @@ fn content_types_pick_the_embedded_format() {
         embedded(Some("application/vnd.kafka.avro.v2+json")),
         Ok(Embedded::Avro)
     );
+    assert_eq!(
+        embedded(Some("application/vnd.kafka.protobuf.v2+json")),
+        Ok(Embedded::Protobuf)
+    );
+    assert_eq!(
+        embedded(Some("application/vnd.kafka.jsonschema.v2+json")),
+        Ok(Embedded::JsonSchema)
+    );
     for (ct, says) in [
-        ("application/vnd.kafka.protobuf.v2+json", "not served yet"),
+        (
+            "application/vnd.kafka.xml.v2+json",
+            "unsupported Content-Type",
+        ),
         ("application/json", "unsupported Content-Type"),
     ] {
         let e = embedded(Some(ct)).unwrap_err();
