@@ -29,6 +29,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "ingest",
     "ingest.routes",
     "ingest.formats",
+    "ingest.subjects",
     "ingest.producer",
     "deliver",
     "deliver.consumer",
@@ -95,6 +96,7 @@ pub fn load(path: &Path) -> Result<AppConfig, LoadError> {
     for (sub, parent) in [
         ("ingest.routes", ingest.is_some()),
         ("ingest.formats", ingest.is_some()),
+        ("ingest.subjects", ingest.is_some()),
         ("ingest.producer", ingest.is_some()),
         ("deliver.consumer", deliver.is_some()),
         ("collect.consumer", collect.is_some()),

@@ -214,12 +214,12 @@ impl Writer {
         }
     }
 
-    /// An Avro (`avro`) or JSON Schema route of `topic`: by `local` and/or
-    /// the registry.
+    /// An Avro (`avro`) or JSON Schema route writing under `subject`: by
+    /// `local` and/or the registry.
     pub fn schema(
         avro: bool,
         local: Option<Local>,
-        topic: &str,
+        subject: &str,
         registry: Option<&Arc<Registry>>,
     ) -> Writer {
         let fixed = match (&local, registry) {
@@ -230,10 +230,15 @@ impl Writer {
             fixed,
             local,
             avro,
-            subject: format!("{topic}-value"),
+            subject: subject.to_string(),
             registry: registry.cloned(),
             state: Mutex::default(),
         }
+    }
+
+    /// The registry subject it writes under.
+    pub fn subject(&self) -> &str {
+        &self.subject
     }
 
     /// The encoder for a request now.

@@ -127,6 +127,7 @@ pub(super) fn read_formats(
 ) {
     use crate::codec::writer::{Local, Writer};
     use std::sync::Arc;
+    let subjects = read_subjects(doc, errors, routes, registry.is_some());
     let mut r = doc.reader("ingest.formats", errors);
     let entries: Vec<(String, String)> = r
         .all()
@@ -140,6 +141,10 @@ pub(super) fn read_formats(
             .find(|rt| rt.stream == stream)
             .map(|rt| rt.topic.clone())
             .unwrap_or_default();
+        let subject = subjects
+            .get(&stream)
+            .cloned()
+            .unwrap_or_else(|| format!("{topic}-value"));
         let format = match value.as_str() {
             v @ ("avro" | "jsonschema") if registry.is_none() => {
                 r.error(
@@ -152,7 +157,7 @@ pub(super) fn read_formats(
                 writer = Some(Arc::new(Writer::schema(
                     v == "avro",
                     None,
-                    &topic,
+                    &subject,
                     registry,
                 )));
                 RouteFormat::Schema
@@ -162,7 +167,7 @@ pub(super) fn read_formats(
                 let avro = kind == "avro";
                 match Local::open(avro, std::path::Path::new(file)) {
                     Ok(s) => {
-                        writer = Some(Arc::new(Writer::schema(avro, Some(s), &topic, registry)))
+                        writer = Some(Arc::new(Writer::schema(avro, Some(s), &subject, registry)))
                     }
                     Err(e) => {
                         r.error(&stream, e);
@@ -212,6 +217,52 @@ pub(super) fn read_formats(
         }
     }
     r.finish();
+    let mut s = doc.reader("ingest.subjects", errors);
+    for stream in subjects.keys() {
+        let schema = routes
+            .iter()
+            .any(|rt| rt.stream == *stream && rt.writer.is_some());
+        if !schema {
+            s.error(
+                stream,
+                "a subject is for avro and jsonschema routes of [ingest.formats]".into(),
+            );
+        }
+    }
+    s.all();
+    s.finish();
+}
+
+/// `[ingest.subjects]`: `stream = subject`, the registry subject of a
+/// schema route (default `<topic>-value`).
+fn read_subjects(
+    doc: &Document,
+    errors: &mut ConfigErrors,
+    routes: &[Route],
+    registry: bool,
+) -> std::collections::HashMap<String, String> {
+    let mut r = doc.reader("ingest.subjects", errors);
+    let mut out = std::collections::HashMap::new();
+    let entries: Vec<(String, String)> = r
+        .all()
+        .into_iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    for (stream, subject) in entries {
+        if !routes.iter().any(|rt| rt.stream == stream) {
+            r.error(&stream, "no such stream in [ingest.routes]".into());
+        } else if !registry {
+            r.error(&stream, "subjects need [schema_registry] url".into());
+        } else if subject.is_empty() || subject.len() > 255 {
+            r.error(
+                &stream,
+                "expected a subject name (1 to 255 characters)".into(),
+            );
+        } else {
+            out.insert(stream, subject);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -329,5 +380,56 @@ mod tests {
             e.contains("[ingest.formats] none: no such stream in [ingest.routes]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn schema_routes_write_under_their_topic_or_a_configured_subject() {
+        let dir = std::env::temp_dir().join(format!("kbridge-subjects-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let avsc = dir.join("o.avsc");
+        std::fs::write(&avsc, r#"{"type":"record","name":"O","fields":[]}"#).unwrap();
+        let load = |extra: &str| {
+            let text = format!(
+                "[schema_registry]\nurl = http://127.0.0.1:9\n[ingest]\n[ingest.routes]\na = ta\nb = tb\nc = tc\n\
+                 [ingest.formats]\na = avro:{}\nb = jsonschema\n{extra}",
+                avsc.display()
+            );
+            let mut errors = ConfigErrors::default();
+            let doc = Document::parse("i.ini", &text, &mut errors);
+            let registry = crate::codec::registry::Registry::read(&doc, &mut errors);
+            let c = super::super::config::IngestConfig::from_document(
+                &doc,
+                &mut errors,
+                registry.as_ref(),
+            );
+            match errors.0.is_empty() {
+                true => Ok(c
+                    .unwrap()
+                    .routes
+                    .iter()
+                    .map(|r| r.writer.as_ref().map(|w| w.subject().to_string()))
+                    .collect::<Vec<_>>()),
+                false => Err(errors.to_string()),
+            }
+        };
+        assert_eq!(
+            load(""),
+            Ok(vec![Some("ta-value".into()), Some("tb-value".into()), None])
+        );
+        assert_eq!(
+            load("[ingest.subjects]\nb = shop.Order\n"),
+            Ok(vec![
+                Some("ta-value".into()),
+                Some("shop.Order".into()),
+                None
+            ])
+        );
+        let e = load("[ingest.subjects]\nc = x\nz = y\n").unwrap_err();
+        assert!(
+            e.contains("[ingest.subjects] c: a subject is for avro and jsonschema routes"),
+            "{e}"
+        );
+        assert!(e.contains("[ingest.subjects] z: no such stream"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
