@@ -363,6 +363,13 @@ fn huge_aggregated_values_are_cut_and_health_answers_while_queries_run() {
     produce(&b, &topic, &recs);
     let ids: Vec<String> = (0..100).map(|i| format!("agg-{i}")).collect();
     let query = format!("{admin}/api/aggregates?topic={topic}&by=value&limit=1000");
+    // The topic has aggregates once its first record is consumed (a busy
+    // broker can take a while to hand the partitions out).
+    wait_until(
+        "the topic's first aggregates",
+        Duration::from_secs(60),
+        || get(&query).status == 200,
+    );
     let stop = std::sync::atomic::AtomicBool::new(false);
     let biggest = std::thread::scope(|s| {
         // The dashboard polling hard, from four clients at once.

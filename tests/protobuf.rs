@@ -321,7 +321,7 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
     let desc = descriptor_set_of(&dir, ORDER_FIRST);
     let ini = format!(
         "[kafka]\nbrokers = {b}\n[schema_registry]\nurl = {registry}\n[ingest]\nlisten = 127.0.0.1:0\n\
-         rest_proxy_topics = {topic}\n[ingest.routes]\nt = {}\n",
+         rest_proxy_topics = {topic}\n[ingest.routes]\nt = {}\npb = {topic}\n[ingest.formats]\npb = protobuf\n",
         unique_topic("pb-native")
     );
     let i = Ingest::start(&ini);
@@ -336,6 +336,14 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
     let body = serde_json::json!({"value_schema_id": id, "records": [{"value": {"id": "o-2"}}]});
     let r = post(&url, &ct, body.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
+    // A `protobuf` route takes the subject's latest schema (the one the
+    // envelope registered) and writes its first message, framed.
+    let r = post(
+        &i.url.replace("/api/t/", "/api/pb/"),
+        &[("Content-Type", "application/json")],
+        br#"{"id":"o-3","amountCents":"5"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     let body = serde_json::json!({"value_schema_id": id, "records": [{"value": {"nope": 1}}]});
     let r = post(&url, &ct, body.to_string().as_bytes());
     assert_eq!(
@@ -347,12 +355,15 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
 
     // The wire format (magic byte, id, message index [0]), and a message
     // Google's runtime decodes to the same values.
-    let stored = read_topic(&b, &topic, 2, Duration::from_secs(10));
-    assert_eq!(stored.len(), 2);
+    let stored = read_topic(&b, &topic, 3, Duration::from_secs(10));
+    assert_eq!(stored.len(), 3);
     let mut frame = vec![0u8];
     frame.extend_from_slice(&id.to_be_bytes());
     frame.push(0);
-    assert_eq!(&stored[0].value[..6], &frame[..]);
+    assert!(
+        stored.iter().all(|r| r.value.starts_with(&frame)),
+        "all framed alike"
+    );
     let payload = kbridge::kafka::record::hex(&stored[0].value[6..]);
     let read = google_protobuf(&["decode"], &desc, &[payload]);
     assert_eq!(read, vec![value.clone()]);
@@ -370,8 +381,8 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
         &sink.url,
         &extra,
     ));
-    wait_until("two delivered", Duration::from_secs(30), || {
-        sink.calls().len() >= 2
+    wait_until("three delivered", Duration::from_secs(30), || {
+        sink.calls().len() >= 3
     });
     let mut got: Vec<serde_json::Value> = sink
         .calls()
@@ -379,6 +390,13 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
         .map(|c| serde_json::from_slice(&c.body).unwrap())
         .collect();
     got.sort_by_key(|v| v["id"].to_string());
-    assert_eq!(got, vec![value, serde_json::json!({"id": "o-2"})]);
+    assert_eq!(
+        got,
+        vec![
+            value,
+            serde_json::json!({"id": "o-2"}),
+            serde_json::json!({"id": "o-3", "amountCents": "5"})
+        ]
+    );
     assert!(d.stop());
 }

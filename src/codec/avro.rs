@@ -124,7 +124,7 @@ impl Schema {
         out: &mut Vec<u8>,
         path: &mut Vec<Seg>,
     ) -> Result<(), String> {
-        let s = self.resolve(s)?;
+        let s = underlying(self.resolve(s)?);
         let want = |what: &str| format!("expected {what}, got {}", kind(v));
         match s {
             Avro::Null => v.is_null().then_some(()).ok_or_else(|| want("null")),
@@ -133,7 +133,7 @@ impl Schema {
                 out.push(b as u8);
                 Ok(())
             }
-            Avro::Int | Avro::Date | Avro::TimeMillis => {
+            Avro::Int => {
                 let i = v
                     .as_i64()
                     .and_then(|i| i32::try_from(i).ok())
@@ -141,14 +141,7 @@ impl Schema {
                 put_long(out, i64::from(i));
                 Ok(())
             }
-            Avro::Long
-            | Avro::TimeMicros
-            | Avro::TimestampMillis
-            | Avro::TimestampMicros
-            | Avro::TimestampNanos
-            | Avro::LocalTimestampMillis
-            | Avro::LocalTimestampMicros
-            | Avro::LocalTimestampNanos => {
+            Avro::Long => {
                 put_long(out, v.as_i64().ok_or_else(|| want("a long (64 bits)"))?);
                 Ok(())
             }
@@ -162,19 +155,18 @@ impl Schema {
                 out.extend_from_slice(&f.to_le_bytes());
                 Ok(())
             }
-            Avro::String | Avro::Uuid => {
+            Avro::String => {
                 let t = v.as_str().ok_or_else(|| want("a string"))?;
                 put_long(out, t.len() as i64);
                 out.extend_from_slice(t.as_bytes());
                 Ok(())
             }
-            Avro::Bytes | Avro::BigDecimal => {
+            Avro::Bytes => {
                 let b = latin1(v).ok_or_else(|| want("bytes (a string of code points 0-255)"))?;
                 put_long(out, b.len() as i64);
                 out.extend_from_slice(&b);
                 Ok(())
             }
-            Avro::Decimal(d) => self.encode(&d.inner, v, out, path),
             Avro::Fixed(f) => {
                 let b = latin1(v)
                     .filter(|b| b.len() == f.size)
@@ -243,7 +235,8 @@ impl Schema {
                 }
                 Ok(())
             }
-            Avro::Ref { .. } => Err("unresolved reference".into()),
+            // Logical types were mapped to their underlying type above.
+            _ => Err("unresolved type".into()),
         }
     }
 
@@ -357,31 +350,47 @@ fn latin1(v: &Value) -> Option<Vec<u8>> {
 
 /// The name a union's branch goes by in Avro's JSON encoding.
 pub(super) fn branch_name(s: &Avro) -> String {
-    match s {
+    match underlying(s) {
         Avro::Null => "null".into(),
         Avro::Boolean => "boolean".into(),
-        Avro::Int | Avro::Date | Avro::TimeMillis => "int".into(),
-        Avro::Long
-        | Avro::TimeMicros
+        Avro::Int => "int".into(),
+        Avro::Long => "long".into(),
+        Avro::Float => "float".into(),
+        Avro::Double => "double".into(),
+        Avro::Bytes => "bytes".into(),
+        Avro::String => "string".into(),
+        Avro::Array(_) => "array".into(),
+        Avro::Map(_) => "map".into(),
+        Avro::Union(_) => "union".into(),
+        Avro::Record(r) => r.name.fullname(None),
+        Avro::Enum(e) => e.name.fullname(None),
+        Avro::Fixed(f) => f.name.fullname(None),
+        Avro::Ref { name } => name.fullname(None),
+        _ => "fixed".into(),
+    }
+}
+
+/// What a logical type is on the wire and in JSON (`date` an int,
+/// timestamps longs, `uuid` a string, decimals their bytes or fixed); any
+/// other type as it is.
+pub(super) fn underlying(s: &Avro) -> &Avro {
+    static INT: Avro = Avro::Int;
+    static LONG: Avro = Avro::Long;
+    static STRING: Avro = Avro::String;
+    static BYTES: Avro = Avro::Bytes;
+    match s {
+        Avro::Date | Avro::TimeMillis => &INT,
+        Avro::TimeMicros
         | Avro::TimestampMillis
         | Avro::TimestampMicros
         | Avro::TimestampNanos
         | Avro::LocalTimestampMillis
         | Avro::LocalTimestampMicros
-        | Avro::LocalTimestampNanos => "long".into(),
-        Avro::Float => "float".into(),
-        Avro::Double => "double".into(),
-        Avro::Bytes | Avro::BigDecimal => "bytes".into(),
-        Avro::String | Avro::Uuid => "string".into(),
-        Avro::Array(_) => "array".into(),
-        Avro::Map(_) => "map".into(),
-        Avro::Union(_) => "union".into(),
-        Avro::Decimal(d) => branch_name(&d.inner),
-        Avro::Duration => "fixed".into(),
-        Avro::Record(r) => r.name.fullname(None),
-        Avro::Enum(e) => e.name.fullname(None),
-        Avro::Fixed(f) => f.name.fullname(None),
-        Avro::Ref { name } => name.fullname(None),
+        | Avro::LocalTimestampNanos => &LONG,
+        Avro::Uuid => &STRING,
+        Avro::BigDecimal => &BYTES,
+        Avro::Decimal(d) => underlying(&d.inner),
+        s => s,
     }
 }
 

@@ -10,7 +10,7 @@ use std::io::Write;
 
 use apache_avro::schema::{Name, Schema as Avro};
 
-use super::avro::{MAX_DEPTH, branch_name};
+use super::avro::{MAX_DEPTH, branch_name, underlying};
 
 /// Reads a datum off `input`, writing its JSON to `out`.
 pub(super) struct Decoder<'a> {
@@ -103,7 +103,7 @@ impl Decoder<'_> {
             return Err(format!("nested deeper than {MAX_DEPTH}"));
         }
         let names = self.names;
-        match s {
+        match underlying(s) {
             Avro::Ref { name } => {
                 let s = names
                     .get(name)
@@ -123,20 +123,13 @@ impl Decoder<'_> {
                 self.out.extend_from_slice(text);
                 Ok(())
             }
-            Avro::Int | Avro::Date | Avro::TimeMillis => {
+            Avro::Int => {
                 let v = self.long()?;
                 i32::try_from(v).map_err(|_| format!("int {v} out of range"))?;
                 let _ = write!(self.out, "{v}");
                 Ok(())
             }
-            Avro::Long
-            | Avro::TimeMicros
-            | Avro::TimestampMillis
-            | Avro::TimestampMicros
-            | Avro::TimestampNanos
-            | Avro::LocalTimestampMillis
-            | Avro::LocalTimestampMicros
-            | Avro::LocalTimestampNanos => {
+            Avro::Long => {
                 let v = self.long()?;
                 let _ = write!(self.out, "{v}");
                 Ok(())
@@ -151,7 +144,7 @@ impl Decoder<'_> {
                 self.float(f64::from_le_bytes(b));
                 Ok(())
             }
-            Avro::String | Avro::Uuid => {
+            Avro::String => {
                 let n = self.len()?;
                 let input = self.input;
                 let bytes = &input[..n];
@@ -161,11 +154,10 @@ impl Decoder<'_> {
                 self.string(bytes);
                 Ok(())
             }
-            Avro::Bytes | Avro::BigDecimal => {
+            Avro::Bytes => {
                 let n = self.len()?;
                 self.latin1(n)
             }
-            Avro::Decimal(d) => self.value(&d.inner, depth + 1),
             Avro::Fixed(f) => self.latin1(f.size),
             Avro::Duration => self.latin1(12),
             Avro::Enum(e) => {
@@ -230,6 +222,8 @@ impl Decoder<'_> {
                 self.out.push(b'}');
                 Ok(())
             }
+            // Logical types were mapped to their underlying type above.
+            _ => Err("unresolved type".into()),
         }
     }
 }

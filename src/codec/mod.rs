@@ -304,6 +304,20 @@ impl ValueFormat {
         }
     }
 
+    /// `kbridge_schema_registry_errors_total`, when values are read
+    /// through the registry.
+    pub fn prometheus(&self, p: &mut crate::metrics::Prom<'_>) {
+        if let Some(n) = self.registry_errors() {
+            p.single(
+                "kbridge_schema_registry_errors_total",
+                "counter",
+                "Schema registry calls that failed (unreachable, timed out, 5xx); records wait meanwhile.",
+                &[],
+                n,
+            );
+        }
+    }
+
     /// The registry's failed calls, when values are read through it.
     pub fn registry_errors(&self) -> Option<u64> {
         let reads = matches!(

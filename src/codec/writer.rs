@@ -174,8 +174,8 @@ impl Local {
 pub struct Writer {
     fixed: Option<Arc<Encoder>>,
     local: Option<Local>,
-    /// Avro (else JSON Schema), for a schema taken from the registry.
-    avro: bool,
+    /// The kind of a schema taken from the registry.
+    kind: SchemaKind,
     subject: String,
     registry: Option<Arc<Registry>>,
     state: Mutex<State>,
@@ -192,7 +192,7 @@ impl PartialEq for Writer {
     fn eq(&self, o: &Writer) -> bool {
         self.subject == o.subject
             && self.local == o.local
-            && self.avro == o.avro
+            && self.kind == o.kind
             && self.fixed.as_ref().map(|e| e.name()) == o.fixed.as_ref().map(|e| e.name())
             && self.registry.is_some() == o.registry.is_some()
     }
@@ -207,17 +207,18 @@ impl Writer {
         Writer {
             fixed: Some(Arc::new(Encoder::Protobuf { schema, id: None })),
             local: None,
-            avro: false,
+            kind: SchemaKind::Protobuf,
             subject: String::new(),
             registry: None,
             state: Mutex::default(),
         }
     }
 
-    /// An Avro (`avro`) or JSON Schema route writing under `subject`: by
-    /// `local` and/or the registry.
+    /// A route of a schema `kind` writing under `subject`: by `local`
+    /// and/or the registry (a Protobuf schema from the registry encodes
+    /// records as its file's first message).
     pub fn schema(
-        avro: bool,
+        kind: SchemaKind,
         local: Option<Local>,
         subject: &str,
         registry: Option<&Arc<Registry>>,
@@ -229,7 +230,7 @@ impl Writer {
         Writer {
             fixed,
             local,
-            avro,
+            kind,
             subject: subject.to_string(),
             registry: registry.cloned(),
             state: Mutex::default(),
@@ -268,20 +269,11 @@ impl Writer {
         let got = match &self.local {
             Some(s) => s.register(reg, &self.subject),
             None => reg.latest(&self.subject).and_then(|r| {
-                let want = match self.avro {
-                    true => SchemaKind::Avro,
-                    false => SchemaKind::Json,
-                };
-                match Local::from_registered(want, &r.schema) {
+                match Local::from_registered(self.kind, &r.schema) {
                     Some(s) => Encoder::of(&s, Some(r.id)),
                     None => Err(Failure::Unreadable(format!(
-                        "the latest schema of subject {} is not {}",
-                        self.subject,
-                        if self.avro {
-                            "an Avro schema"
-                        } else {
-                            "a JSON Schema"
-                        }
+                        "the latest schema of subject {} is not {:?}",
+                        self.subject, self.kind
                     ))),
                 }
             }),

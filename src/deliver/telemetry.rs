@@ -373,15 +373,7 @@ impl DeliverTelemetry {
         for (name, help, c) in counters {
             p.single(name, "counter", help, &[], c.get());
         }
-        if let Some(n) = self.shared.config.value_format.registry_errors() {
-            p.single(
-                "kbridge_schema_registry_errors_total",
-                "counter",
-                "Schema registry calls that failed (unreachable, timed out, 5xx); records wait meanwhile.",
-                &[],
-                n,
-            );
-        }
+        self.shared.config.value_format.prometheus(&mut p);
         p.single(
             "kbridge_deliver_suspended",
             "gauge",

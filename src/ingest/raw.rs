@@ -113,11 +113,11 @@ fn text_framing(content_type: Option<&str>) -> Result<bool, BodyError> {
     }
 }
 
-/// `[ingest.formats]`: `stream = json | text | binary | protobuf:<message>
+/// `[ingest.formats]`: `stream = json | text | binary | protobuf[:<message>]
 /// | avro[:<file.avsc>] | jsonschema[:<file.json>]` for routes of
 /// `[ingest.routes]` (unset: `json`); the message is one of `[ingest]
-/// protobuf_descriptor_file`; `avro` or `jsonschema` alone is the latest
-/// schema of `<topic>-value` in the registry.
+/// protobuf_descriptor_file`; `avro`, `jsonschema` or `protobuf` alone is
+/// the latest schema of the route's subject in the registry.
 pub(super) fn read_formats(
     doc: &Document,
     errors: &mut ConfigErrors,
@@ -125,6 +125,7 @@ pub(super) fn read_formats(
     descriptor_file: &str,
     registry: Option<&std::sync::Arc<crate::codec::registry::Registry>>,
 ) {
+    use crate::codec::SchemaKind;
     use crate::codec::writer::{Local, Writer};
     use std::sync::Arc;
     let subjects = read_subjects(doc, errors, routes, registry.is_some());
@@ -146,20 +147,20 @@ pub(super) fn read_formats(
             .cloned()
             .unwrap_or_else(|| format!("{topic}-value"));
         let format = match value.as_str() {
-            v @ ("avro" | "jsonschema") if registry.is_none() => {
+            v @ ("avro" | "jsonschema" | "protobuf") if registry.is_none() => {
                 r.error(
                     &stream,
                     format!("{v} without a file needs [schema_registry] url (the schema is the latest of <topic>-value); or name a schema file: {v}:<file>"),
                 );
                 continue;
             }
-            v @ ("avro" | "jsonschema") => {
-                writer = Some(Arc::new(Writer::schema(
-                    v == "avro",
-                    None,
-                    &subject,
-                    registry,
-                )));
+            v @ ("avro" | "jsonschema" | "protobuf") => {
+                let kind = match v {
+                    "avro" => SchemaKind::Avro,
+                    "jsonschema" => SchemaKind::Json,
+                    _ => SchemaKind::Protobuf,
+                };
+                writer = Some(Arc::new(Writer::schema(kind, None, &subject, registry)));
                 RouteFormat::Schema
             }
             v if v.starts_with("avro:") || v.starts_with("jsonschema:") => {
@@ -167,7 +168,11 @@ pub(super) fn read_formats(
                 let avro = kind == "avro";
                 match Local::open(avro, std::path::Path::new(file)) {
                     Ok(s) => {
-                        writer = Some(Arc::new(Writer::schema(avro, Some(s), &subject, registry)))
+                        let kind = match avro {
+                            true => SchemaKind::Avro,
+                            false => SchemaKind::Json,
+                        };
+                        writer = Some(Arc::new(Writer::schema(kind, Some(s), &subject, registry)))
                     }
                     Err(e) => {
                         r.error(&stream, e);
@@ -203,7 +208,7 @@ pub(super) fn read_formats(
             _ => {
                 r.error(
                     &stream,
-                    format!("expected json, text, binary, protobuf:<message>, avro[:<file.avsc>] or jsonschema[:<file.json>], got {value:?}"),
+                    format!("expected json, text, binary, protobuf[:<message>], avro[:<file.avsc>] or jsonschema[:<file.json>], got {value:?}"),
                 );
                 continue;
             }
@@ -373,7 +378,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            e.contains("[ingest.formats] log: expected json, text, binary, protobuf:<message>, avro[:<file.avsc>] or jsonschema[:<file.json>], got \"avro-ish\""),
+            e.contains("[ingest.formats] log: expected json, text, binary, protobuf[:<message>], avro[:<file.avsc>] or jsonschema[:<file.json>], got \"avro-ish\""),
             "{e}"
         );
         assert!(
