@@ -29,6 +29,7 @@ mod ops;
 mod protobuf;
 mod quarantine;
 mod redrive;
+mod registry;
 mod restproxy;
 mod security;
 mod seed003;
