@@ -139,11 +139,7 @@ fn protobuf_records_reach_the_endpoint_as_their_canonical_json() {
         v.sort_by_key(|x| x["id"].as_str().unwrap_or_default().to_string());
         v
     };
-    let got: Vec<serde_json::Value> = sink
-        .calls()
-        .iter()
-        .map(|c| serde_json::from_slice(&c.body).unwrap())
-        .collect();
+    let got: Vec<serde_json::Value> = sink.bodies();
     assert_eq!(
         by_id(got),
         by_id(expected.clone()),
@@ -384,11 +380,7 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
     wait_until("three delivered", Duration::from_secs(30), || {
         sink.calls().len() >= 3
     });
-    let mut got: Vec<serde_json::Value> = sink
-        .calls()
-        .iter()
-        .map(|c| serde_json::from_slice(&c.body).unwrap())
-        .collect();
+    let mut got: Vec<serde_json::Value> = sink.bodies();
     got.sort_by_key(|v| v["id"].to_string());
     assert_eq!(
         got,

@@ -408,7 +408,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
     // While the schema registry cannot be reached the thread waits (still
     // heartbeating and taking done reports); stopping then leaves the
     // record unregistered, so commits stop before it.
-    let who = format!("deliver {}", c.group_id);
+    let who = c.group_id.as_str();
     let stopped = || shared.stop.is_stopped();
     let mut idle = || {
         member.heartbeat.tick();
@@ -418,7 +418,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
         None => (None, None),
         Some(v) => match c
             .value_format
-            .to_json_waiting(v, &who, &stopped, &mut idle)?
+            .to_json_waiting(v, who, &stopped, &mut idle)?
         {
             Ok(json) => (json, None),
             Err(why) => (None, Some(why)),
@@ -429,7 +429,7 @@ fn take(member: &DeliverMember, shared: &Shared, m: &BorrowedMessage<'_>) -> Opt
     // dead-letter copies keep its bytes.
     let key_text = match m.key() {
         Some(k) if !c.key_format.is_plain() => {
-            match c.key_format.to_json_waiting(k, &who, &stopped, &mut idle)? {
+            match c.key_format.to_json_waiting(k, who, &stopped, &mut idle)? {
                 Ok(json) => crate::codec::ValueFormat::key_text(json),
                 Err(why) => {
                     unreadable = unreadable.or(Some(format!("key: {why}")));

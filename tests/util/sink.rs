@@ -170,6 +170,14 @@ impl Sink {
         }
     }
 
+    /// Each call's body as JSON, in arrival order.
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.calls()
+            .iter()
+            .map(|c| serde_json::from_slice(&c.body).unwrap())
+            .collect()
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
