@@ -1,5 +1,6 @@
-//! The outbound HTTP agents (ureq) of deliver's senders and lookups and of
-//! the load client. One change from ureq's defaults matters for speed:
+//! The outbound HTTP agents (ureq) of deliver's senders and lookups, of the
+//! schema registry client and of the load client, and their TLS trust
+//! (`tls_ca_file`). One change from ureq's defaults matters for speed:
 //! name resolution. With a total timeout set, ureq's own resolver starts a
 //! thread for every call (to bound `getaddrinfo`), even for an IP address
 //! and even when a pooled connection is then reused — measured as the
@@ -101,6 +102,57 @@ fn lookup(host: &str, port: u16, within: Duration) -> Result<Vec<SocketAddr>, ur
         Ok(Err(e)) => Err(ureq::Error::Io(e)),
         Err(_) => Err(ureq::Error::Timeout(ureq::Timeout::Resolve)),
     }
+}
+
+/// The TLS trust of outbound calls (`tls_ca_file`): the CAs of a PEM file,
+/// or, when none is named, the bundled Mozilla roots.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    pub roots: Vec<ureq::tls::Certificate<'static>>,
+}
+
+impl Trust {
+    /// `tls_ca_file` of a section; a file that is no PEM names the key.
+    pub fn read(r: &mut crate::config::SectionReader<'_>) -> Trust {
+        let mut t = Trust::default();
+        let ca = r.string("tls_ca_file", "");
+        if !ca.is_empty() {
+            match read_certificates(std::path::Path::new(&ca)) {
+                Ok(c) => t.roots = c,
+                Err(e) => r.error("tls_ca_file", e),
+            }
+        }
+        t
+    }
+
+    /// The agents' TLS settings (`skip_verify` only when asked for by name).
+    pub fn tls(&self, skip_verify: bool) -> ureq::tls::TlsConfig {
+        let mut b = ureq::tls::TlsConfig::builder();
+        if !self.roots.is_empty() {
+            b = b.root_certs(ureq::tls::RootCerts::new_with_certs(&self.roots));
+        }
+        b.disable_verification(skip_verify).build()
+    }
+}
+
+/// Every certificate of a PEM file (other items are ignored); none is an error.
+fn read_certificates(
+    path: &std::path::Path,
+) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("{shown}: cannot read it: {e}"))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{shown}: not PEM: {e}")),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("{shown}: no PEM certificate in it"));
+    }
+    Ok(certs)
 }
 
 /// An agent with `config` and the caching resolver.

@@ -325,7 +325,9 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
     let ct = [("Content-Type", "application/vnd.kafka.protobuf.v2+json")];
     let value =
         serde_json::json!({"id": "o-1", "amountCents": "1999", "tags": ["a"], "state": "PAID"});
-    let body = serde_json::json!({"value_schema": ORDER_FIRST, "records": [{"value": value}]});
+    let key_schema = "syntax = \"proto3\"; package shop; message Key { string customer = 1; }";
+    let body = serde_json::json!({"key_schema": key_schema, "value_schema": ORDER_FIRST,
+                                  "records": [{"key": {"customer": "c-1"}, "value": value}]});
     let r = post(&url, &ct, body.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
     let id = r.json()["value_schema_id"].as_u64().unwrap() as u32;
@@ -369,7 +371,9 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
     let sink = Sink::start(std::sync::Arc::new(|_, _| {
         crate::util::sink::Reply::status(200)
     }));
-    let extra = format!("value_format = protobuf\n[schema_registry]\nurl = {registry}\n");
+    let extra = format!(
+        "value_format = protobuf\nkey_format = protobuf\n[schema_registry]\nurl = {registry}\n"
+    );
     let mut d = Deliver::start(&deliver_ini(
         &b,
         &unique_topic("g"),
@@ -380,6 +384,17 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
     wait_until("three delivered", Duration::from_secs(30), || {
         sink.calls().len() >= 3
     });
+    let keyed = sink
+        .calls()
+        .into_iter()
+        .find(|c| c.header("X-Kafka-Key").is_some());
+    assert_eq!(
+        keyed
+            .and_then(|c| c.header("X-Kafka-Key").map(str::to_string))
+            .as_deref(),
+        Some(r#"{"customer":"c-1"}"#),
+        "the key decoded by its registered .proto"
+    );
     let mut got: Vec<serde_json::Value> = sink.bodies();
     got.sort_by_key(|v| v["id"].to_string());
     assert_eq!(

@@ -150,8 +150,8 @@ impl ValueFormat {
     }
 
     /// `key_format` (`text`, the default: keys as they are | `json` |
-    /// `binary` | `auto` | `avro` | `jsonschema`, the last two by the
-    /// registry's ids).
+    /// `binary` | `auto` | `avro` | `jsonschema` | `protobuf`, the last
+    /// three by the registry's ids).
     pub fn read_key(r: &mut SectionReader<'_>, registry: Option<&Arc<Registry>>) -> ValueFormat {
         let name = r.choice(
             "key_format",
@@ -163,19 +163,21 @@ impl ValueFormat {
                 ("auto", "auto"),
                 ("avro", "avro"),
                 ("jsonschema", "jsonschema"),
+                ("protobuf", "protobuf"),
             ],
         );
         let kind = match name {
             "binary" => Kind::Binary,
             "auto" => Kind::Auto,
-            "avro" | "jsonschema" if registry.is_none() => {
+            "avro" | "jsonschema" | "protobuf" if registry.is_none() => {
                 r.error(
                     "key_format",
-                    "avro and jsonschema keys are read by the registry's ids: they need [schema_registry] url".into(),
+                    "avro, jsonschema and protobuf keys are read by the registry's ids: they need [schema_registry] url".into(),
                 );
                 Kind::Json
             }
             "avro" => Kind::Avro(None),
+            "protobuf" => Kind::ProtobufRegistered,
             "jsonschema" => Kind::JsonSchema(None),
             _ => Kind::Json,
         };
@@ -493,7 +495,7 @@ mod tests {
             ),
             (
                 "key_format = avro",
-                "[s] key_format: avro and jsonschema keys",
+                "[s] key_format: avro, jsonschema and protobuf keys",
             ),
             (
                 "value_format = avro\navro_schema_file = /nonexistent.avsc",

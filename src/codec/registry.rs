@@ -72,7 +72,7 @@ impl Registry {
         let mut r = doc.reader("schema_registry", errors);
         let url = r.string("url", "");
         let auth_file = r.string("basic_auth_file", "");
-        let out = crate::deliver::outbound::Outbound::read_tls(&mut r);
+        let trust = crate::http_client::Trust::read(&mut r);
         let timeout_ms = r.int("timeout_ms", 5_000u64, 100..=120_000);
         let cache_entries = r.int("cache_entries", 1_000usize, 1..=1_000_000);
         let refresh_s = r.int("refresh_s", 300u64, 1..=86_400);
@@ -102,7 +102,7 @@ impl Registry {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(timeout_ms)))
             .http_status_as_error(false)
-            .tls_config(out.tls())
+            .tls_config(trust.tls(false))
             .max_idle_connections_per_host(8)
             .build();
         Some(Arc::new(Registry {

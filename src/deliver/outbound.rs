@@ -7,15 +7,16 @@
 use std::path::Path;
 
 use log::warn;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::TlsConfig;
 
 use crate::config::SectionReader;
+use crate::http_client::Trust;
 use crate::secret::{Secret, read_line};
 
 #[derive(Debug, Clone, Default)]
 pub struct Outbound {
-    /// Trusted CAs from `tls_ca_file`; empty: the bundled Mozilla roots.
-    pub roots: Vec<Certificate<'static>>,
+    /// Trusted CAs from `tls_ca_file` (empty: the bundled Mozilla roots).
+    pub trust: Trust,
     pub skip_verify: bool,
     /// `Authorization` of the calls to `target_url`.
     pub authorization: Option<Secret>,
@@ -27,7 +28,8 @@ impl Outbound {
     pub fn read(r: &mut SectionReader<'_>) -> Outbound {
         let mut out = Outbound {
             skip_verify: r.bool("tls_skip_verify", false),
-            ..Outbound::read_tls(r)
+            trust: Trust::read(r),
+            ..Default::default()
         };
         for (key, slot) in [
             ("auth_header_file", &mut out.authorization),
@@ -44,26 +46,9 @@ impl Outbound {
         out
     }
 
-    /// Only `tls_ca_file` (the schema registry's trust; verification on).
-    pub fn read_tls(r: &mut SectionReader<'_>) -> Outbound {
-        let mut out = Outbound::default();
-        let ca = r.string("tls_ca_file", "");
-        if !ca.is_empty() {
-            match read_certificates(Path::new(&ca)) {
-                Ok(c) => out.roots = c,
-                Err(e) => r.error("tls_ca_file", e),
-            }
-        }
-        out
-    }
-
     /// The agents' TLS settings.
     pub fn tls(&self) -> TlsConfig {
-        let mut b = TlsConfig::builder();
-        if !self.roots.is_empty() {
-            b = b.root_certs(RootCerts::new_with_certs(&self.roots));
-        }
-        b.disable_verification(self.skip_verify).build()
+        self.trust.tls(self.skip_verify)
     }
 
     /// Says loudly at start what is not checked.
@@ -75,24 +60,6 @@ impl Outbound {
             );
         }
     }
-}
-
-/// Every certificate of a PEM file (other items are ignored); none is an error.
-fn read_certificates(path: &Path) -> Result<Vec<Certificate<'static>>, String> {
-    let shown = path.display();
-    let pem = std::fs::read(path).map_err(|e| format!("{shown}: cannot read it: {e}"))?;
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(PemItem::Certificate(c)) => certs.push(c),
-            Ok(_) => {}
-            Err(e) => return Err(format!("{shown}: not PEM: {e}")),
-        }
-    }
-    if certs.is_empty() {
-        return Err(format!("{shown}: no PEM certificate in it"));
-    }
-    Ok(certs)
 }
 
 /// `scheme://authority` of an http(s) URL.
