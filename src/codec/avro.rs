@@ -61,9 +61,7 @@ impl Schema {
 
     /// A schema from a `.avsc` file.
     pub fn open(file: &std::path::Path) -> Result<Schema, String> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        Schema::parse(&text).map_err(|e| format!("{}: {e}", file.display()))
+        super::open_schema(file, Schema::parse)
     }
 
     /// The schema's text as given.

@@ -375,6 +375,16 @@ impl ValueFormat {
     }
 }
 
+/// A schema file's text parsed by `parse`; errors name the file.
+pub fn open_schema<T>(
+    file: &std::path::Path,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
 /// Runs `f` (a schema parser or compiler: they recurse as deep as a
 /// schema nests) on a thread of its own with a large stack, so that no
 /// schema can overflow the small stacks of connection threads; a parser
