@@ -70,13 +70,14 @@ pub fn spawn(
         reserved_paths: vec!["/health".into(), "/ready".into()],
         ..Default::default()
     };
-    let server = stats.start("admin", listener, limits, hooks, None)?;
-    log::info!("admin on http://{addr} (dashboard at /; /health, /ready, /metrics)");
+    // Said before the first request can be answered.
     if !addr.ip().is_loopback() {
         log::warn!(
             "admin on the non-loopback address {addr} ([admin] allow_remote = true): anyone who reaches it reads the metrics and can change the log level"
         );
     }
+    let server = stats.start("admin", listener, limits, hooks, None)?;
+    log::info!("admin on http://{addr} (dashboard at /; /health, /ready, /metrics)");
     Ok(std::thread::Builder::new()
         .name("admin-http".into())
         .spawn(move || {
