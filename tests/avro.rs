@@ -9,18 +9,14 @@
 //! while the registry is down records wait and a route answers 503, and both
 //! carry on when it is back.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::collect::{Collect, collect_ini, stored};
+use crate::collect::collected_lines;
 use crate::util::relay::Relay;
 use crate::util::sink::Sink;
 use crate::util::*;
-
-const IO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/avro-io.py");
 
 const ORDER: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields":[
   {"name":"id","type":"string"},
@@ -37,29 +33,9 @@ pub fn registry() -> String {
         .expect("KBRIDGE_TEST_REGISTRY: the schema registry scripts/test starts")
 }
 
-/// Runs `avro-io.py <args>` with `lines` on its stdin; a JSON value per
-/// line of what it prints.
+/// Runs `avro-io.py <args>` (fastavro) with `lines` on its stdin.
 fn fastavro(args: &[&str], lines: &[String]) -> Vec<Value> {
-    let mut child = Command::new("python3")
-        .arg(IO)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "avro-io.py {args:?} failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    crate::util::python::json_lines("avro-io.py", args, lines)
 }
 
 fn schema_file(dir: &TempDir) -> String {
@@ -181,9 +157,7 @@ fn avro_records_of_another_writer_reach_deliver_and_collect_as_their_json() {
     produce_raw(&b, &topic, &hex(&corrupt));
     let expected = vec![written[0]["json"].clone(), written[2]["json"].clone()];
 
-    let sink = Sink::start(std::sync::Arc::new(|_, _| {
-        crate::util::sink::Reply::status(200)
-    }));
+    let sink = Sink::always(200);
     let group = unique_topic("g");
     let extra = format!(
         "value_format = avro\n[schema_registry]\nurl = {}\n",
@@ -215,31 +189,11 @@ fn avro_records_of_another_writer_reach_deliver_and_collect_as_their_json() {
     // collect with value_format = auto: the same JSON; the bytes in no
     // wire format as a base64 string; the two it cannot read filed as they
     // are, counted.
-    let files = TempDir::new("avro-files");
     let extra = format!(
         "format = envelope\nvalue_format = auto\n[schema_registry]\nurl = {}\n",
         registry()
     );
-    let mut c = Collect::start(&collect_ini(
-        &b,
-        &unique_topic("gc"),
-        &topic,
-        &files.0,
-        &extra,
-    ));
-    wait_until("collect consumed all 5", Duration::from_secs(60), || {
-        metric(&c.metrics(), "kbridge_collect_consumed_total") >= 5.0
-    });
-    assert_eq!(
-        metric(&c.metrics(), "kbridge_collect_undecodable_total"),
-        2.0
-    );
-    assert!(c.stop());
-    let lines: Vec<String> = stored(&files.0, &topic)
-        .0
-        .into_iter()
-        .flat_map(|f| f.lines)
-        .collect();
+    let lines = collected_lines(&b, &topic, &extra, 5, 2);
     assert_eq!(lines.len(), 5, "{lines:?}");
     let values: Vec<Value> = lines
         .iter()
@@ -301,18 +255,10 @@ fn while_the_registry_is_down_records_wait_and_routes_answer_503() {
         &["produce", &b, &topic, &registry(), &avsc],
         &[json!({"value": order(2)}).to_string()],
     );
-    let sink = Sink::start(std::sync::Arc::new(|_, _| {
-        crate::util::sink::Reply::status(200)
-    }));
+    let sink = Sink::always(200);
     let extra =
         format!("value_format = avro\n[schema_registry]\nurl = {via_relay}\ntimeout_ms = 1000\n");
-    let mut d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        &extra,
-    ));
+    let mut d = Deliver::of(&b, &topic, &sink.url, &extra);
     wait_until("registry errors counted", Duration::from_secs(30), || {
         metric(&d.metrics(), "kbridge_schema_registry_errors_total") >= 2.0
     });
@@ -461,21 +407,13 @@ fn rest_proxy_avro_envelopes_are_stored_in_the_wire_format_fastavro_reads() {
 
     // key_format = avro: deliver names the key by its text in the URL and
     // X-Kafka-Key; collect files it as its JSON in the envelope.
-    let sink = Sink::start(std::sync::Arc::new(|_, _| {
-        crate::util::sink::Reply::status(200)
-    }));
+    let sink = Sink::always(200);
     let extra = format!(
         "value_format = avro\nkey_format = avro\n[schema_registry]\nurl = {}\n",
         registry()
     );
     let target = format!("{}/{{key}}", sink.url.trim_end_matches('/'));
-    let mut d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &target,
-        &extra,
-    ));
+    let mut d = Deliver::of(&b, &topic, &target, &extra);
     wait_until(
         "the keyed record delivered",
         Duration::from_secs(30),
@@ -492,27 +430,13 @@ fn rest_proxy_avro_envelopes_are_stored_in_the_wire_format_fastavro_reads() {
         .unwrap();
     assert!(keyed.url.ends_with("/c-1"), "{}", keyed.url);
     assert!(d.stop());
-    let files = TempDir::new("v2-avro-files");
     let extra = format!(
         "format = envelope\nvalue_format = avro\nkey_format = avro\n[schema_registry]\nurl = {}\n",
         registry()
     );
-    let mut c = Collect::start(&collect_ini(
-        &b,
-        &unique_topic("gc"),
-        &topic,
-        &files.0,
-        &extra,
-    ));
-    wait_until("collect consumed all 3", Duration::from_secs(60), || {
-        metric(&c.metrics(), "kbridge_collect_consumed_total") >= 3.0
-    });
-    assert!(c.stop());
-    let lines: Vec<Value> = stored(&files.0, &topic)
-        .0
-        .into_iter()
-        .flat_map(|f| f.lines)
-        .map(|l| serde_json::from_str(&l).unwrap())
+    let lines: Vec<Value> = collected_lines(&b, &topic, &extra, 3, 0)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["key"], json!("c-1"));
     assert_eq!(lines[0]["value"], order(1));

@@ -160,6 +160,36 @@ pub(crate) fn collect_ini(
     )
 }
 
+/// Runs collect on `topic` (a fresh group, `extra` lines in `[collect]`)
+/// until it consumed `n` records, checks that `undecodable` of them could
+/// not be decoded, stops it and returns every line it filed, in order.
+pub(crate) fn collected_lines(
+    brokers: &str,
+    topic: &str,
+    extra: &str,
+    n: usize,
+    undecodable: usize,
+) -> Vec<String> {
+    let files = TempDir::new("collected");
+    let ini = collect_ini(brokers, &unique_topic("gc"), topic, &files.0, extra);
+    let mut c = Collect::start(&ini);
+    wait_until(
+        &format!("collect consumed all {n}"),
+        Duration::from_secs(60),
+        || metric(&c.metrics(), "kbridge_collect_consumed_total") >= n as f64,
+    );
+    assert_eq!(
+        metric(&c.metrics(), "kbridge_collect_undecodable_total"),
+        undecodable as f64
+    );
+    assert!(c.stop());
+    stored(&files.0, topic)
+        .0
+        .into_iter()
+        .flat_map(|f| f.lines)
+        .collect()
+}
+
 pub(crate) struct Collect(Option<kbridge::collect::Handle>);
 
 impl Collect {

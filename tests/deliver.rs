@@ -206,13 +206,12 @@ fn concurrent_calls_never_exceed_max_in_flight() {
         }
         Reply::status(200).delay(Duration::from_millis(40))
     }));
-    let _d = Deliver::start(&deliver_ini(
+    let _d = Deliver::of(
         &b,
-        &unique_topic("g"),
         &topic,
         &sink.url,
         "senders = 8\nmax_in_flight = 3\nchannel_capacity = 4",
-    ));
+    );
     wait_until(
         "the small channel filled and fetching paused (polling went on)",
         Duration::from_secs(15),
@@ -246,13 +245,7 @@ fn ordering_by_key_keeps_each_keys_offset_order_while_keys_run_in_parallel() {
         let n: u64 = call.ids()[0].trim_start_matches("o-").parse().unwrap_or(0);
         Reply::status(200).delay(Duration::from_millis((n * 7) % 26))
     }));
-    let _d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        "ordering = key\nsenders = 8",
-    ));
+    let _d = Deliver::of(&b, &topic, &sink.url, "ordering = key\nsenders = 8");
     wait_delivered(&sink, &ids("o", 80), Duration::from_secs(60));
     let mut last: HashMap<String, i64> = HashMap::new();
     for c in sink.calls() {
@@ -286,13 +279,12 @@ fn batch_mode_sends_ndjson_json_arrays_and_bulk_lines() {
         let sink = Sink::start(Arc::new(|_, _| {
             Reply::status(200).body(r#"{"took":1,"errors":false,"items":[]}"#)
         }));
-        let _d = Deliver::start(&deliver_ini(
+        let _d = Deliver::of(
             &b,
-            &unique_topic("g"),
             &topic,
             &sink.url,
             &format!("batch_size = 10\nbatch_format = {format}\nbatch_linger_ms = 50"),
-        ));
+        );
         wait_delivered(&sink, &ids("b", 50), Duration::from_secs(60));
         let calls = sink.calls();
         assert!(
@@ -337,13 +329,7 @@ fn enrichment_merges_lookups_for_enriched_routes_only() {
         "enrich_url = {}/geo/{{ip}}\nenrich_into = geo\nroute_field = type\nenrich_routes = tweet\nenrich_on_error = deliver\nenrichers = 1",
         geo.0
     );
-    let _d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        &extra,
-    ));
+    let _d = Deliver::of(&b, &topic, &sink.url, &extra);
     wait_delivered(
         &sink,
         &["t1", "t2", "t3", "u1", "t4"].map(String::from),
@@ -389,13 +375,7 @@ fn enrichment_retry_policy_retries_lookups_then_parks() {
         "enrich_url = {}/geo/{{ip}}\nenrich_into = geo\nenrich_on_error = retry\nmax_retries = 3\nenrichers = 1",
         geo.0
     );
-    let _d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        &extra,
-    ));
+    let _d = Deliver::of(&b, &topic, &sink.url, &extra);
     wait_delivered(&sink, &["f1".to_string()], Duration::from_secs(60));
     let f1: serde_json::Value = serde_json::from_slice(&sink.calls()[0].body).unwrap();
     assert_eq!(

@@ -62,9 +62,7 @@ fn deliver_over_https_trusts_only_the_given_ca_and_sends_the_authorization() {
     let auth_file = write_mode(&dir, "authorization", &format!("{AUTH}\n"), 0o600);
     let b = brokers();
     let target = format!("https://127.0.0.1:{}/in", sink.port);
-    let start = |topic: &str, to: &str, extra: &str| {
-        Deliver::start(&deliver_ini(&b, &unique_topic("g"), topic, to, extra))
-    };
+    let start = |topic: &str, to: &str, extra: &str| Deliver::of(&b, topic, to, extra);
     // A fresh topic holding `n` events.
     let filled = |name: &str, partitions: i32, n: usize| {
         let topic = unique_topic(name);

@@ -256,13 +256,7 @@ fn follow_redirects_follows_307_and_308_only_with_method_and_body() {
         ],
     );
     let sink = start_hostile();
-    let mut d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        "follow_redirects = true",
-    ));
+    let mut d = Deliver::of(&b, &topic, &sink.url, "follow_redirects = true");
     let parked = read_exactly(&b, &format!("{topic}.dlq"), 1);
     assert!(
         parked[0].value_str().contains("redirect-1"),

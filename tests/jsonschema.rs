@@ -76,20 +76,12 @@ fn json_schema_routes_deliver_and_envelopes_check_and_frame_records() {
     produce_raw(&b, &topic, &framed(id, &json!({"id": 7})));
     produce_raw(&b, &topic, br#"{"id":"plain"}"#);
     produce_raw(&b, &topic, &framed(id, &json!({"id": "o-4"})));
-    let sink = Sink::start(std::sync::Arc::new(|_, _| {
-        crate::util::sink::Reply::status(200)
-    }));
+    let sink = Sink::always(200);
     let extra = format!(
         "value_format = jsonschema\n[schema_registry]\nurl = {}\n",
         registry()
     );
-    let mut d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        &extra,
-    ));
+    let mut d = Deliver::of(&b, &topic, &sink.url, &extra);
     let dlq = read_exactly(&b, &format!("{topic}.dlq"), 2);
     let reasons: Vec<String> = dlq.iter().map(|r| r.header("kbridge-dlq-reason")).collect();
     assert!(

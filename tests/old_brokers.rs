@@ -23,7 +23,7 @@ fn round_trip_with_defaults(b: &str, prefix: &str) {
     produce(b, &topic, &recs);
 
     let sink = Arc::new(Sink::always(200));
-    let d = Deliver::start(&deliver_ini(b, &unique_topic("g"), &topic, &sink.url, ""));
+    let d = Deliver::of(b, &topic, &sink.url, "");
     wait_delivered(&sink, &ids, Duration::from_secs(90));
     let m = d.metrics();
     assert!(metric(&m, "kbridge_deliver_members_joined") >= 1.0);

@@ -6,16 +6,12 @@
 //! the reason, one the endpoint refuses is parked as the bytes it was read
 //! as (not its JSON), and everything is committed.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::collect::{Collect, collect_ini, stored};
+use crate::collect::collected_lines;
 use crate::util::sink::Sink;
 use crate::util::*;
-
-/// Google's protobuf runtime, as the tests' independent encoder and decoder.
-const IO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/protobuf-io.py");
 
 const PROTO: &str = r#"syntax = "proto3";
 package shop;
@@ -31,35 +27,16 @@ message Order {
 }
 "#;
 
-/// Runs `protobuf-io.py <args> <desc> shop.Order` with `lines` on its
-/// stdin; the JSON it prints, a value per line.
+/// Runs `protobuf-io.py <args> <desc> shop.Order` (Google's runtime) with
+/// `lines` on its stdin.
 fn google_protobuf(
     args: &[&str],
     desc: &std::path::Path,
     lines: &[String],
 ) -> Vec<serde_json::Value> {
-    let mut child = Command::new("python3")
-        .arg(IO)
-        .args(args)
-        .arg(desc)
-        .arg("shop.Order")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "protobuf-io.py {args:?} failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.extend([desc.as_os_str(), std::ffi::OsStr::new("shop.Order")]);
+    crate::util::python::json_lines("protobuf-io.py", &all, lines)
 }
 
 /// `orders.desc`, made by protoc from `PROTO`.
@@ -152,27 +129,7 @@ fn protobuf_records_reach_the_endpoint_as_their_canonical_json() {
 
     // collect files the same JSON, and the record that is no message as it
     // is (in its documented encoding), counted.
-    let files = TempDir::new("pb-files");
-    let mut c = Collect::start(&collect_ini(
-        &b,
-        &unique_topic("gc"),
-        &topic,
-        &files.0,
-        &extra,
-    ));
-    wait_until("collect consumed all 4", Duration::from_secs(60), || {
-        metric(&c.metrics(), "kbridge_collect_consumed_total") >= 4.0
-    });
-    assert_eq!(
-        metric(&c.metrics(), "kbridge_collect_undecodable_total"),
-        1.0
-    );
-    assert!(c.stop());
-    let lines: Vec<String> = stored(&files.0, &topic)
-        .0
-        .into_iter()
-        .flat_map(|f| f.lines)
-        .collect();
+    let lines = collected_lines(&b, &topic, &extra, 4, 1);
     assert_eq!(lines.len(), 4, "{lines:?}");
     let filed: Vec<serde_json::Value> = lines
         .iter()
@@ -368,19 +325,11 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
 
     // deliver reads them by the registry: value_format = protobuf, no
     // descriptor set.
-    let sink = Sink::start(std::sync::Arc::new(|_, _| {
-        crate::util::sink::Reply::status(200)
-    }));
+    let sink = Sink::always(200);
     let extra = format!(
         "value_format = protobuf\nkey_format = protobuf\n[schema_registry]\nurl = {registry}\n"
     );
-    let mut d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        &extra,
-    ));
+    let mut d = Deliver::of(&b, &topic, &sink.url, &extra);
     wait_until("three delivered", Duration::from_secs(30), || {
         sink.calls().len() >= 3
     });

@@ -68,13 +68,7 @@ fn schemas_are_fetched_once_with_basic_auth_and_unknown_ids_are_parked() {
         auth.display()
     );
     // One partition: one consumer thread, so no record is read twice.
-    let mut d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        &extra,
-    ));
+    let mut d = Deliver::of(&b, &topic, &sink.url, &extra);
     let dlq = read_exactly(&b, &format!("{topic}.dlq"), 3);
     assert!(
         dlq.iter()
@@ -121,13 +115,7 @@ fn schemas_are_fetched_once_with_basic_auth_and_unknown_ids_are_parked() {
         wrong.display()
     );
     let sink = Sink::always(200);
-    let mut d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        &extra,
-    ));
+    let mut d = Deliver::of(&b, &topic, &sink.url, &extra);
     wait_until("refused calls counted", Duration::from_secs(30), || {
         metric(&d.metrics(), "kbridge_schema_registry_errors_total") >= 2.0
     });
@@ -163,13 +151,7 @@ fn without_a_registry_avro_routes_write_plain_datums_deliver_reads_by_file() {
         "value_format = avro\navro_schema_file = {}\n",
         avsc.display()
     );
-    let mut d = Deliver::start(&deliver_ini(
-        &b,
-        &unique_topic("g"),
-        &topic,
-        &sink.url,
-        &extra,
-    ));
+    let mut d = Deliver::of(&b, &topic, &sink.url, &extra);
     wait_until("two delivered", Duration::from_secs(30), || {
         sink.calls().len() >= 2
     });
