@@ -356,3 +356,67 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
     );
     assert!(d.stop());
 }
+
+#[test]
+fn keys_are_read_by_local_schemas_without_a_registry() {
+    let b = brokers();
+    let topic = unique_topic("pb-keys");
+    create_topic(&b, &topic, 1);
+    let dir = TempDir::new("pb-keys");
+    let desc = descriptor_set_of(
+        &dir,
+        &format!("{PROTO}message OrderKey {{ string customer = 1; }}\n"),
+    );
+    // Field 1, 3 bytes "c-1"; then a length of 127 with nothing after it.
+    produce(
+        &b,
+        &topic,
+        &[
+            (Some("\n\x03c-1".into()), r#"{"id":"o-1"}"#.into()),
+            (Some("\n\x7f".into()), r#"{"id":"o-2"}"#.into()),
+        ],
+    );
+    let sink = Sink::always(200);
+    let extra = format!(
+        "key_format = protobuf\nkey_protobuf_descriptor_file = {}\nkey_protobuf_message = shop.OrderKey\n",
+        desc.display()
+    );
+    let mut d = Deliver::of(&b, &topic, &format!("{}/{{key}}", sink.url), &extra);
+    let dlq = read_exactly(&b, &format!("{topic}.dlq"), 1);
+    let reason = dlq[0].header("kbridge-dlq-reason");
+    assert!(reason.starts_with("key: "), "{reason}");
+    assert_eq!(
+        dlq[0].key.as_deref(),
+        Some(&b"\n\x7f"[..]),
+        "parked as it was"
+    );
+    wait_until("o-1 delivered", Duration::from_secs(30), || {
+        !sink.calls().is_empty()
+    });
+    let call = &sink.calls()[0];
+    assert_eq!(call.header("X-Kafka-Key"), Some(r#"{"customer":"c-1"}"#));
+    assert!(
+        call.url.ends_with("/%7B%22customer%22%3A%22c-1%22%7D"),
+        "{}",
+        call.url
+    );
+    assert!(d.stop());
+
+    // An Avro long as the key (zig-zag 5 is the byte 10), filed as JSON.
+    let avsc = write_mode(&dir, "key.avsc", r#""long""#, 0o644);
+    let avro_keys = unique_topic("avro-keys");
+    create_topic(&b, &avro_keys, 1);
+    produce(
+        &b,
+        &avro_keys,
+        &[(Some("\n".into()), r#"{"id":"o-3"}"#.into())],
+    );
+    let extra = format!(
+        "format = envelope\nkey_format = avro\nkey_avro_schema_file = {}\n",
+        avsc.display()
+    );
+    let lines = collected_lines(&b, &avro_keys, &extra, 1, 0);
+    let filed: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(filed["key"], serde_json::json!(5), "{filed}");
+    assert_eq!(filed["value"], serde_json::json!({"id": "o-3"}));
+}

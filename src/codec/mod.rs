@@ -64,15 +64,60 @@ pub struct ValueFormat {
     registry: Option<Arc<Registry>>,
 }
 
+/// The keys one format is configured by: `value_format` and its schema
+/// keys, or `key_format` and the same with `key_` in front.
+struct Keys {
+    format: &'static str,
+    default: &'static str,
+    descriptor: &'static str,
+    message: &'static str,
+    avsc: &'static str,
+    json_schema: &'static str,
+}
+
+const VALUE_KEYS: Keys = Keys {
+    format: "value_format",
+    default: "json",
+    descriptor: "protobuf_descriptor_file",
+    message: "protobuf_message",
+    avsc: "avro_schema_file",
+    json_schema: "jsonschema_file",
+};
+
+const KEY_KEYS: Keys = Keys {
+    format: "key_format",
+    default: "text",
+    descriptor: "key_protobuf_descriptor_file",
+    message: "key_protobuf_message",
+    avsc: "key_avro_schema_file",
+    json_schema: "key_jsonschema_file",
+};
+
 impl ValueFormat {
     /// `value_format` (`json` | `text` | `binary` | `auto` | `protobuf` |
     /// `avro` | `jsonschema`) with `protobuf_descriptor_file` and
     /// `protobuf_message` (protobuf), `avro_schema_file` or
     /// `jsonschema_file` (without a registry); mistakes name their key.
     pub fn read(r: &mut SectionReader<'_>, registry: Option<&Arc<Registry>>) -> ValueFormat {
+        Self::read_with(r, registry, &VALUE_KEYS)
+    }
+
+    /// `key_format`: the same choices and their keys with `key_` in front
+    /// (`key_protobuf_descriptor_file`, `key_protobuf_message`,
+    /// `key_avro_schema_file`, `key_jsonschema_file`), except that `text`,
+    /// the default, reads keys as they are, as `json` does.
+    pub fn read_key(r: &mut SectionReader<'_>, registry: Option<&Arc<Registry>>) -> ValueFormat {
+        Self::read_with(r, registry, &KEY_KEYS)
+    }
+
+    fn read_with(
+        r: &mut SectionReader<'_>,
+        registry: Option<&Arc<Registry>>,
+        keys: &Keys,
+    ) -> ValueFormat {
         let name = r.choice(
-            "value_format",
-            "json",
+            keys.format,
+            keys.default,
             &[
                 ("json", "json"),
                 ("text", "text"),
@@ -83,11 +128,13 @@ impl ValueFormat {
                 ("jsonschema", "jsonschema"),
             ],
         );
-        let file = r.string("protobuf_descriptor_file", "");
-        let message = r.string("protobuf_message", "");
-        let avsc = r.string("avro_schema_file", "");
-        let json_schema = r.string("jsonschema_file", "");
+        let file = r.string(keys.descriptor, "");
+        let message = r.string(keys.message, "");
+        let avsc = r.string(keys.avsc, "");
+        let json_schema = r.string(keys.json_schema, "");
         let mut kind = match name {
+            // A key's text is the key as it is.
+            "text" if keys.format == "key_format" => Kind::Json,
             "text" => Kind::Text,
             "binary" => Kind::Binary,
             "auto" => Kind::Auto,
@@ -98,30 +145,33 @@ impl ValueFormat {
         } else if name == "protobuf" {
             if file.is_empty() {
                 r.error(
-                    "protobuf_descriptor_file",
-                    "required with value_format = protobuf without [schema_registry]: a descriptor set (protoc --include_imports --descriptor_set_out)".into(),
+                    keys.descriptor,
+                    format!("required with {} = protobuf without [schema_registry]: a descriptor set (protoc --include_imports --descriptor_set_out)", keys.format),
                 );
             } else if message.is_empty() {
                 r.error(
-                    "protobuf_message",
-                    "required with value_format = protobuf: the message's full name, e.g. shop.Order"
-                        .into(),
+                    keys.message,
+                    format!(
+                        "required with {} = protobuf: the message's full name, e.g. shop.Order",
+                        keys.format
+                    ),
                 );
             } else {
                 match protobuf::Schema::open(std::path::Path::new(&file), &message) {
                     Ok(s) => kind = Kind::Protobuf(Arc::new(s)),
-                    Err((key, e)) => r.error(key, e),
+                    Err((protobuf::Fault::File, e)) => r.error(keys.descriptor, e),
+                    Err((protobuf::Fault::Message, e)) => r.error(keys.message, e),
                 }
             }
         }
         if name == "avro" || name == "jsonschema" {
-            let (key, file) = match name {
-                "avro" => ("avro_schema_file", &avsc),
-                _ => ("jsonschema_file", &json_schema),
+            let (key, file, schema_kind) = match name {
+                "avro" => (keys.avsc, &avsc, SchemaKind::Avro),
+                _ => (keys.json_schema, &json_schema, SchemaKind::Json),
             };
             let local = match file.is_empty() {
                 true => None,
-                false => match writer::Local::open(name == "avro", std::path::Path::new(file)) {
+                false => match writer::Local::open(schema_kind, std::path::Path::new(file)) {
                     Ok(s) => Some(s),
                     Err(e) => {
                         r.error(key, e);
@@ -131,7 +181,7 @@ impl ValueFormat {
             };
             if local.is_none() && file.is_empty() && registry.is_none() {
                 r.error(
-                    "value_format",
+                    keys.format,
                     format!("{name} needs [schema_registry] url (records in the Confluent wire format) or {key} (plain records)"),
                 );
             }
@@ -143,44 +193,6 @@ impl ValueFormat {
                 None => Kind::JsonSchema(None),
             };
         }
-        ValueFormat {
-            kind,
-            registry: registry.cloned(),
-        }
-    }
-
-    /// `key_format` (`text`, the default: keys as they are | `json` |
-    /// `binary` | `auto` | `avro` | `jsonschema` | `protobuf`, the last
-    /// three by the registry's ids).
-    pub fn read_key(r: &mut SectionReader<'_>, registry: Option<&Arc<Registry>>) -> ValueFormat {
-        let name = r.choice(
-            "key_format",
-            "text",
-            &[
-                ("text", "text"),
-                ("json", "json"),
-                ("binary", "binary"),
-                ("auto", "auto"),
-                ("avro", "avro"),
-                ("jsonschema", "jsonschema"),
-                ("protobuf", "protobuf"),
-            ],
-        );
-        let kind = match name {
-            "binary" => Kind::Binary,
-            "auto" => Kind::Auto,
-            "avro" | "jsonschema" | "protobuf" if registry.is_none() => {
-                r.error(
-                    "key_format",
-                    "avro, jsonschema and protobuf keys are read by the registry's ids: they need [schema_registry] url".into(),
-                );
-                Kind::Json
-            }
-            "avro" => Kind::Avro(None),
-            "protobuf" => Kind::ProtobufRegistered,
-            "jsonschema" => Kind::JsonSchema(None),
-            _ => Kind::Json,
-        };
         ValueFormat {
             kind,
             registry: registry.cloned(),

@@ -27,19 +27,24 @@ impl PartialEq for Schema {
 }
 impl Eq for Schema {}
 
+/// Which of the two settings naming a message is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The descriptor set: unreadable, or no descriptor set.
+    File,
+    /// The message name: not in the set.
+    Message,
+}
+
 impl Schema {
-    /// The message `name` of the descriptor set in `file`; the error names
-    /// the key at fault and says why.
-    pub fn open(file: &Path, name: &str) -> Result<Schema, (&'static str, String)> {
-        let bytes = std::fs::read(file).map_err(|e| {
-            (
-                "protobuf_descriptor_file",
-                format!("cannot read {}: {e}", file.display()),
-            )
-        })?;
+    /// The message `name` of the descriptor set in `file`; the error says
+    /// which setting is at fault and why.
+    pub fn open(file: &Path, name: &str) -> Result<Schema, (Fault, String)> {
+        let bytes = std::fs::read(file)
+            .map_err(|e| (Fault::File, format!("cannot read {}: {e}", file.display())))?;
         let pool = DescriptorPool::decode(bytes.as_slice()).map_err(|e| {
             (
-                "protobuf_descriptor_file",
+                Fault::File,
                 format!("{} is not a descriptor set: {e}", file.display()),
             )
         })?;
@@ -50,7 +55,7 @@ impl Schema {
                 .take(20)
                 .collect();
             (
-                "protobuf_message",
+                Fault::Message,
                 format!(
                     "no message {name:?} in {} (it has {known:?})",
                     file.display()

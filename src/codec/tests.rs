@@ -45,7 +45,7 @@ fn text_binary_and_auto_values_become_json_strings_or_stay_json() {
 }
 
 #[test]
-fn keys_read_as_their_text_and_schema_formats_need_a_registry() {
+fn keys_read_as_their_text_and_schema_formats_need_a_registry_or_a_file() {
     assert_eq!(
         ValueFormat::key_text(Some(br#""c-1""#.to_vec())),
         Some(b"c-1".to_vec())
@@ -68,7 +68,23 @@ fn keys_read_as_their_text_and_schema_formats_need_a_registry() {
         ),
         (
             "key_format = avro",
-            "[s] key_format: avro, jsonschema and protobuf keys",
+            "[s] key_format: avro needs [schema_registry] url (records in the Confluent wire format) or key_avro_schema_file",
+        ),
+        (
+            "key_format = protobuf",
+            "[s] key_protobuf_descriptor_file: required with key_format = protobuf",
+        ),
+        (
+            "key_format = protobuf\nkey_protobuf_descriptor_file = /nonexistent.desc",
+            "[s] key_protobuf_message: required with key_format = protobuf",
+        ),
+        (
+            "key_format = protobuf\nkey_protobuf_descriptor_file = /nonexistent.desc\nkey_protobuf_message = a.B",
+            "[s] key_protobuf_descriptor_file: cannot read /nonexistent.desc",
+        ),
+        (
+            "key_format = jsonschema\nkey_jsonschema_file = /nonexistent.json",
+            "[s] key_jsonschema_file: cannot read",
         ),
         (
             "value_format = avro\navro_schema_file = /nonexistent.avsc",
@@ -79,4 +95,32 @@ fn keys_read_as_their_text_and_schema_formats_need_a_registry() {
         let e = format(text).unwrap_err();
         assert!(e.contains(says), "{text}: {e}");
     }
+}
+
+#[test]
+fn keys_and_values_read_by_their_own_local_schemas() {
+    let dir = std::env::temp_dir().join(format!("kbridge-codec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (long, order) = (dir.join("long.avsc"), dir.join("v.avsc"));
+    std::fs::write(&long, r#""long""#).unwrap();
+    std::fs::write(
+        &order,
+        r#"{"type":"record","name":"V","fields":[{"name":"s","type":"string"}]}"#,
+    )
+    .unwrap();
+    let (value, key) = format(&format!(
+        "value_format = avro\navro_schema_file = {}\nkey_format = avro\nkey_avro_schema_file = {}",
+        order.display(),
+        long.display()
+    ))
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Zig-zag 5 is 10; the record is a string of 2 bytes.
+    assert_eq!(json(&key, &[10]), Ok(Some("5".into())));
+    assert_eq!(
+        json(&value, &[4, b'h', b'i']),
+        Ok(Some(r#"{"s":"hi"}"#.into()))
+    );
+    assert!(matches!(json(&key, &[10, 0]), Err(Failure::Unreadable(_))));
+    assert!(!key.is_plain());
 }

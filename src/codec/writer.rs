@@ -122,11 +122,16 @@ impl Local {
         }
     }
 
-    /// Reads a schema file of that kind.
-    pub fn open(avro: bool, file: &std::path::Path) -> Result<Local, String> {
-        match avro {
-            true => avro::Schema::open(file).map(|s| Local::Avro(Arc::new(s))),
-            false => jsonschema::Schema::open(file).map(|s| Local::Json(Arc::new(s))),
+    /// Reads an Avro or JSON Schema file (a Protobuf schema is a message
+    /// of a descriptor set: see [`protobuf::Schema::open`]).
+    pub fn open(kind: SchemaKind, file: &std::path::Path) -> Result<Local, String> {
+        match kind {
+            SchemaKind::Avro => avro::Schema::open(file).map(|s| Local::Avro(Arc::new(s))),
+            SchemaKind::Json => jsonschema::Schema::open(file).map(|s| Local::Json(Arc::new(s))),
+            SchemaKind::Protobuf => Err(format!(
+                "{}: Protobuf schemas are read from a descriptor set",
+                file.display()
+            )),
         }
     }
 

@@ -165,13 +165,12 @@ pub(super) fn read_formats(
             }
             v if v.starts_with("avro:") || v.starts_with("jsonschema:") => {
                 let (kind, file) = v.split_once(':').unwrap_or_default();
-                let avro = kind == "avro";
-                match Local::open(avro, std::path::Path::new(file)) {
+                let kind = match kind {
+                    "avro" => SchemaKind::Avro,
+                    _ => SchemaKind::Json,
+                };
+                match Local::open(kind, std::path::Path::new(file)) {
                     Ok(s) => {
-                        let kind = match avro {
-                            true => SchemaKind::Avro,
-                            false => SchemaKind::Json,
-                        };
                         writer = Some(Arc::new(Writer::schema(kind, Some(s), &subject, registry)))
                     }
                     Err(e) => {
