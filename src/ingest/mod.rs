@@ -24,6 +24,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 mod cost;
+mod envelope;
 pub mod idempotency;
 pub mod produce;
 pub mod raw;

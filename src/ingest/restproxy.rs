@@ -18,13 +18,13 @@
 //! record is the file's first message (message index `[0]`).
 
 use base64::Engine as _;
-use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
 use std::sync::Arc;
 
 use super::body::{RecordLimits, Span};
+use super::envelope;
 use super::produce::Outcome;
 use super::scan;
 use crate::codec::writer::Encoder;
@@ -191,33 +191,6 @@ pub fn embedded(content_type: Option<&str>) -> Result<Embedded, Refusal> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Envelope<'a> {
-    /// Read after the rest, at most `max_records` of them (see `bounded`).
-    #[serde(borrow)]
-    records: &'a RawValue,
-    #[serde(default, borrow)]
-    key_schema: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    value_schema: Option<&'a RawValue>,
-    #[serde(default)]
-    key_schema_id: Option<serde_json::Value>,
-    #[serde(default)]
-    value_schema_id: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record<'a> {
-    #[serde(default, borrow)]
-    key: Option<&'a RawValue>,
-    #[serde(borrow)]
-    value: &'a RawValue,
-    #[serde(default)]
-    partition: Option<i32>,
-}
-
 /// The records of an envelope: their values one after the other in one
 /// buffer, and a span each (its key and partition with it). `path_partition`
 /// (from `/partitions/{p}`) applies to records that name none; `schemas`
@@ -232,13 +205,7 @@ pub fn records(
     let bad = |m: String| Refusal::new(422, 42205, m);
     let text =
         std::str::from_utf8(body).map_err(|_| bad("the request body is not UTF-8".into()))?;
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
-        bad(format!(
-            "invalid request body at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let env = envelope::parse(text)?;
     let named = [
         schema_ref("key", env.key_schema, env.key_schema_id.as_ref())?,
         schema_ref("value", env.value_schema, env.value_schema_id.as_ref())?,
@@ -251,7 +218,7 @@ pub fn records(
             "schemas are not taken with the json and binary embedded formats".into(),
         ));
     }
-    let records = bounded(env.records.get(), limits.max_records)?;
+    let records = envelope::records(env.records.get(), limits.max_records)?;
     if embedded.has_schemas() {
         if named[1].is_none() {
             return Err(Refusal::new(
@@ -392,47 +359,6 @@ fn schema_ref(
             .ok_or_else(|| bad(format!("{part}_schema_id: expected a schema id, got {v}"))),
         (None, None) => Ok(None),
     }
-}
-
-/// The records of the `records` array, refused (413) past `max` while
-/// reading, so a body of many tiny records never holds more than `max`.
-fn bounded(array: &str, max: usize) -> Result<Vec<Record<'_>>, Refusal> {
-    use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
-    const TOO_MANY: &str = "kbridge: too many records";
-    struct Limit(usize);
-    impl<'de> Visitor<'de> for Limit {
-        type Value = Vec<Record<'de>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an array of records")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(r) = seq.next_element::<Record<'de>>()? {
-                if out.len() == self.0 {
-                    return Err(A::Error::custom(TOO_MANY));
-                }
-                out.push(r);
-            }
-            Ok(out)
-        }
-    }
-    impl<'de> DeserializeSeed<'de> for Limit {
-        type Value = Vec<Record<'de>>;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(array);
-    Limit(max)
-        .deserialize(&mut de)
-        .map_err(|e| match e.to_string().starts_with(TOO_MANY) {
-            true => Refusal::new(
-                413,
-                413,
-                format!("more than max_records ({max}) records in one request"),
-            ),
-            false => Refusal::new(422, 42205, format!("records: {e}")),
-        })
 }
 
 /// The answer to a settled request: 200 with an entry per record (an

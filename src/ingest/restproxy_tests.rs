@@ -181,10 +181,40 @@ fn bad_envelopes_are_refused_naming_the_record_and_field() {
         "[1]",
         "{",
         "\u{0}",
+        // Arrays in place of the objects (serde's derive would take a
+        // struct from its fields in order).
+        r#"[[{"value":1}],null,null,null,null]"#,
+        r#"{"records":[[null,{"a":1},0]]}"#,
+        r#"{"records":[{"value":1,"value":2}]}"#,
+        r#"{"records":[{"key":1}]}"#,
+        r#"{"records":[{"value":1}],"records":[{"value":2}]}"#,
     ] {
         let r = refused(body, Embedded::Json);
         assert_eq!((r.status, r.code), (422, 42205), "{body}: {}", r.message);
     }
+    let r = refused(r#"{"records":[{"value":1,"value":2}]}"#, Embedded::Json);
+    assert!(
+        r.message.contains("duplicate field `value`"),
+        "{}",
+        r.message
+    );
+    let r = refused("  [1]", Embedded::Json);
+    assert!(r.message.contains("must be a JSON object"), "{}", r.message);
+    let r = refused(r#"{"records":[[1]]}"#, Embedded::Json);
+    assert!(
+        r.message.contains("expected a record: an object"),
+        "{}",
+        r.message
+    );
+    // Null keys and partitions are as good as none.
+    let p = parts(
+        r#"{"records":[{"key":null,"value":1,"partition":null}]}"#,
+        Embedded::Json,
+    )
+    .unwrap();
+    assert_eq!(p.len(), 1);
+    assert!(p[0].1.is_none());
+    assert_eq!(p[0].2, Some(7), "the path's partition");
 }
 
 #[test]
