@@ -192,20 +192,17 @@ fn bad_envelopes_are_refused_naming_the_record_and_field() {
         let r = refused(body, Embedded::Json);
         assert_eq!((r.status, r.code), (422, 42205), "{body}: {}", r.message);
     }
-    let r = refused(r#"{"records":[{"value":1,"value":2}]}"#, Embedded::Json);
-    assert!(
-        r.message.contains("duplicate field `value`"),
-        "{}",
-        r.message
-    );
-    let r = refused("  [1]", Embedded::Json);
-    assert!(r.message.contains("must be a JSON object"), "{}", r.message);
-    let r = refused(r#"{"records":[[1]]}"#, Embedded::Json);
-    assert!(
-        r.message.contains("expected a record: an object"),
-        "{}",
-        r.message
-    );
+    for (body, says) in [
+        (
+            r#"{"records":[{"value":1,"value":2}]}"#,
+            "duplicate field `value`",
+        ),
+        ("  [1]", "must be a JSON object"),
+        (r#"{"records":[[1]]}"#, "expected a record: an object"),
+    ] {
+        let r = refused(body, Embedded::Json);
+        assert!(r.message.contains(says), "{body}: {}", r.message);
+    }
     // Null keys and partitions are as good as none.
     let p = parts(
         r#"{"records":[{"key":null,"value":1,"partition":null}]}"#,
