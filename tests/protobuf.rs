@@ -420,3 +420,58 @@ fn keys_are_read_by_local_schemas_without_a_registry() {
     assert_eq!(filed["key"], serde_json::json!(5), "{filed}");
     assert_eq!(filed["value"], serde_json::json!({"id": "o-3"}));
 }
+
+#[test]
+fn records_google_protobuf_framed_by_a_registered_proto_reach_deliver_and_collect() {
+    let registry = crate::avro::registry();
+    let b = brokers();
+    let topic = unique_topic("pb-reg-in");
+    create_topic(&b, &topic, 1);
+    let dir = TempDir::new("pb-reg-in");
+    let desc = descriptor_set(&dir);
+    // shop.Order is the file's second message: message indexes [1].
+    let specs = [
+        serde_json::json!({"value": {"id": "o-1", "amountCents": "7", "customer": {"name": "Zoë"}},
+                           "registered": true}),
+        serde_json::json!({"value": {"id": "o-2", "state": "PAID"}, "registered": true}),
+    ];
+    let lines: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+    let proto = dir.0.join("orders.proto");
+    let args = [
+        std::ffi::OsStr::new("produce"),
+        b.as_ref(),
+        topic.as_ref(),
+        desc.as_os_str(),
+        "shop.Order".as_ref(),
+        registry.as_ref(),
+        proto.as_os_str(),
+    ];
+    let written = crate::util::python::json_lines("protobuf-io.py", &args, &lines);
+    assert_eq!(written.len(), 2);
+    assert_eq!(
+        &written[0]["hex"].as_str().unwrap()[10..14],
+        "0202",
+        "framed with message indexes [1]"
+    );
+    let mut expected: Vec<serde_json::Value> = written.iter().map(|w| w["json"].clone()).collect();
+    expected.sort_by_key(|v| v["id"].to_string());
+
+    let sink = Sink::always(200);
+    let extra = format!("value_format = protobuf\n[schema_registry]\nurl = {registry}\n");
+    let mut d = Deliver::of(&b, &topic, &sink.url, &extra);
+    wait_until("both delivered", Duration::from_secs(30), || {
+        sink.calls().len() >= 2
+    });
+    let mut got: Vec<serde_json::Value> = sink.bodies();
+    got.sort_by_key(|v| v["id"].to_string());
+    assert_eq!(got, expected, "the runtime's own JSON for each");
+    assert!(d.stop());
+
+    let extra = format!("value_format = auto\n[schema_registry]\nurl = {registry}\n");
+    let mut filed: Vec<serde_json::Value> = collected_lines(&b, &topic, &extra, 2, 0)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    filed.sort_by_key(|v| v["id"].to_string());
+    assert_eq!(filed, expected);
+}
