@@ -406,19 +406,28 @@ fn keys_are_read_by_local_schemas_without_a_registry() {
     let avsc = write_mode(&dir, "key.avsc", r#""long""#, 0o644);
     let avro_keys = unique_topic("avro-keys");
     create_topic(&b, &avro_keys, 1);
+    // The second key has a byte left over: filed as it is, counted.
     produce(
         &b,
         &avro_keys,
-        &[(Some("\n".into()), r#"{"id":"o-3"}"#.into())],
+        &[
+            (Some("\n".into()), r#"{"id":"o-3"}"#.into()),
+            (Some("\n\n".into()), r#"{"id":"o-4"}"#.into()),
+        ],
     );
     let extra = format!(
         "format = envelope\nkey_format = avro\nkey_avro_schema_file = {}\n",
         avsc.display()
     );
-    let lines = collected_lines(&b, &avro_keys, &extra, 1, 0);
-    let filed: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-    assert_eq!(filed["key"], serde_json::json!(5), "{filed}");
-    assert_eq!(filed["value"], serde_json::json!({"id": "o-3"}));
+    let lines = collected_lines(&b, &avro_keys, &extra, 2, 1);
+    let filed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(filed[0]["key"], serde_json::json!(5), "{filed:?}");
+    assert_eq!(filed[0]["value"], serde_json::json!({"id": "o-3"}));
+    assert_eq!(filed[1]["key"], serde_json::json!("\n\n"), "as it was");
+    assert_eq!(filed[1]["value"], serde_json::json!({"id": "o-4"}));
 }
 
 #[test]
