@@ -27,6 +27,7 @@ mod kafka_security;
 mod old_brokers;
 mod ops;
 mod protobuf;
+mod protobuf_registry;
 mod quarantine;
 mod redrive;
 mod registry;

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod collect;
 pub mod config;
 pub mod kafka_proxy;
 pub mod murmur2;
