@@ -4,12 +4,15 @@
 //! refusal is valid JSON, whatever it quotes; nothing of a refused request
 //! is produced. The admin server answers only its own names, so a page that
 //! DNS rebinding makes same-origin cannot read metrics or change the log
-//! level.
+//! level. The vendored tiny_http serves every keep-alive connection of a
+//! burst (the sink's server and ingest's).
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::util::raw::{exchange, post_bytes};
+use crate::util::sink::{Reply, Sink};
 use crate::util::*;
 
 const W: Duration = Duration::from_secs(5);
@@ -151,4 +154,45 @@ fn the_admin_server_answers_only_its_own_names() {
         );
     }
     stop.stop();
+}
+
+/// tiny_http (the sink's server, and ingest's) must serve every keep-alive
+/// connection of a burst; see vendor/README.md for the patch this proves.
+#[test]
+fn sink_serves_many_keep_alive_connections_opened_at_once() {
+    use std::io::Read;
+    let sink = Sink::start(Arc::new(|_, _| {
+        Reply::status(200).delay(Duration::from_millis(10))
+    }));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .max_idle_connections_per_host(8)
+        .build()
+        .into();
+    let hs: Vec<_> = (0..8)
+        .map(|t| {
+            let a = agent.clone();
+            let u = sink.url.clone();
+            std::thread::spawn(move || {
+                let mut errs = vec![];
+                for i in 0..100 {
+                    match a
+                        .post(&u)
+                        .header("Content-Type", "application/json")
+                        .send(format!("{{\"id\":\"{t}-{i}\"}}").as_bytes())
+                    {
+                        Ok(mut r) => {
+                            let mut b = Vec::new();
+                            let _ = r.body_mut().as_reader().take(1 << 20).read_to_end(&mut b);
+                        }
+                        Err(e) => errs.push(e.to_string()),
+                    }
+                }
+                errs
+            })
+        })
+        .collect();
+    let errs: Vec<String> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert!(errs.is_empty(), "{errs:?}");
 }
