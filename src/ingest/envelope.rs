@@ -47,13 +47,8 @@ pub fn parse(text: &str) -> Result<Envelope<'_>, Refusal> {
             "the request body must be a JSON object with \"records\"".into(),
         ));
     }
-    serde_json::from_str(text).map_err(|e| {
-        bad(format!(
-            "invalid request body at line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })
+    // serde_json's message ends with the line and column.
+    serde_json::from_str(text).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 
 const TOO_MANY: &str = "kbridge: too many records";

@@ -223,13 +223,13 @@ pub(super) fn read_formats(
     r.finish();
     let mut s = doc.reader("ingest.subjects", errors);
     for stream in subjects.keys() {
-        let schema = routes
-            .iter()
-            .any(|rt| rt.stream == *stream && rt.writer.is_some());
+        let schema = routes.iter().any(|rt| {
+            rt.stream == *stream && rt.writer.as_ref().is_some_and(|w| !w.subject().is_empty())
+        });
         if !schema {
             s.error(
                 stream,
-                "a subject is for avro and jsonschema routes of [ingest.formats]".into(),
+                "a subject is for the avro, jsonschema and protobuf routes of [ingest.formats] that use the registry".into(),
             );
         }
     }
@@ -394,8 +394,8 @@ mod tests {
         std::fs::write(&avsc, r#"{"type":"record","name":"O","fields":[]}"#).unwrap();
         let load = |extra: &str| {
             let text = format!(
-                "[schema_registry]\nurl = http://127.0.0.1:9\n[ingest]\n[ingest.routes]\na = ta\nb = tb\nc = tc\n\
-                 [ingest.formats]\na = avro:{}\nb = jsonschema\n{extra}",
+                "[schema_registry]\nurl = http://127.0.0.1:9\n[ingest]\n[ingest.routes]\na = ta\nb = tb\nc = tc\nd = td\n\
+                 [ingest.formats]\na = avro:{}\nb = jsonschema\nd = protobuf\n{extra}",
                 avsc.display()
             );
             let mut errors = ConfigErrors::default();
@@ -418,19 +418,27 @@ mod tests {
         };
         assert_eq!(
             load(""),
-            Ok(vec![Some("ta-value".into()), Some("tb-value".into()), None])
+            Ok(vec![
+                Some("ta-value".into()),
+                Some("tb-value".into()),
+                None,
+                Some("td-value".into())
+            ])
         );
         assert_eq!(
-            load("[ingest.subjects]\nb = shop.Order\n"),
+            load("[ingest.subjects]\nb = shop.Order\nd = shop.Item\n"),
             Ok(vec![
                 Some("ta-value".into()),
                 Some("shop.Order".into()),
-                None
+                None,
+                Some("shop.Item".into())
             ])
         );
         let e = load("[ingest.subjects]\nc = x\nz = y\n").unwrap_err();
         assert!(
-            e.contains("[ingest.subjects] c: a subject is for avro and jsonschema routes"),
+            e.contains(
+                "[ingest.subjects] c: a subject is for the avro, jsonschema and protobuf routes"
+            ),
             "{e}"
         );
         assert!(e.contains("[ingest.subjects] z: no such stream"), "{e}");

@@ -224,7 +224,7 @@ pub fn records(
             return Err(Refusal::new(
                 422,
                 42201,
-                "value_schema or value_schema_id is required with the avro and jsonschema embedded formats".into(),
+                "value_schema or value_schema_id is required with the avro, jsonschema and protobuf embedded formats".into(),
             ));
         }
         for (i, (part, r)) in ["key", "value"].into_iter().zip(named).enumerate() {
