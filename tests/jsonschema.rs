@@ -4,6 +4,7 @@
 //! with `value_format = jsonschema` sends records that fit as their JSON
 //! and parks the one that does not, and one without a frame, with the
 //! reason; the REST Proxy's jsonschema envelopes are stored the same way.
+//! A record repeating a name is refused (readers differ on which counts).
 
 use std::time::Duration;
 
@@ -56,6 +57,22 @@ fn json_schema_routes_deliver_and_envelopes_check_and_frame_records() {
     assert_eq!(
         (r.json()["record"].clone(), r.json()["path"].clone()),
         (json!(1), json!("tags[1]"))
+    );
+    // A name repeated: the last fits, the first does not; other readers
+    // keep the first, so the record is refused (and never delivered below).
+    let r = post(
+        &i.url,
+        &[("Content-Type", "application/json")],
+        br#"{"id":7,"tags":[],"id":"o-x"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("the name \"id\" appears twice in one object"),
+        "{}",
+        r.body
     );
     let id = registry_call(
         "GET",
@@ -119,6 +136,16 @@ fn json_schema_routes_deliver_and_envelopes_check_and_frame_records() {
         "{}",
         r.body
     );
-    let stored = read_topic(&b, &v2, 1, Duration::from_secs(10));
+    let body =
+        format!(r#"{{"value_schema_id":{v2_id},"records":[{{"value":{{"id":1,"id":"e-3"}}}}]}}"#);
+    let r = post(&url, &ct, body.as_bytes());
+    assert_eq!(
+        (r.status, r.json()["error_code"].clone()),
+        (422, json!(42205)),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("records[0].value"), "{}", r.body);
+    let stored = read_exactly(&b, &v2, 1);
     assert_eq!(stored[0].value, framed(v2_id, &json!({"id": "e-1"})));
 }

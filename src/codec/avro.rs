@@ -76,10 +76,7 @@ impl Schema {
 
     /// A JSON record encoded as a datum, appended to `out`.
     pub fn from_json(&self, json: &[u8], out: &mut Vec<u8>) -> Result<(), Misfit> {
-        let value: Value = serde_json::from_slice(json).map_err(|e| Misfit {
-            path: String::new(),
-            message: format!("not JSON: {e}"),
-        })?;
+        let value = super::json::value(json)?;
         let mut path = Vec::new();
         self.encode(&self.root, &value, out, &mut path)
             .map_err(|message| Misfit {

@@ -112,6 +112,13 @@ fn what_does_not_fit_names_its_path() {
         ("id", true)
     );
     assert_eq!(enc(&s, &json!([1])).unwrap_err().path, "");
+    // A name repeated in one object (readers differ on which one counts).
+    let text = full()
+        .to_string()
+        .replacen("{\"name\":", "{\"name\":\"x\",\"name\":", 1);
+    let m = s.from_json(text.as_bytes(), &mut Vec::new()).unwrap_err();
+    assert_eq!(m.path, "customer", "{m:?}");
+    assert!(m.message.contains("\"name\" appears twice"), "{m:?}");
 }
 
 #[test]

@@ -69,10 +69,7 @@ impl Schema {
 
     /// Whether a JSON record fits.
     pub fn check(&self, json: &[u8]) -> Result<(), Misfit> {
-        let value: Value = serde_json::from_slice(json).map_err(|e| Misfit {
-            path: String::new(),
-            message: format!("not JSON: {e}"),
-        })?;
+        let value = super::json::value(json)?;
         match self.validator.validate(&value) {
             Ok(()) => Ok(()),
             Err(e) => Err(Misfit {

@@ -9,6 +9,7 @@
 
 pub mod avro;
 mod avro_decode;
+pub mod json;
 pub mod jsonschema;
 pub mod protobuf;
 pub mod protofile;

@@ -77,9 +77,9 @@ impl Schema {
 
     /// The message encoded from a JSON record.
     pub fn from_json(&self, json: &[u8]) -> Result<Vec<u8>, Misfit> {
-        let mut de = serde_json::Deserializer::from_slice(json);
+        let value = super::json::value(json)?;
         let mut track = serde_path_to_error::Track::new();
-        let tracked = serde_path_to_error::Deserializer::new(&mut de, &mut track);
+        let tracked = serde_path_to_error::Deserializer::new(&value, &mut track);
         let msg = DynamicMessage::deserialize(self.message.clone(), tracked).map_err(|e| {
             let path = track.path().to_string();
             Misfit {
@@ -172,6 +172,8 @@ mod tests {
         assert_eq!(s.to_json(&framed), s.to_json(&bytes));
         let m = s.from_json(br#"{"kids":[{"n":"x"}]}"#).unwrap_err();
         assert_eq!(m.path, "kids[0].n", "{m:?}");
+        let m = s.from_json(br#"{"kids":[{"n":"1","n":"2"}]}"#).unwrap_err();
+        assert_eq!(m.path, "kids[0]", "{m:?}");
         assert!(s.to_json(&[0, 0, 0]).unwrap_err().contains("cut short"));
     }
 

@@ -88,7 +88,7 @@ pub enum BodyError {
         size: usize,
         max: usize,
     },
-    #[error("record {index} is no {message}: at {path:?}: {why}")]
+    #[error("record {index} is no {message}: {}", at_path(.path, .why))]
     Misfit {
         index: usize,
         message: String,
@@ -142,6 +142,14 @@ impl BodyError {
             | BodyError::TooDeep { index, .. } => Some(*index),
             _ => None,
         }
+    }
+}
+
+/// `why`, after the path it happened at (none for the record itself).
+fn at_path(path: &str, why: &str) -> String {
+    match path {
+        "" => why.to_string(),
+        _ => format!("at {path:?}: {why}"),
     }
 }
 
