@@ -213,7 +213,7 @@ fn avro_records_of_another_writer_reach_deliver_and_collect_as_their_json() {
 }
 
 #[test]
-fn while_the_registry_is_down_records_wait_and_routes_answer_503() {
+fn while_the_registry_is_down_records_wait_and_routes_without_a_schema_answer_503() {
     let b = brokers();
     let topic = unique_topic("avro-down");
     create_topic(&b, &topic, 1);
@@ -290,6 +290,45 @@ fn while_the_registry_is_down_records_wait_and_routes_answer_503() {
         .status
             == 200
     });
+
+    // A route that has its schema keeps it through an outage: this one
+    // takes the subject's latest version, asked again after refresh_s = 1; while
+    // the registry is down every refresh fails, and every POST is stored.
+    let ini = format!(
+        "[kafka]\nbrokers = {b}\n[schema_registry]\nurl = {via_relay}\ntimeout_ms = 1000\nrefresh_s = 1\n\
+         [ingest]\nlisten = 127.0.0.1:0\n[ingest.routes]\nt = {topic}\n[ingest.formats]\nt = avro\n"
+    );
+    let u = Ingest::start(&ini);
+    let post_u = |n: usize| {
+        post(
+            &u.url,
+            &[("Content-Type", "application/json")],
+            order(n).to_string().as_bytes(),
+        )
+    };
+    let r = post_u(4);
+    assert_eq!(r.status, 200, "{}", r.body);
+    relay.set_down(true);
+    let mut n = 5;
+    wait_until("refreshes failing", Duration::from_secs(30), || {
+        let r = post_u(n);
+        assert_eq!(r.status, 200, "{}", r.body);
+        n += 1;
+        metric(&u.metrics(), "kbridge_schema_registry_errors_total") >= 2.0
+    });
+    // Before `u`: the fastavro record and route t's; then orders 4 to n-1.
+    let stored = read_exactly(&b, &topic, n - 2);
+    let latest = registry_call(
+        "GET",
+        &format!("/subjects/{topic}-value/versions/latest"),
+        None,
+    )["id"]
+        .as_u64()
+        .unwrap() as u32;
+    for rec in &stored[2..] {
+        assert_eq!(rec.value[..5], [&[0u8][..], &latest.to_be_bytes()].concat());
+    }
+    relay.set_down(false);
 }
 
 fn hex(s: &str) -> Vec<u8> {

@@ -322,25 +322,13 @@ impl ValueFormat {
     /// `kbridge_schema_registry_errors_total`, when values are read
     /// through the registry.
     pub fn prometheus(&self, p: &mut crate::metrics::Prom<'_>) {
-        if let Some(n) = self.registry_errors() {
-            p.single(
-                "kbridge_schema_registry_errors_total",
-                "counter",
-                "Schema registry calls that failed (unreachable, timed out, 5xx); records wait meanwhile.",
-                &[],
-                n,
-            );
-        }
-    }
-
-    /// The registry's failed calls, when values are read through it.
-    pub fn registry_errors(&self) -> Option<u64> {
         let reads = matches!(
             self.kind,
             Kind::Avro(_) | Kind::JsonSchema(_) | Kind::ProtobufRegistered | Kind::Auto
         );
-        let r = self.registry.as_ref().filter(|_| reads)?;
-        Some(r.errors.load(std::sync::atomic::Ordering::Relaxed))
+        if let Some(r) = self.registry.as_ref().filter(|_| reads) {
+            r.prometheus(p);
+        }
     }
 
     /// [`to_json`](Self::to_json), waiting out registry outages (asking

@@ -159,6 +159,17 @@ impl Registry {
         }
     }
 
+    /// `kbridge_schema_registry_errors_total`.
+    pub fn prometheus(&self, p: &mut crate::metrics::Prom<'_>) {
+        p.single(
+            "kbridge_schema_registry_errors_total",
+            "counter",
+            "Schema registry calls that failed (unreachable, timed out, 5xx); records wait, routes use the schema they have.",
+            &[],
+            self.errors.load(Ordering::Relaxed),
+        );
+    }
+
     /// The latest version of `subject`.
     pub fn latest(&self, subject: &str) -> Result<Arc<Registered>, Failure> {
         if let Ok(s) = self.state.lock()

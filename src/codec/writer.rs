@@ -190,6 +190,19 @@ pub struct Writer {
 struct State {
     encoder: Option<Arc<Encoder>>,
     failed: Option<(Instant, Failure)>,
+    /// A request is asking the registry.
+    asking: bool,
+}
+
+/// Ends a request's turn at asking the registry, however it ends.
+struct Asking<'a>(&'a Mutex<State>);
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.0.lock() {
+            st.asking = false;
+        }
+    }
 }
 
 /// Two writers are the same when they write the same way.
@@ -247,7 +260,11 @@ impl Writer {
         &self.subject
     }
 
-    /// The encoder for a request now.
+    /// The encoder for a request now. One request at a time asks the
+    /// registry, without holding the others: while it asks, or for
+    /// [`RETRY`] after the registry could not be reached, the schema known
+    /// so far serves (a route that has one keeps writing through a
+    /// registry outage); a route without one is answered the failure.
     pub fn encoder(&self) -> Result<Arc<Encoder>, Failure> {
         if let Some(e) = &self.fixed {
             return Ok(e.clone());
@@ -255,22 +272,33 @@ impl Writer {
         let Some(reg) = &self.registry else {
             return Err(Failure::Unreadable("no schema".into()));
         };
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| Failure::Unavailable("poisoned".into()))?;
-        if let Some((at, f)) = &st.failed
-            && at.elapsed() < RETRY
         {
-            return Err(f.clone());
+            let mut st = self.lock()?;
+            // A registered local schema keeps its id for good.
+            if self.local.is_some()
+                && let Some(e) = &st.encoder
+            {
+                return Ok(e.clone());
+            }
+            let failed = st
+                .failed
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < RETRY)
+                .map(|(_, f)| f.clone());
+            if st.asking || failed.is_some() {
+                return match (&st.encoder, failed) {
+                    (Some(e), _) => Ok(e.clone()),
+                    (None, Some(f)) => Err(f),
+                    (None, None) => Err(Failure::Unavailable(
+                        "the schema registry is being asked for the schema".into(),
+                    )),
+                };
+            }
+            st.asking = true;
         }
-        // A registered local schema keeps its id; the latest version is
-        // looked up (the registry client caches it for `refresh_s`).
-        if self.local.is_some()
-            && let Some(e) = &st.encoder
-        {
-            return Ok(e.clone());
-        }
+        let _asked = Asking(&self.state);
+        // Registered: the id it has; else the latest version (the registry
+        // client caches it for `refresh_s`).
         let got = match &self.local {
             Some(s) => s.register(reg, &self.subject),
             None => reg.latest(&self.subject).and_then(|r| {
@@ -283,8 +311,10 @@ impl Writer {
                 }
             }),
         };
+        let mut st = self.lock()?;
         match got {
             Ok(e) => {
+                st.failed = None;
                 if let Some(had) = &st.encoder
                     && had.id() == e.id()
                 {
@@ -292,13 +322,82 @@ impl Writer {
                 }
                 let e = Arc::new(e);
                 st.encoder = Some(e.clone());
-                st.failed = None;
                 Ok(e)
             }
             Err(f) => {
                 st.failed = Some((Instant::now(), f.clone()));
-                Err(f)
+                match (&f, &st.encoder) {
+                    // Unreachable: the version known so far goes on.
+                    (Failure::Unavailable(_), Some(e)) => Ok(e.clone()),
+                    // An answer (no such subject, another kind): it counts.
+                    _ => {
+                        st.encoder = None;
+                        Err(f)
+                    }
+                }
             }
         }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, Failure> {
+        self.state
+            .lock()
+            .map_err(|_| Failure::Unavailable("poisoned".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigErrors, Document};
+    use std::time::Duration;
+
+    #[test]
+    fn one_request_asks_the_registry_and_the_others_are_answered_at_once() {
+        // A registry that takes connections and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let text = format!(
+            "[schema_registry]\nurl = http://{}\ntimeout_ms = 1500\n",
+            silent.local_addr().unwrap()
+        );
+        let mut errors = ConfigErrors::default();
+        let doc = Document::parse("r.ini", &text, &mut errors);
+        let reg = Registry::read(&doc, &mut errors).unwrap();
+        let w = Arc::new(Writer::schema(
+            SchemaKind::Avro,
+            None,
+            "t-value",
+            Some(&reg),
+        ));
+        let first = {
+            let w = w.clone();
+            std::thread::spawn(move || w.encoder())
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !w.state.lock().unwrap().asking {
+            assert!(Instant::now() < deadline, "the first request never asked");
+            std::thread::yield_now();
+        }
+        let t = Instant::now();
+        let r = w.encoder();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(
+            matches!(&r, Err(Failure::Unavailable(m)) if m.contains("being asked")),
+            "{r:?}"
+        );
+        // The first one ends at the registry's timeout, and its failure
+        // is the answer for the next second, without asking again.
+        assert!(matches!(
+            first.join().unwrap(),
+            Err(Failure::Unavailable(_))
+        ));
+        let t = Instant::now();
+        assert!(matches!(w.encoder(), Err(Failure::Unavailable(_))));
+        assert!(t.elapsed() < Duration::from_millis(500));
+        assert!(!w.state.lock().unwrap().asking);
     }
 }

@@ -179,6 +179,9 @@ impl Telemetry for IngestTelemetry {
         if let Some(auth) = &self.shared.auth {
             auth.render(&mut p);
         }
+        if let Some(registry) = &self.shared.config.registry {
+            registry.prometheus(&mut p);
+        }
         let name = "kbridge_ingest_responses_total";
         p.describe(name, "counter", "HTTP responses by route and status.");
         for (i, row) in m.responses.iter().enumerate() {
