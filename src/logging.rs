@@ -167,13 +167,42 @@ impl Log for Dynamic {
             .unwrap_or(true)
     }
     fn log(&self, record: &Record<'_>) {
-        if self.enabled(record.metadata()) {
-            self.inner.log(record);
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        match one_line(&record.args().to_string()) {
+            None => self.inner.log(record),
+            Some(clean) => self.inner.log(
+                &Record::builder()
+                    .metadata(record.metadata().clone())
+                    .args(format_args!("{clean}"))
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            ),
         }
     }
     fn flush(&self) {
         self.inner.flush();
     }
+}
+
+/// A message with its control characters escaped (`\n` as `\\n`), when it
+/// has any: what a registry, an endpoint or a record put in a message can
+/// never start a line of its own in the log (a forged entry).
+fn one_line(text: &str) -> Option<String> {
+    if !text.contains(char::is_control) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c.is_control() {
+            true => out.extend(c.escape_default()),
+            false => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// Installs the logger with `level` (a [`Spec`]) and, optionally, a file.
@@ -303,6 +332,15 @@ impl Every {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_with_control_characters_are_kept_on_one_line() {
+        assert_eq!(one_line("plain, with ünïcode"), None);
+        assert_eq!(
+            one_line("a\r\nb\tc\u{1b}[31m").as_deref(),
+            Some("a\\r\\nb\\tc\\u{1b}[31m")
+        );
+    }
 
     #[test]
     fn specs_parse_and_the_longest_prefix_wins() {

@@ -5,7 +5,7 @@
 //! records parked; wrong credentials are an outage (records wait, the failed
 //! calls counted, nothing parked). And Avro without a registry: an
 //! `avro:<file>` route writes plain datums that deliver reads back by
-//! `avro_schema_file`.
+//! `avro_schema_file`. A registry's answer cannot forge a log line.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::avro::produce_raw;
+use crate::util::process::spawn_bin;
 use crate::util::sink::{Reply, Sink};
 use crate::util::*;
 
@@ -159,4 +160,37 @@ fn without_a_registry_avro_routes_write_plain_datums_deliver_reads_by_file() {
     got.sort_by_key(|v| v["n"].as_i64());
     assert_eq!(got, [json!({"n": -1}), json!({"n": 5})]);
     assert!(d.stop());
+}
+
+#[test]
+fn a_registry_answer_cannot_start_a_line_of_its_own_in_the_log() {
+    let b = brokers();
+    let topic = unique_topic("reg-forge");
+    create_topic(&b, &topic, 1);
+    produce_raw(&b, &topic, &framed(7, 1));
+    let forged = "2026-01-01T00:00:00Z [ERROR] (main) kbridge::app: forged";
+    let body = format!("{{\"message\":\"down\"}}\r\n{forged}\n");
+    let registry = Sink::start(Arc::new(move |_, _| Reply::status(503).body(&body)));
+    let sink = Sink::always(200);
+    let extra = format!(
+        "value_format = avro\n[schema_registry]\nurl = {}\n[admin]\nlisten = 127.0.0.1:0\n",
+        registry.url
+    );
+    let dir = TempDir::new("reg-forge");
+    let mut bin = spawn_bin(
+        &deliver_ini(&b, &unique_topic("g"), &topic, &sink.url, &extra),
+        &dir,
+    );
+    wait_until("the outage logged", Duration::from_secs(30), || {
+        bin.log().contains("forged")
+    });
+    let log = bin.log();
+    assert!(
+        log.lines().all(|l| !l.starts_with(forged)),
+        "a line of the registry's own: {log}"
+    );
+    assert!(log.contains("\\r\\n2026-01-01T00:00:00Z [ERROR]"), "{log}");
+    bin.sigterm();
+    assert_eq!(bin.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert!(sink.calls().is_empty());
 }
