@@ -314,7 +314,12 @@ impl Writer {
         let mut st = self.lock()?;
         match got {
             Ok(e) => {
-                st.failed = None;
+                if st.failed.take().is_some() {
+                    log::info!(
+                        "subject {}: the schema registry answers again",
+                        self.subject
+                    );
+                }
                 if let Some(had) = &st.encoder
                     && had.id() == e.id()
                 {
@@ -325,6 +330,19 @@ impl Writer {
                 Ok(e)
             }
             Err(f) => {
+                if st.failed.is_none() {
+                    let why = match &f {
+                        Failure::Unavailable(w) | Failure::Unreadable(w) => w,
+                    };
+                    let serving = match (&f, &st.encoder) {
+                        (Failure::Unavailable(_), Some(_)) => "writing with the schema it has",
+                        _ => "its route answers 503",
+                    };
+                    log::warn!(
+                        "subject {}: {why}; {serving} until the registry answers",
+                        self.subject
+                    );
+                }
                 st.failed = Some((Instant::now(), f.clone()));
                 match (&f, &st.encoder) {
                     // Unreachable: the version known so far goes on.
