@@ -48,13 +48,21 @@ fn protobuf_schemas_from_the_registry_rest_proxy_envelopes_and_deliver() {
     let r = post(&url, &ct, body.to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
     // A `protobuf` route takes the subject's latest schema (the one the
-    // envelope registered) and writes its first message, framed.
-    let r = post(
-        &i.url.replace("/api/t/", "/api/pb/"),
-        &[("Content-Type", "application/json")],
-        br#"{"id":"o-3","amountCents":"5"}"#,
+    // envelope registered) and writes its first message, framed. It asked
+    // at start, before the subject existed: it asks again within a second.
+    wait_until(
+        "the route has the subject's schema",
+        Duration::from_secs(10),
+        || {
+            let r = post(
+                &i.url.replace("/api/t/", "/api/pb/"),
+                &[("Content-Type", "application/json")],
+                br#"{"id":"o-3","amountCents":"5"}"#,
+            );
+            assert!([200, 503].contains(&r.status), "{}", r.body);
+            r.status == 200
+        },
     );
-    assert_eq!(r.status, 200, "{}", r.body);
     let body = serde_json::json!({"value_schema_id": id, "records": [{"value": {"nope": 1}}]});
     let r = post(&url, &ct, body.to_string().as_bytes());
     assert_eq!(

@@ -49,6 +49,8 @@ pub struct Registry {
     cache_entries: usize,
     refresh: Duration,
     unknown_retry: Duration,
+    /// One call's deadline (`timeout_ms`).
+    pub timeout: Duration,
     state: Mutex<State>,
     /// Calls that failed (unreachable, 5xx, timeouts): `kbridge_schema_registry_errors_total`.
     pub errors: AtomicU64,
@@ -112,6 +114,7 @@ impl Registry {
             cache_entries,
             refresh: Duration::from_secs(refresh_s),
             unknown_retry: Duration::from_secs(unknown_retry_s),
+            timeout: Duration::from_millis(timeout_ms),
             state: Mutex::default(),
             errors: AtomicU64::new(0),
         }))

@@ -9,7 +9,7 @@
 //! the registry cannot be reached the route answers 503, asking it at most
 //! once a second.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::registry::{Kind, Registry};
@@ -184,6 +184,8 @@ pub struct Writer {
     subject: String,
     registry: Option<Arc<Registry>>,
     state: Mutex<State>,
+    /// Signalled when a request has asked the registry.
+    asked: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -194,14 +196,16 @@ struct State {
     asking: bool,
 }
 
-/// Ends a request's turn at asking the registry, however it ends.
-struct Asking<'a>(&'a Mutex<State>);
+/// Ends a request's turn at asking the registry, however it ends, and
+/// wakes the requests waiting for it.
+struct Asking<'a>(&'a Writer);
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        if let Ok(mut st) = self.0.lock() {
+        if let Ok(mut st) = self.0.state.lock() {
             st.asking = false;
         }
+        self.0.asked.notify_all();
     }
 }
 
@@ -229,6 +233,7 @@ impl Writer {
             subject: String::new(),
             registry: None,
             state: Mutex::default(),
+            asked: Condvar::new(),
         }
     }
 
@@ -252,6 +257,7 @@ impl Writer {
             subject: subject.to_string(),
             registry: registry.cloned(),
             state: Mutex::default(),
+            asked: Condvar::new(),
         }
     }
 
@@ -261,10 +267,11 @@ impl Writer {
     }
 
     /// The encoder for a request now. One request at a time asks the
-    /// registry, without holding the others: while it asks, or for
-    /// [`RETRY`] after the registry could not be reached, the schema known
-    /// so far serves (a route that has one keeps writing through a
-    /// registry outage); a route without one is answered the failure.
+    /// registry: while it asks, or for [`RETRY`] after the registry could
+    /// not be reached, the schema known so far serves and nobody waits (a
+    /// route that has one keeps writing through a registry outage); a
+    /// route without one (at start) waits for the answer, up to the
+    /// registry's timeout, and shares it, or its failure for [`RETRY`].
     pub fn encoder(&self) -> Result<Arc<Encoder>, Failure> {
         if let Some(e) = &self.fixed {
             return Ok(e.clone());
@@ -285,10 +292,26 @@ impl Writer {
                 .as_ref()
                 .filter(|(at, _)| at.elapsed() < RETRY)
                 .map(|(_, f)| f.clone());
-            if st.asking || failed.is_some() {
-                return match (&st.encoder, failed) {
+            if let Some(e) = st
+                .encoder
+                .as_ref()
+                .filter(|_| st.asking || failed.is_some())
+            {
+                return Ok(e.clone());
+            }
+            if let Some(f) = failed {
+                return Err(f);
+            }
+            if st.asking {
+                // No schema yet (at start): wait for the one asking.
+                let wait = reg.timeout + Duration::from_secs(1);
+                let (st, _) = self
+                    .asked
+                    .wait_timeout_while(st, wait, |s| s.asking)
+                    .map_err(|_| Failure::Unavailable("poisoned".into()))?;
+                return match (&st.encoder, &st.failed) {
                     (Some(e), _) => Ok(e.clone()),
-                    (None, Some(f)) => Err(f),
+                    (None, Some((_, f))) => Err(f.clone()),
                     (None, None) => Err(Failure::Unavailable(
                         "the schema registry is being asked for the schema".into(),
                     )),
@@ -296,7 +319,7 @@ impl Writer {
             }
             st.asking = true;
         }
-        let _asked = Asking(&self.state);
+        let _asked = Asking(self);
         // Registered: the id it has; else the latest version (the registry
         // client caches it for `refresh_s`).
         let got = match &self.local {
@@ -370,17 +393,26 @@ mod tests {
     use crate::config::{ConfigErrors, Document};
     use std::time::Duration;
 
-    #[test]
-    fn one_request_asks_the_registry_and_the_others_are_answered_at_once() {
-        // A registry that takes connections and never answers.
-        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let text = format!(
-            "[schema_registry]\nurl = http://{}\ntimeout_ms = 1500\n",
-            silent.local_addr().unwrap()
-        );
+    fn registry(url: &str, extra: &str) -> Arc<Registry> {
+        let text = format!("[schema_registry]\nurl = {url}\ntimeout_ms = 1500\n{extra}");
         let mut errors = ConfigErrors::default();
         let doc = Document::parse("r.ini", &text, &mut errors);
-        let reg = Registry::read(&doc, &mut errors).unwrap();
+        Registry::read(&doc, &mut errors).unwrap()
+    }
+
+    fn wait_asking(w: &Writer) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !w.state.lock().unwrap().asking {
+            assert!(Instant::now() < deadline, "nobody asked the registry");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn without_a_schema_requests_wait_for_the_one_asking_and_share_its_answer() {
+        // A registry that takes connections and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let reg = registry(&format!("http://{}", silent.local_addr().unwrap()), "");
         let w = Arc::new(Writer::schema(
             SchemaKind::Avro,
             None,
@@ -391,31 +423,67 @@ mod tests {
             let w = w.clone();
             std::thread::spawn(move || w.encoder())
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !w.state.lock().unwrap().asking {
-            assert!(Instant::now() < deadline, "the first request never asked");
-            std::thread::yield_now();
-        }
+        wait_asking(&w);
+        let second = w.encoder();
+        assert!(
+            !w.state.lock().unwrap().asking,
+            "returned once the first had asked"
+        );
+        assert!(matches!(
+            first.join().unwrap(),
+            Err(Failure::Unavailable(_))
+        ));
+        assert!(
+            matches!(&second, Err(Failure::Unavailable(m)) if m.contains("schema registry GET")),
+            "the first one's failure: {second:?}"
+        );
+        // For the next second the failure is the answer, at once.
         let t = Instant::now();
-        let r = w.encoder();
+        assert!(matches!(w.encoder(), Err(Failure::Unavailable(_))));
+        assert!(t.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn with_a_schema_a_refresh_that_hangs_holds_no_request_and_keeps_the_schema() {
+        // Answers the first call with schema 41, then takes calls and
+        // never answers them.
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for (n, req) in server.incoming_requests().enumerate() {
+                if n == 0 {
+                    let body = r#"{"id":41,"version":1,"schema":"\"long\""}"#;
+                    let _ = req.respond(tiny_http::Response::from_string(body));
+                } else {
+                    held.push(req);
+                }
+            }
+        });
+        let reg = registry(&url, "refresh_s = 1\n");
+        let w = Arc::new(Writer::schema(
+            SchemaKind::Avro,
+            None,
+            "t-value",
+            Some(&reg),
+        ));
+        assert_eq!(w.encoder().unwrap().id(), Some(41));
+        // The latest version is asked again after refresh_s.
+        std::thread::sleep(Duration::from_millis(1100));
+        let refresh = {
+            let w = w.clone();
+            std::thread::spawn(move || w.encoder())
+        };
+        wait_asking(&w);
+        let t = Instant::now();
+        assert_eq!(w.encoder().unwrap().id(), Some(41));
         assert!(
             t.elapsed() < Duration::from_millis(500),
             "{:?}",
             t.elapsed()
         );
-        assert!(
-            matches!(&r, Err(Failure::Unavailable(m)) if m.contains("being asked")),
-            "{r:?}"
-        );
-        // The first one ends at the registry's timeout, and its failure
-        // is the answer for the next second, without asking again.
-        assert!(matches!(
-            first.join().unwrap(),
-            Err(Failure::Unavailable(_))
-        ));
-        let t = Instant::now();
-        assert!(matches!(w.encoder(), Err(Failure::Unavailable(_))));
-        assert!(t.elapsed() < Duration::from_millis(500));
-        assert!(!w.state.lock().unwrap().asking);
+        // The refresh times out and the schema it had goes on.
+        assert_eq!(refresh.join().unwrap().unwrap().id(), Some(41));
+        assert_eq!(w.encoder().unwrap().id(), Some(41));
     }
 }

@@ -72,6 +72,26 @@ pub(crate) struct RouteState {
     pub writer: Option<Arc<crate::codec::writer::Writer>>,
 }
 
+/// Schema routes ask the registry for their schemas at start, on a thread
+/// of their own (start does not wait for the registry), so that the first
+/// requests find them; a route still without one answers 503.
+fn warm_schemas(routes: &[RouteState]) {
+    let writers: Vec<_> = routes.iter().filter_map(|r| r.writer.clone()).collect();
+    if writers.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("ingest-schemas".into())
+        .spawn(move || {
+            for w in writers {
+                let _ = w.encoder();
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("schemas are asked for at the first requests: {e}");
+    }
+}
+
 /// State the HTTP threads and the delivery callbacks share (read-mostly).
 pub(crate) struct Shared {
     pub config: IngestConfig,
@@ -249,6 +269,7 @@ pub fn spawn(
         auth,
         config: config.clone(),
     });
+    warm_schemas(&shared.routes);
     let _ = producer.context().shared.set(shared.clone());
     let _ = slot.set((shared.clone(), jobs_tx.clone()));
     let stopper = Stopper::new();
