@@ -47,7 +47,8 @@ pub struct Registry {
     agent: ureq::Agent,
     authorization: Option<Secret>,
     cache_entries: usize,
-    refresh: Duration,
+    /// How long a subject's latest version is taken as it is (`refresh_s`).
+    pub refresh: Duration,
     unknown_retry: Duration,
     /// One call's deadline (`timeout_ms`).
     pub timeout: Duration,

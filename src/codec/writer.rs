@@ -5,9 +5,9 @@
 //! `jsonschema:<file>`) the schema is registered under `<topic>-value` once
 //! (or found there) for its id; with none (`avro`, `jsonschema`) the
 //! subject's latest version is the schema (asked again after `refresh_s`).
-//! Without a registry a route writes plain datums (JSON as it is). While
-//! the registry cannot be reached the route answers 503, asking it at most
-//! once a second.
+//! Without a registry a route writes plain datums (JSON as it is). A
+//! route goes on with the schema it has while the registry cannot be
+//! reached; one without a schema answers 503, asking at most once a second.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -192,6 +192,8 @@ pub struct Writer {
 struct State {
     encoder: Option<Arc<Encoder>>,
     failed: Option<(Instant, Failure)>,
+    /// When the registry last confirmed `encoder`.
+    checked: Option<Instant>,
     /// A request is asking the registry.
     asking: bool,
 }
@@ -281,28 +283,23 @@ impl Writer {
         };
         {
             let mut st = self.lock()?;
-            // A registered local schema keeps its id for good.
-            if self.local.is_some()
-                && let Some(e) = &st.encoder
-            {
-                return Ok(e.clone());
-            }
             let failed = st
                 .failed
                 .as_ref()
                 .filter(|(at, _)| at.elapsed() < RETRY)
                 .map(|(_, f)| f.clone());
-            if let Some(e) = st
-                .encoder
-                .as_ref()
-                .filter(|_| st.asking || failed.is_some())
-            {
-                return Ok(e.clone());
-            }
-            if let Some(f) = failed {
+            if let Some(e) = &st.encoder {
+                // A registered file keeps its id for good; a latest version
+                // holds for `refresh_s`, and past it while someone asks or
+                // the registry cannot be reached.
+                let fresh =
+                    self.local.is_some() || st.checked.is_some_and(|at| at.elapsed() < reg.refresh);
+                if fresh || st.asking || failed.is_some() {
+                    return Ok(e.clone());
+                }
+            } else if let Some(f) = failed {
                 return Err(f);
-            }
-            if st.asking {
+            } else if st.asking {
                 // No schema yet (at start): wait for the one asking.
                 let wait = reg.timeout + Duration::from_secs(1);
                 let (st, _) = self
@@ -320,8 +317,7 @@ impl Writer {
             st.asking = true;
         }
         let _asked = Asking(self);
-        // Registered: the id it has; else the latest version (the registry
-        // client caches it for `refresh_s`).
+        // Registered: the id it has; else the latest version.
         let got = match &self.local {
             Some(s) => s.register(reg, &self.subject),
             None => reg.latest(&self.subject).and_then(|r| {
@@ -337,6 +333,7 @@ impl Writer {
         let mut st = self.lock()?;
         match got {
             Ok(e) => {
+                st.checked = Some(Instant::now());
                 if st.failed.take().is_some() {
                     log::info!(
                         "subject {}: the schema registry answers again",
